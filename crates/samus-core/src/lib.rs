@@ -1,0 +1,44 @@
+//! Tensor operations for SAMUS, on top of [candle](https://github.com/huggingface/candle).
+//!
+//! `samus-core` holds the few operations that the SAMUS image encoder, prompt
+//! encoder and mask decoder need beyond what `candle-nn` offers, each written to
+//! match the PyTorch reference number for number:
+//!
+//! - [`attention`]: multi-head scaled dot-product attention, optionally with SAM's
+//!   decomposed relative-position bias ([`rel_pos`]), computed a few heads at a time
+//!   so that the score matrices of all heads never live in memory together. Queries
+//!   and keys/values may come from different tensors (cross-branch attention).
+//! - [`norm`]: `LayerNorm` over the last axis and `LayerNorm2d` over the channel axis
+//!   of an NCHW tensor.
+//! - [`resize`]: bilinear resizing identical to PyTorch's
+//!   `F.interpolate(mode="bilinear", align_corners=False)` (no antialias), linear
+//!   resizing along one axis, and nearest resizing.
+//! - [`window`]: window partition and unpartition with zero padding.
+//! - [`activation`]: the exact (erf) GELU.
+//!
+//! Every operation is built from candle tensor operations, so gradients flow
+//! through it when its inputs are variables.
+//!
+//! ```
+//! use candle_core::{Device, Tensor};
+//! use samus_core::resize::resize_bilinear;
+//!
+//! # fn main() -> candle_core::Result<()> {
+//! let image = Tensor::arange(0f32, 16., &Device::Cpu)?.reshape((1, 1, 4, 4))?;
+//! let larger = resize_bilinear(&image, 8, 8)?;
+//! assert_eq!(larger.dims(), &[1, 1, 8, 8]);
+//! # Ok(())
+//! # }
+//! ```
+
+pub mod activation;
+pub mod attention;
+pub mod norm;
+pub mod rel_pos;
+pub mod resize;
+pub mod window;
+
+pub use activation::gelu;
+pub use attention::{merge_heads, multi_head_attention, split_heads, AttentionOptions};
+pub use norm::{LayerNorm, LayerNorm2d};
+pub use rel_pos::DecomposedRelPos;
