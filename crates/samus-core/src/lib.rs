@@ -15,6 +15,7 @@
 //!   resizing along one axis, and nearest resizing.
 //! - [`window`]: window partition and unpartition with zero padding.
 //! - [`activation`]: the exact (erf) GELU.
+//! - [`fixtures`]: locating the reference parity fixtures and comparing with them.
 //!
 //! Every operation is built from candle tensor operations, so gradients flow
 //! through it when its inputs are variables.
@@ -33,6 +34,7 @@
 
 pub mod activation;
 pub mod attention;
+pub mod fixtures;
 pub mod norm;
 pub mod rel_pos;
 pub mod resize;

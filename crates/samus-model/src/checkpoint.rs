@@ -1,0 +1,212 @@
+//! Reading checkpoints: SAMUS checkpoints with the reference names, and SAM ViT
+//! checkpoints (safetensors or PyTorch `.pth` zip files) converted to SAMUS.
+//!
+//! Converting SAM to SAMUS (SPEC section 2): every SAM tensor whose name exists in
+//! SAMUS is kept; `pos_embed` stays 64 x 64 (the position adapter shrinks it); the
+//! relative-position tables of the global blocks are resampled from `2 * 64 - 1` to
+//! `2 * G - 1` rows with linear interpolation; the SAMUS-only tensors (CNN branch,
+//! adapters, position adapter) start freshly initialised as the reference does.
+
+use std::collections::HashMap;
+use std::io::Read;
+use std::path::{Path, PathBuf};
+
+use candle_core::{Device, Tensor};
+use samus_core::resize::resize_linear_along;
+
+use crate::config::SamusConfig;
+use crate::error::{Error, Result};
+use crate::samus::Samus;
+use crate::weights::{MissingTensors, WeightStore};
+
+/// A tensor that every SAMUS checkpoint has and SAM checkpoints lack.
+pub const SAMUS_MARKER: &str = "image_encoder.cnn_embed.inc.conv.0.weight";
+/// A tensor that every SAM and SAMUS checkpoint has.
+pub const ENCODER_MARKER: &str = "image_encoder.patch_embed.proj.weight";
+/// Seed of the fresh initialisation of the SAMUS-only tensors.
+pub const DEFAULT_INIT_SEED: u64 = 1234;
+
+/// What a checkpoint holds.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CheckpointKind {
+    /// A complete SAMUS model.
+    Samus,
+    /// A SAM model: the SAMUS-only parts are missing and start untrained.
+    Sam,
+}
+
+/// What loading a checkpoint did.
+#[derive(Debug, Clone)]
+pub struct LoadReport {
+    /// The checkpoint's kind.
+    pub kind: CheckpointKind,
+    /// Names that the checkpoint lacked and that were freshly initialised.
+    pub initialised: Vec<String>,
+    /// Checkpoint tensors that the model does not use.
+    pub unused: Vec<String>,
+}
+
+fn checkpoint_error(path: &Path, message: impl Into<String>) -> Error {
+    Error::Checkpoint {
+        path: path.to_path_buf(),
+        message: message.into(),
+    }
+}
+
+/// The file formats a checkpoint can have.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Format {
+    Safetensors,
+    PthZip,
+    PthLegacy,
+}
+
+fn sniff_format(path: &Path) -> Result<Format> {
+    let mut head = [0u8; 8];
+    let mut file = std::fs::File::open(path).map_err(|source| Error::Io {
+        path: path.to_path_buf(),
+        source,
+    })?;
+    let n = file.read(&mut head).map_err(|source| Error::Io {
+        path: path.to_path_buf(),
+        source,
+    })?;
+    if n >= 4 && head[..4] == *b"PK\x03\x04" {
+        return Ok(Format::PthZip);
+    }
+    if n >= 2 && head[0] == 0x80 && (2..=5).contains(&head[1]) {
+        return Ok(Format::PthLegacy);
+    }
+    if n < 8 {
+        return Err(checkpoint_error(path, "file is too short to be a checkpoint"));
+    }
+    Ok(Format::Safetensors)
+}
+
+/// Reads every tensor of a safetensors or PyTorch zip (`.pth`) checkpoint to the CPU.
+/// A `.pth` holding a dictionary with the state dict under `model` or `state_dict` is
+/// read too.
+pub fn read_tensors(path: impl AsRef<Path>) -> Result<HashMap<String, Tensor>> {
+    let path = path.as_ref();
+    match sniff_format(path)? {
+        Format::Safetensors => candle_core::safetensors::load(path, &Device::Cpu)
+            .map_err(|e| checkpoint_error(path, format!("not a readable safetensors file: {e}"))),
+        Format::PthZip => {
+            for key in [None, Some("model"), Some("state_dict")] {
+                let tensors = candle_core::pickle::read_all_with_key(path, key)
+                    .map_err(|e| checkpoint_error(path, format!("not a readable PyTorch checkpoint: {e}")));
+                match tensors {
+                    Ok(t) if !t.is_empty() => return Ok(t.into_iter().collect()),
+                    Ok(_) => continue,
+                    Err(e) if key.is_none() => return Err(e),
+                    Err(_) => continue,
+                }
+            }
+            Err(checkpoint_error(path, "the PyTorch checkpoint holds no tensors"))
+        }
+        Format::PthLegacy => Err(checkpoint_error(
+            path,
+            "legacy (non-zip) PyTorch format; re-save it in Python with \
+             `torch.save(torch.load(path), new_path)` (PyTorch >= 1.6 writes the zip format) \
+             and load the new file",
+        )),
+    }
+}
+
+/// Tells a SAMUS checkpoint from a SAM one; `None` if it is neither.
+pub fn detect_kind(tensors: &HashMap<String, Tensor>) -> Option<CheckpointKind> {
+    if tensors.contains_key(SAMUS_MARKER) {
+        Some(CheckpointKind::Samus)
+    } else if tensors.contains_key(ENCODER_MARKER) {
+        Some(CheckpointKind::Sam)
+    } else {
+        None
+    }
+}
+
+/// Resamples a `(L, C)` relative-position table to `len` rows (linear,
+/// `align_corners=False`), as the reference does when loading SAM weights.
+pub fn resample_rel_pos(table: &Tensor, len: usize) -> candle_core::Result<Tensor> {
+    resize_linear_along(table, 0, len)
+}
+
+/// Converts SAM tensors in place for SAMUS of `cfg`: resamples the global blocks'
+/// relative-position tables to `2 * G - 1` rows.
+pub fn convert_sam_tensors(tensors: &mut HashMap<String, Tensor>, cfg: &SamusConfig) -> candle_core::Result<()> {
+    let len = 2 * cfg.grid_size() - 1;
+    for &i in &cfg.global_attn_indexes {
+        for axis in ["h", "w"] {
+            let name = format!("image_encoder.blocks.{i}.attn.rel_pos_{axis}");
+            if let Some(t) = tensors.get(&name) {
+                if t.dim(0)? != len {
+                    let resampled = resample_rel_pos(t, len)?;
+                    tensors.insert(name, resampled);
+                }
+            }
+        }
+    }
+    Ok(())
+}
+
+impl Samus {
+    /// Loads a SAMUS or SAM checkpoint for `cfg` onto `device`.
+    ///
+    /// A SAMUS checkpoint must hold every tensor at the right shape; a SAM checkpoint
+    /// is converted (see the module docs) and the report lists the tensors that start
+    /// untrained.
+    pub fn from_checkpoint(path: impl AsRef<Path>, cfg: &SamusConfig, device: &Device) -> Result<(Self, LoadReport)> {
+        let path = path.as_ref();
+        cfg.validate()?;
+        let tensors = read_tensors(path)?;
+        Self::from_tensors(tensors, cfg, device, DEFAULT_INIT_SEED).map_err(|e| match e {
+            Error::Checkpoint { message, .. } => checkpoint_error(path, message),
+            other => other,
+        })
+    }
+
+    /// Builds the model from checkpoint tensors already in memory (see
+    /// [`Samus::from_checkpoint`]); `seed` seeds the fresh initialisation of a SAM
+    /// checkpoint's missing SAMUS tensors.
+    pub fn from_tensors(
+        mut tensors: HashMap<String, Tensor>,
+        cfg: &SamusConfig,
+        device: &Device,
+        seed: u64,
+    ) -> Result<(Self, LoadReport)> {
+        let in_memory = PathBuf::from("<in memory>");
+        let kind = detect_kind(&tensors).ok_or_else(|| {
+            checkpoint_error(
+                &in_memory,
+                format!("does not look like a SAM or SAMUS checkpoint: it has no tensor `{ENCODER_MARKER}`"),
+            )
+        })?;
+        let missing = match kind {
+            CheckpointKind::Samus => MissingTensors::Error,
+            CheckpointKind::Sam => {
+                convert_sam_tensors(&mut tensors, cfg)?;
+                MissingTensors::Initialise { seed }
+            }
+        };
+        let store = WeightStore::new(tensors, missing);
+        let model = Self::load(store.var_builder(device), cfg).map_err(|e| {
+            checkpoint_error(
+                &in_memory,
+                format!("{e} (model configuration: embed_dim {}, depth {}, num_heads {})", cfg.embed_dim, cfg.depth, cfg.num_heads),
+            )
+        })?;
+        let report = LoadReport {
+            kind,
+            initialised: store.initialised(),
+            unused: store.unused(),
+        };
+        Ok((model, report))
+    }
+
+    /// A model of `cfg` with every weight freshly initialised as the reference does
+    /// (untrained: for demos, benchmarks and tests).
+    pub fn random(cfg: &SamusConfig, seed: u64, device: &Device) -> Result<Self> {
+        cfg.validate()?;
+        let store = WeightStore::new(HashMap::new(), MissingTensors::Initialise { seed });
+        Ok(Self::load(store.var_builder(device), cfg)?)
+    }
+}

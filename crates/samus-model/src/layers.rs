@@ -1,0 +1,243 @@
+//! Building blocks shared by the SAMUS components, each loaded by its checkpoint
+//! names with the reference's default initialisation as the hint for fresh weights.
+
+use candle_core::{Module, Result, Tensor};
+use candle_nn::{Conv2d, Conv2dConfig, ConvTranspose2d, ConvTranspose2dConfig, Init, VarBuilder};
+use samus_core::{gelu, LayerNorm, LayerNorm2d};
+
+/// Epsilon of every `LayerNorm2d` in SAM and SAMUS.
+pub const LAYER_NORM_2D_EPS: f64 = 1e-6;
+
+/// PyTorch's default initialisation of `nn.Linear` and `nn.Conv2d` weights and biases
+/// (`kaiming_uniform_(a = sqrt(5))`): uniform in `+-1/sqrt(fan_in)`.
+pub fn pytorch_default_init(fan_in: usize) -> Init {
+    let bound = 1.0 / (fan_in.max(1) as f64).sqrt();
+    Init::Uniform {
+        lo: -bound,
+        up: bound,
+    }
+}
+
+/// A fully connected layer `y = x W^T + b` over the last axis (PyTorch `nn.Linear`).
+#[derive(Debug, Clone)]
+pub struct Linear {
+    weight: Tensor,
+    bias: Option<Tensor>,
+}
+
+impl Linear {
+    /// Loads `weight` (`out x in`) and, with `bias`, `bias` (`out`).
+    pub fn load(vb: VarBuilder, in_dim: usize, out_dim: usize, bias: bool) -> Result<Self> {
+        let init = pytorch_default_init(in_dim);
+        let weight = vb.get_with_hints((out_dim, in_dim), "weight", init)?;
+        let bias = if bias {
+            Some(vb.get_with_hints(out_dim, "bias", init)?)
+        } else {
+            None
+        };
+        Ok(Self { weight, bias })
+    }
+
+    /// The `out x in` weight.
+    pub fn weight(&self) -> &Tensor {
+        &self.weight
+    }
+}
+
+impl Module for Linear {
+    fn forward(&self, x: &Tensor) -> Result<Tensor> {
+        let (out_dim, in_dim) = self.weight.dims2()?;
+        let mut out_dims = x.dims().to_vec();
+        match out_dims.last_mut() {
+            Some(last) if *last == in_dim => *last = out_dim,
+            _ => candle_core::bail!("linear layer expects {in_dim} input features, got {:?}", x.shape()),
+        }
+        let rows = x.elem_count() / in_dim.max(1);
+        let y = x
+            .contiguous()?
+            .reshape((rows, in_dim))?
+            .matmul(&self.weight.t()?)?;
+        let y = match &self.bias {
+            Some(b) => y.broadcast_add(b)?,
+            None => y,
+        };
+        y.reshape(out_dims)
+    }
+}
+
+/// Loads an `nn.LayerNorm(dim, eps)` (weight 1, bias 0 when fresh).
+pub fn layer_norm(vb: VarBuilder, dim: usize, eps: f64) -> Result<LayerNorm> {
+    let weight = vb.get_with_hints(dim, "weight", Init::Const(1.0))?;
+    let bias = vb.get_with_hints(dim, "bias", Init::Const(0.0))?;
+    Ok(LayerNorm::new(weight, bias, eps))
+}
+
+/// Loads a `LayerNorm2d(dim)` (eps 1e-6; weight 1, bias 0 when fresh).
+pub fn layer_norm_2d(vb: VarBuilder, dim: usize) -> Result<LayerNorm2d> {
+    let weight = vb.get_with_hints(dim, "weight", Init::Const(1.0))?;
+    let bias = vb.get_with_hints(dim, "bias", Init::Const(0.0))?;
+    Ok(LayerNorm2d::new(weight, bias, LAYER_NORM_2D_EPS))
+}
+
+/// Shape and options of a square 2-D convolution.
+#[derive(Debug, Clone, Copy)]
+pub struct ConvSpec {
+    /// Input channels.
+    pub in_channels: usize,
+    /// Output channels.
+    pub out_channels: usize,
+    /// Kernel side.
+    pub kernel: usize,
+    /// Stride.
+    pub stride: usize,
+    /// Zero padding on every side.
+    pub padding: usize,
+    /// Whether the convolution has a bias.
+    pub bias: bool,
+}
+
+impl ConvSpec {
+    /// A 3x3, stride 1, padding 1 convolution without bias (SAMUS's `SingleConv`).
+    pub fn same_3x3(in_channels: usize, out_channels: usize) -> Self {
+        Self {
+            in_channels,
+            out_channels,
+            kernel: 3,
+            stride: 1,
+            padding: 1,
+            bias: false,
+        }
+    }
+
+    /// A 1x1 convolution without bias.
+    pub fn pointwise(in_channels: usize, out_channels: usize) -> Self {
+        Self {
+            kernel: 1,
+            padding: 0,
+            ..Self::same_3x3(in_channels, out_channels)
+        }
+    }
+}
+
+/// Loads an `nn.Conv2d` described by `spec`.
+pub fn conv2d(vb: VarBuilder, spec: ConvSpec) -> Result<Conv2d> {
+    let fan_in = spec.in_channels * spec.kernel * spec.kernel;
+    let init = pytorch_default_init(fan_in);
+    let weight = vb.get_with_hints(
+        (spec.out_channels, spec.in_channels, spec.kernel, spec.kernel),
+        "weight",
+        init,
+    )?;
+    let bias = if spec.bias {
+        Some(vb.get_with_hints(spec.out_channels, "bias", init)?)
+    } else {
+        None
+    };
+    let cfg = Conv2dConfig {
+        padding: spec.padding,
+        stride: spec.stride,
+        ..Default::default()
+    };
+    Ok(Conv2d::new(weight, bias, cfg))
+}
+
+/// Loads an `nn.ConvTranspose2d(in, out, kernel, stride=kernel)` with bias.
+pub fn conv_transpose_2x2(vb: VarBuilder, in_channels: usize, out_channels: usize) -> Result<ConvTranspose2d> {
+    // PyTorch computes the fan-in of a transposed convolution from weight.size(1).
+    let init = pytorch_default_init(out_channels * 4);
+    let weight = vb.get_with_hints((in_channels, out_channels, 2, 2), "weight", init)?;
+    let bias = vb.get_with_hints(out_channels, "bias", init)?;
+    let cfg = ConvTranspose2dConfig {
+        stride: 2,
+        ..Default::default()
+    };
+    Ok(ConvTranspose2d::new(weight, Some(bias), cfg))
+}
+
+/// Conv2d (3x3, no bias) -> LayerNorm2d -> GELU: SAMUS's `SingleConv`, with its
+/// parts at `<prefix>.0` and `<prefix>.1`.
+#[derive(Debug, Clone)]
+pub struct ConvNormGelu {
+    conv: Conv2d,
+    norm: LayerNorm2d,
+}
+
+impl ConvNormGelu {
+    /// Loads the convolution from `conv_vb` and the norm from `norm_vb`.
+    pub fn load(conv_vb: VarBuilder, norm_vb: VarBuilder, in_channels: usize, out_channels: usize) -> Result<Self> {
+        Ok(Self {
+            conv: conv2d(conv_vb, ConvSpec::same_3x3(in_channels, out_channels))?,
+            norm: layer_norm_2d(norm_vb, out_channels)?,
+        })
+    }
+
+    /// Loads a `SingleConv` whose modules are `<vb>.0` (conv) and `<vb>.1` (norm).
+    pub fn load_sequential(vb: VarBuilder, in_channels: usize, out_channels: usize) -> Result<Self> {
+        Self::load(vb.pp("0"), vb.pp("1"), in_channels, out_channels)
+    }
+}
+
+impl Module for ConvNormGelu {
+    /// NCHW in, NCHW out.
+    fn forward(&self, x: &Tensor) -> Result<Tensor> {
+        gelu(&self.norm.forward(&x.contiguous()?.apply(&self.conv)?)?)
+    }
+}
+
+/// MaxPool2d(2) -> [`ConvNormGelu`]: SAMUS's `SingleDown`, stored as
+/// `maxpool_conv.{1,2}`.
+#[derive(Debug, Clone)]
+pub struct DownConvNormGelu {
+    inner: ConvNormGelu,
+}
+
+impl DownConvNormGelu {
+    /// Loads a `SingleDown` at `vb` (its parameters are under `vb.maxpool_conv`).
+    pub fn load(vb: VarBuilder, in_channels: usize, out_channels: usize) -> Result<Self> {
+        let vb = vb.pp("maxpool_conv");
+        Ok(Self {
+            inner: ConvNormGelu::load(vb.pp("1"), vb.pp("2"), in_channels, out_channels)?,
+        })
+    }
+}
+
+impl Module for DownConvNormGelu {
+    /// NCHW in, NCHW out at half the resolution.
+    fn forward(&self, x: &Tensor) -> Result<Tensor> {
+        self.inner.forward(&x.max_pool2d(2)?)
+    }
+}
+
+/// SAM's `MLP`: `num_layers` linears (`layers.{i}`) with ReLU between them.
+#[derive(Debug, Clone)]
+pub struct StackedMlp {
+    layers: Vec<Linear>,
+}
+
+impl StackedMlp {
+    /// Loads `in -> hidden -> ... -> out` with `num_layers` linears.
+    pub fn load(vb: VarBuilder, in_dim: usize, hidden: usize, out_dim: usize, num_layers: usize) -> Result<Self> {
+        let vb = vb.pp("layers");
+        let layers = (0..num_layers)
+            .map(|i| {
+                let n_in = if i == 0 { in_dim } else { hidden };
+                let n_out = if i + 1 == num_layers { out_dim } else { hidden };
+                Linear::load(vb.pp(i), n_in, n_out, true)
+            })
+            .collect::<Result<Vec<_>>>()?;
+        Ok(Self { layers })
+    }
+}
+
+impl Module for StackedMlp {
+    fn forward(&self, x: &Tensor) -> Result<Tensor> {
+        let mut x = x.clone();
+        for (i, layer) in self.layers.iter().enumerate() {
+            x = layer.forward(&x)?;
+            if i + 1 < self.layers.len() {
+                x = x.relu()?;
+            }
+        }
+        Ok(x)
+    }
+}

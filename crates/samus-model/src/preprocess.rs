@@ -1,0 +1,55 @@
+//! Turning an image into the model's input (SPEC section 1): grey, resized to the
+//! model's square input with bilinear filtering, scaled to [0, 1], no mean/std
+//! normalisation.
+
+use candle_core::{Device, Tensor};
+use image::{DynamicImage, ImageBuffer, Luma};
+
+use crate::error::Result;
+
+/// Weights of OpenCV's RGB -> grey conversion, which the reference uses to read images.
+pub const GREY_WEIGHTS: [f32; 3] = [0.299, 0.587, 0.114];
+
+/// The image as grey values in [0, 1]: 8-bit values / 255, 16-bit values / 65535;
+/// colour images are converted with [`GREY_WEIGHTS`] (8-bit results rounded to whole
+/// grey levels, as OpenCV does), alpha is ignored.
+pub fn to_grey_unit(image: &DynamicImage) -> ImageBuffer<Luma<f32>, Vec<f32>> {
+    let (w, h) = (image.width(), image.height());
+    let weighted = |r: f32, g: f32, b: f32| GREY_WEIGHTS[0] * r + GREY_WEIGHTS[1] * g + GREY_WEIGHTS[2] * b;
+    let data: Vec<f32> = match image {
+        DynamicImage::ImageLuma8(img) => img.pixels().map(|p| p[0] as f32 / 255.0).collect(),
+        DynamicImage::ImageLumaA8(img) => img.pixels().map(|p| p[0] as f32 / 255.0).collect(),
+        DynamicImage::ImageLuma16(img) => img.pixels().map(|p| p[0] as f32 / 65535.0).collect(),
+        DynamicImage::ImageLumaA16(img) => img.pixels().map(|p| p[0] as f32 / 65535.0).collect(),
+        DynamicImage::ImageRgb16(_) | DynamicImage::ImageRgba16(_) => image
+            .to_rgb16()
+            .pixels()
+            .map(|p| weighted(p[0] as f32, p[1] as f32, p[2] as f32) / 65535.0)
+            .collect(),
+        DynamicImage::ImageRgb32F(_) | DynamicImage::ImageRgba32F(_) => image
+            .to_rgb32f()
+            .pixels()
+            .map(|p| weighted(p[0], p[1], p[2]).clamp(0.0, 1.0))
+            .collect(),
+        _ => image
+            .to_rgb8()
+            .pixels()
+            .map(|p| weighted(p[0] as f32, p[1] as f32, p[2] as f32).round() / 255.0)
+            .collect(),
+    };
+    ImageBuffer::from_raw(w, h, data).unwrap_or_else(|| ImageBuffer::new(w, h))
+}
+
+/// The model input for one image: `1 x 1 x size x size`, f32 in [0, 1]. Images of
+/// another size are resized with a bilinear (triangle) filter that widens when it
+/// shrinks, as PIL's bilinear resize does.
+pub fn image_to_input(image: &DynamicImage, size: usize, device: &Device) -> Result<Tensor> {
+    let grey = to_grey_unit(image);
+    let side = size as u32;
+    let grey = if grey.dimensions() == (side, side) {
+        grey
+    } else {
+        image::imageops::resize(&grey, side, side, image::imageops::FilterType::Triangle)
+    };
+    Ok(Tensor::from_vec(grey.into_raw(), (1, 1, size, size), device)?)
+}

@@ -1,0 +1,216 @@
+//! Where model weights come from: a checkpoint's tensors, with a policy for the ones
+//! it lacks.
+//!
+//! [`WeightStore`] implements candle's `SimpleBackend`, so every component is built
+//! with an ordinary `VarBuilder` and asks for its tensors by their reference names.
+//! A strict store fails on a missing or mis-shaped tensor with an error naming it and
+//! the expected shape; an initialising store creates missing tensors from the
+//! component's initialisation hint with a seeded generator (the reference's fresh
+//! initialisation of the SAMUS-only parts when starting from SAM weights), and records
+//! which names it made.
+
+use std::collections::{BTreeSet, HashMap};
+use std::sync::{Arc, Mutex, MutexGuard};
+
+use candle_core::{DType, Device, Result, Shape, Tensor};
+use candle_nn::var_builder::SimpleBackend;
+use candle_nn::{Init, VarBuilder};
+use rand::{rngs::StdRng, SeedableRng};
+use rand_distr::{Distribution, Normal, Uniform};
+
+/// What to do when a component asks for a tensor the checkpoint lacks.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum MissingTensors {
+    /// Fail with an error naming the tensor and its expected shape.
+    Error,
+    /// Create it from the component's initialisation hint, drawing random numbers
+    /// from a generator seeded with this value.
+    Initialise {
+        /// Seed of the random generator.
+        seed: u64,
+    },
+}
+
+#[derive(Debug)]
+struct StoreState {
+    rng: StdRng,
+    initialised: BTreeSet<String>,
+    requested: BTreeSet<String>,
+}
+
+#[derive(Debug)]
+struct StoreInner {
+    tensors: HashMap<String, Tensor>,
+    missing: MissingTensors,
+    state: Mutex<StoreState>,
+}
+
+/// A named set of tensors that components load from (see the module docs).
+#[derive(Debug, Clone)]
+pub struct WeightStore {
+    inner: Arc<StoreInner>,
+}
+
+impl WeightStore {
+    /// A store over `tensors` with the given policy for missing names.
+    pub fn new(tensors: HashMap<String, Tensor>, missing: MissingTensors) -> Self {
+        let seed = match missing {
+            MissingTensors::Initialise { seed } => seed,
+            MissingTensors::Error => 0,
+        };
+        Self {
+            inner: Arc::new(StoreInner {
+                tensors,
+                missing,
+                state: Mutex::new(StoreState {
+                    rng: StdRng::seed_from_u64(seed),
+                    initialised: BTreeSet::new(),
+                    requested: BTreeSet::new(),
+                }),
+            }),
+        }
+    }
+
+    /// A `VarBuilder` reading from this store (f32 on `device`).
+    pub fn var_builder(&self, device: &Device) -> VarBuilder<'static> {
+        VarBuilder::from_backend(Box::new(self.clone()), DType::F32, device.clone())
+    }
+
+    fn state(&self) -> MutexGuard<'_, StoreState> {
+        // A poisoned lock only means another thread panicked while holding it; the
+        // bookkeeping inside is still usable.
+        self.inner
+            .state
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    /// Names that were created fresh because the checkpoint lacked them, sorted.
+    pub fn initialised(&self) -> Vec<String> {
+        self.state().initialised.iter().cloned().collect()
+    }
+
+    /// Checkpoint tensors that no component asked for, sorted.
+    pub fn unused(&self) -> Vec<String> {
+        let state = self.state();
+        let mut unused: Vec<String> = self
+            .inner
+            .tensors
+            .keys()
+            .filter(|k| !state.requested.contains(*k))
+            .cloned()
+            .collect();
+        unused.sort();
+        unused
+    }
+
+    fn sample(&self, shape: &Shape, init: Init, device: &Device) -> Result<Tensor> {
+        let n = shape.elem_count();
+        let mut state = self.state();
+        let rng = &mut state.rng;
+        let values: Vec<f32> = match init {
+            Init::Const(v) => vec![v as f32; n],
+            Init::Uniform { lo, up } => {
+                let dist = Uniform::new(lo, up).map_err(candle_core::Error::wrap)?;
+                (0..n).map(|_| dist.sample(rng) as f32).collect()
+            }
+            Init::Randn { mean, stdev } => {
+                let dist = Normal::new(mean, stdev).map_err(candle_core::Error::wrap)?;
+                (0..n).map(|_| dist.sample(rng) as f32).collect()
+            }
+            Init::Kaiming {
+                dist,
+                fan,
+                non_linearity,
+            } => {
+                let std = non_linearity.gain() / (fan.for_shape(shape) as f64).sqrt();
+                match dist {
+                    candle_nn::init::NormalOrUniform::Uniform => {
+                        let bound = 3f64.sqrt() * std;
+                        let dist = Uniform::new(-bound, bound).map_err(candle_core::Error::wrap)?;
+                        (0..n).map(|_| dist.sample(rng) as f32).collect()
+                    }
+                    candle_nn::init::NormalOrUniform::Normal => {
+                        let dist = Normal::new(0.0, std).map_err(candle_core::Error::wrap)?;
+                        (0..n).map(|_| dist.sample(rng) as f32).collect()
+                    }
+                }
+            }
+        };
+        Tensor::from_vec(values, shape.clone(), device)
+    }
+}
+
+impl SimpleBackend for WeightStore {
+    fn get(&self, shape: Shape, name: &str, init: Init, dtype: DType, dev: &Device) -> Result<Tensor> {
+        self.state().requested.insert(name.to_string());
+        match self.inner.tensors.get(name) {
+            Some(t) => {
+                if t.shape() != &shape {
+                    candle_core::bail!(
+                        "tensor `{name}` has shape {:?}, expected {:?}",
+                        t.dims(),
+                        shape.dims()
+                    )
+                }
+                t.to_dtype(dtype)?.to_device(dev)
+            }
+            None => match self.inner.missing {
+                MissingTensors::Error => candle_core::bail!(
+                    "missing tensor `{name}` (expected shape {:?})",
+                    shape.dims()
+                ),
+                MissingTensors::Initialise { .. } => {
+                    let t = self.sample(&shape, init, dev)?.to_dtype(dtype)?;
+                    self.state().initialised.insert(name.to_string());
+                    Ok(t)
+                }
+            },
+        }
+    }
+
+    fn get_unchecked(&self, name: &str, dtype: DType, dev: &Device) -> Result<Tensor> {
+        self.state().requested.insert(name.to_string());
+        match self.inner.tensors.get(name) {
+            Some(t) => t.to_dtype(dtype)?.to_device(dev),
+            None => candle_core::bail!("missing tensor `{name}`"),
+        }
+    }
+
+    fn contains_tensor(&self, name: &str) -> bool {
+        self.inner.tensors.contains_key(name)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn strict_store_names_missing_and_misshaped_tensors() {
+        let mut map = HashMap::new();
+        map.insert("a.weight".to_string(), Tensor::zeros((2, 3), DType::F32, &Device::Cpu).unwrap());
+        let store = WeightStore::new(map, MissingTensors::Error);
+        let vb = store.var_builder(&Device::Cpu);
+        let err = vb.pp("a").get((3, 2), "weight").unwrap_err().to_string();
+        assert!(err.contains("a.weight") && err.contains("[3, 2]"), "{err}");
+        let err = vb.pp("b").get(4, "bias").unwrap_err().to_string();
+        assert!(err.contains("missing tensor `b.bias`") && err.contains("[4]"), "{err}");
+    }
+
+    #[test]
+    fn initialising_store_is_seeded_and_records_names() {
+        let make = || {
+            let store = WeightStore::new(HashMap::new(), MissingTensors::Initialise { seed: 9 });
+            let vb = store.var_builder(&Device::Cpu);
+            let t = vb.get_with_hints(5, "w", Init::Uniform { lo: -0.5, up: 0.5 }).unwrap();
+            (store.initialised(), t.to_vec1::<f32>().unwrap())
+        };
+        let (names, a) = make();
+        let (_, b) = make();
+        assert_eq!(names, vec!["w".to_string()]);
+        assert_eq!(a, b);
+        assert!(a.iter().all(|v| (-0.5..0.5).contains(v)));
+        assert!(a.windows(2).any(|w| w[0] != w[1]));
+    }
+}
