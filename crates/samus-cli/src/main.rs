@@ -1,1 +1,54 @@
-fn main(){}
+//! `samus`: segment ultrasound images with SAMUS from the command line.
+
+mod demo;
+mod images;
+mod output;
+mod prompts;
+mod segment;
+
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+
+/// Segment ultrasound images with SAMUS (SAM adapted to ultrasound).
+#[derive(Debug, Parser)]
+#[command(name = "samus", version, about, long_about = None)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Segment one image from point and/or box prompts.
+    #[command(after_help = segment::EXAMPLES)]
+    Segment(segment::SegmentArgs),
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let result = match cli.command {
+        Command::Segment(args) => segment::run(args),
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {}", one_line(&e));
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// The error and its causes on one line, outermost first. Only the first line of each
+/// is kept: candle appends a backtrace to its messages when `RUST_BACKTRACE` is set.
+fn one_line(error: &anyhow::Error) -> String {
+    let mut parts: Vec<String> = Vec::new();
+    for cause in error.chain() {
+        let text = cause.to_string();
+        let first = text.lines().next().unwrap_or_default().trim().to_string();
+        if !first.is_empty() && !parts.iter().any(|p| p.contains(&first)) {
+            parts.push(first);
+        }
+    }
+    parts.join(": ")
+}

@@ -38,6 +38,9 @@ pub enum CheckpointKind {
 /// What loading a checkpoint did.
 #[derive(Debug, Clone)]
 pub struct LoadReport {
+    /// Every tensor of the loaded model by reference name (after conversion, fresh
+    /// tensors included): what a SAMUS checkpoint of this model holds.
+    pub tensors: HashMap<String, Tensor>,
     /// The checkpoint's kind.
     pub kind: CheckpointKind,
     /// Names that the checkpoint lacked and that were freshly initialised.
@@ -195,6 +198,7 @@ impl Samus {
             )
         })?;
         let report = LoadReport {
+            tensors: store.requested_tensors(),
             kind,
             initialised: store.initialised(),
             unused: store.unused(),
@@ -205,8 +209,53 @@ impl Samus {
     /// A model of `cfg` with every weight freshly initialised as the reference does
     /// (untrained: for demos, benchmarks and tests).
     pub fn random(cfg: &SamusConfig, seed: u64, device: &Device) -> Result<Self> {
+        Ok(Self::random_with_tensors(cfg, seed, device)?.0)
+    }
+
+    /// [`Samus::random`] that also returns the weights by reference name (to save
+    /// them as a checkpoint).
+    pub fn random_with_tensors(
+        cfg: &SamusConfig,
+        seed: u64,
+        device: &Device,
+    ) -> Result<(Self, HashMap<String, Tensor>)> {
         cfg.validate()?;
         let store = WeightStore::new(HashMap::new(), MissingTensors::Initialise { seed });
-        Ok(Self::load(store.var_builder(device), cfg)?)
+        let model = Self::load(store.var_builder(device), cfg)?;
+        Ok((model, store.requested_tensors()))
     }
+}
+
+/// Guesses the configuration of a SAM or SAMUS checkpoint from its tensor shapes:
+/// the width from the patch embedding, the depth from the block indexes, the head
+/// width from the relative-position tables, and the global blocks as those whose
+/// tables are longer than a window's. Other values take the SAMUS defaults.
+pub fn infer_config(tensors: &HashMap<String, Tensor>) -> Option<SamusConfig> {
+    let embed_dim = tensors.get(ENCODER_MARKER)?.dims().first().copied()?;
+    let prefix = "image_encoder.blocks.";
+    let depth = tensors
+        .keys()
+        .filter_map(|k| k.strip_prefix(prefix)?.split('.').next()?.parse::<usize>().ok())
+        .max()?
+        + 1;
+    let mut cfg = SamusConfig {
+        embed_dim,
+        depth,
+        num_heads: 1,
+        global_attn_indexes: Vec::new(),
+        ..SamusConfig::vit_b()
+    };
+    let window_len = 2 * cfg.window_size - 1;
+    for i in 0..depth {
+        let table = tensors.get(&format!("{prefix}{i}.attn.rel_pos_h"))?;
+        let (len, head_dim) = table.dims2().ok()?;
+        if head_dim == 0 || embed_dim % head_dim != 0 {
+            return None;
+        }
+        cfg.num_heads = embed_dim / head_dim;
+        if len != window_len {
+            cfg.global_attn_indexes.push(i);
+        }
+    }
+    cfg.validate().ok().map(|_| cfg)
 }

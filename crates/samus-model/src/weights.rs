@@ -35,6 +35,7 @@ pub enum MissingTensors {
 struct StoreState {
     rng: StdRng,
     initialised: BTreeSet<String>,
+    created: HashMap<String, Tensor>,
     requested: BTreeSet<String>,
 }
 
@@ -65,6 +66,7 @@ impl WeightStore {
                 state: Mutex::new(StoreState {
                     rng: StdRng::seed_from_u64(seed),
                     initialised: BTreeSet::new(),
+                    created: HashMap::new(),
                     requested: BTreeSet::new(),
                 }),
             }),
@@ -88,6 +90,19 @@ impl WeightStore {
     /// Names that were created fresh because the checkpoint lacked them, sorted.
     pub fn initialised(&self) -> Vec<String> {
         self.state().initialised.iter().cloned().collect()
+    }
+
+    /// Every tensor a component asked for, by name: the checkpoint's own and the
+    /// freshly initialised ones (what a converted checkpoint must hold).
+    pub fn requested_tensors(&self) -> HashMap<String, Tensor> {
+        let state = self.state();
+        let mut out = state.created.clone();
+        for name in &state.requested {
+            if let Some(t) = self.inner.tensors.get(name) {
+                out.insert(name.clone(), t.clone());
+            }
+        }
+        out
     }
 
     /// Checkpoint tensors that no component asked for, sorted.
@@ -141,28 +156,39 @@ impl WeightStore {
     }
 }
 
+/// An error with just a message: candle's `bail!` appends a backtrace to the message
+/// when `RUST_BACKTRACE` is set, which users should not see for a bad checkpoint.
+fn plain_error(message: String) -> candle_core::Error {
+    candle_core::Error::Msg(message)
+}
+
 impl SimpleBackend for WeightStore {
     fn get(&self, shape: Shape, name: &str, init: Init, dtype: DType, dev: &Device) -> Result<Tensor> {
         self.state().requested.insert(name.to_string());
         match self.inner.tensors.get(name) {
             Some(t) => {
                 if t.shape() != &shape {
-                    candle_core::bail!(
+                    return Err(plain_error(format!(
                         "tensor `{name}` has shape {:?}, expected {:?}",
                         t.dims(),
                         shape.dims()
-                    )
+                    )));
                 }
                 t.to_dtype(dtype)?.to_device(dev)
             }
             None => match self.inner.missing {
-                MissingTensors::Error => candle_core::bail!(
+                MissingTensors::Error => Err(plain_error(format!(
                     "missing tensor `{name}` (expected shape {:?})",
                     shape.dims()
-                ),
+                ))),
                 MissingTensors::Initialise { .. } => {
+                    if let Some(t) = self.state().created.get(name) {
+                        return Ok(t.clone());
+                    }
                     let t = self.sample(&shape, init, dev)?.to_dtype(dtype)?;
-                    self.state().initialised.insert(name.to_string());
+                    let mut state = self.state();
+                    state.initialised.insert(name.to_string());
+                    state.created.insert(name.to_string(), t.clone());
                     Ok(t)
                 }
             },
@@ -173,7 +199,7 @@ impl SimpleBackend for WeightStore {
         self.state().requested.insert(name.to_string());
         match self.inner.tensors.get(name) {
             Some(t) => t.to_dtype(dtype)?.to_device(dev),
-            None => candle_core::bail!("missing tensor `{name}`"),
+            None => Err(plain_error(format!("missing tensor `{name}`"))),
         }
     }
 

@@ -1,0 +1,269 @@
+//! `samus segment`: one image, point and box prompts, a mask.
+
+use std::collections::HashMap;
+use std::path::PathBuf;
+
+use anyhow::{bail, Context, Result};
+use candle_core::{Device, Tensor};
+use clap::Args;
+use image::DynamicImage;
+use samus_model::checkpoint::{infer_config, read_tensors};
+use samus_model::{CheckpointKind, Point, Prediction, Predictor, PromptSet, Samus, SamusConfig};
+use serde::Serialize;
+
+use crate::demo::demo_image;
+use crate::images::{mask_image, open_image, overlay, save_png};
+use crate::output::write_atomically;
+use crate::prompts::{parse_box, parse_point};
+
+/// Examples shown by `samus segment --help`.
+pub const EXAMPLES: &str = "\
+Examples:
+  # A point on a lesion, mask and overlay written next to the image
+  samus segment --checkpoint samus_vit_b.safetensors --image scan.png \\
+      --point 120,88 --out scan_mask.png --overlay scan_overlay.png
+
+  # A box, three candidate masks, results as JSON
+  samus segment --checkpoint samus_vit_b.safetensors --image scan.png \\
+      --box 60,40,180,150 --multimask --json
+
+  # Try it without weights: a generated image and an untrained tiny model
+  samus segment --demo --out demo_mask.png --overlay demo_overlay.png
+
+Getting weights: `cargo xtask download` fetches SAM ViT-B (sam_vit_b_01ec64);
+pass it with --checkpoint (the SAMUS parts then start untrained) or use a trained
+SAMUS checkpoint.";
+
+/// Arguments of `samus segment`.
+#[derive(Debug, Args)]
+pub struct SegmentArgs {
+    /// SAMUS or SAM checkpoint (.safetensors, or a PyTorch .pth zip file).
+    #[arg(long, value_name = "FILE")]
+    checkpoint: Option<PathBuf>,
+    /// Model configuration: a preset (vit_b, vit_l, vit_h, tiny) or a JSON file.
+    /// Default: guessed from the checkpoint's tensor shapes.
+    #[arg(long, value_name = "PRESET|FILE")]
+    config: Option<String>,
+    /// Image to segment (PNG, JPEG, BMP or TIFF; grey or colour, 8 or 16 bit).
+    #[arg(long, value_name = "FILE", required_unless_present = "demo")]
+    image: Option<PathBuf>,
+    /// Point prompt in image pixels, `x,y` or `x,y,label` (label 1 foreground,
+    /// the default, or 0 background). Repeat for several points.
+    #[arg(long = "point", value_name = "X,Y[,LABEL]", value_parser = parse_point)]
+    points: Vec<Point>,
+    /// Box prompt in image pixels.
+    #[arg(long = "box", value_name = "X0,Y0,X1,Y1", value_parser = parse_box)]
+    bbox: Option<[f32; 4]>,
+    /// Predict three candidate masks; the one with the highest predicted IoU is written.
+    #[arg(long)]
+    multimask: bool,
+    /// Where to write the binary mask (PNG at the image's size).
+    #[arg(long, value_name = "FILE", default_value = "mask.png")]
+    out: PathBuf,
+    /// Also write the image with the mask tinted and the prompts drawn.
+    #[arg(long, value_name = "FILE")]
+    overlay: Option<PathBuf>,
+    /// Also write `low_res_logits` (1 x K x 128 x 128) and `iou` (1 x K) as safetensors.
+    #[arg(long, value_name = "FILE")]
+    save_logits: Option<PathBuf>,
+    /// Print the result as one JSON object.
+    #[arg(long)]
+    json: bool,
+    /// Segment a generated ultrasound-like image; without --checkpoint, with an
+    /// untrained tiny model (shows the pipeline, not real segmentation).
+    #[arg(long)]
+    demo: bool,
+}
+
+#[derive(Debug, Serialize)]
+struct MaskSummary {
+    index: usize,
+    iou: f32,
+    area: usize,
+}
+
+#[derive(Debug, Serialize)]
+struct SegmentReport {
+    image: String,
+    width: u32,
+    height: u32,
+    checkpoint: Option<String>,
+    untrained: bool,
+    masks: Vec<MaskSummary>,
+    selected: usize,
+    out: String,
+    overlay: Option<String>,
+    logits: Option<String>,
+}
+
+/// Demo weights are seeded so that the demo is repeatable.
+const DEMO_SEED: u64 = 7;
+
+fn no_checkpoint_message() -> String {
+    "no --checkpoint given. Get SAM ViT-B weights with `cargo xtask download` and pass the \
+     printed path with --checkpoint (or pass a trained SAMUS checkpoint); to try the pipeline \
+     without weights run `samus segment --demo`"
+        .to_string()
+}
+
+fn load_model(args: &SegmentArgs, device: &Device) -> Result<(Samus, bool)> {
+    let Some(path) = &args.checkpoint else {
+        if !args.demo {
+            bail!(no_checkpoint_message());
+        }
+        let cfg = match &args.config {
+            Some(spec) => SamusConfig::from_name_or_path(spec)?,
+            None => SamusConfig::tiny(),
+        };
+        eprintln!(
+            "warning: demo mode: the {}-wide model has random, UNTRAINED weights, so the mask \
+             is not a real segmentation. Get weights with `cargo xtask download` and pass --checkpoint.",
+            cfg.embed_dim
+        );
+        return Ok((Samus::random(&cfg, DEMO_SEED, device)?, true));
+    };
+    if !path.exists() {
+        bail!("checkpoint {} does not exist. {}", path.display(), no_checkpoint_message());
+    }
+    let tensors = read_tensors(path)?;
+    let cfg = match &args.config {
+        Some(spec) => SamusConfig::from_name_or_path(spec)?,
+        None => infer_config(&tensors).with_context(|| {
+            format!(
+                "checkpoint {}: cannot guess the model configuration from its tensors; pass --config",
+                path.display()
+            )
+        })?,
+    };
+    let (model, report) = Samus::from_tensors(tensors, &cfg, device, samus_model::checkpoint::DEFAULT_INIT_SEED)
+        .map_err(|e| anyhow::anyhow!("checkpoint {}: {}", path.display(), strip_in_memory(&e.to_string())))?;
+    let untrained = report.kind == CheckpointKind::Sam;
+    if untrained {
+        eprintln!(
+            "warning: {} is a plain SAM checkpoint: the SAMUS parts ({} tensors: CNN branch, adapters, \
+             position adapter) are freshly initialised and UNTRAINED; use a trained SAMUS checkpoint for \
+             real segmentation.",
+            path.display(),
+            report.initialised.len()
+        );
+    }
+    Ok((model, untrained))
+}
+
+fn strip_in_memory(message: &str) -> String {
+    message.replace("checkpoint <in memory>: ", "")
+}
+
+fn masks_to_summaries(prediction: &Prediction) -> Result<(Vec<MaskSummary>, Vec<Vec<u8>>)> {
+    let iou = prediction.iou.squeeze(0)?.to_vec1::<f32>()?;
+    let masks = prediction.masks.squeeze(0)?;
+    let mut summaries = Vec::with_capacity(iou.len());
+    let mut pixels = Vec::with_capacity(iou.len());
+    for (i, score) in iou.iter().enumerate() {
+        let m = masks.get(i)?.flatten_all()?.to_vec1::<u8>()?;
+        summaries.push(MaskSummary {
+            index: i,
+            iou: *score,
+            area: m.iter().filter(|&&v| v > 0).count(),
+        });
+        pixels.push(m);
+    }
+    Ok((summaries, pixels))
+}
+
+fn save_logits(prediction: &Prediction, path: &std::path::Path) -> Result<()> {
+    let tensors: HashMap<String, Tensor> = [
+        ("low_res_logits".to_string(), prediction.low_res_logits.clone()),
+        ("iou".to_string(), prediction.iou.clone()),
+    ]
+    .into_iter()
+    .collect();
+    let bytes = safetensors_bytes(&tensors)?;
+    write_atomically(path, |file| {
+        use std::io::Write;
+        file.write_all(&bytes)?;
+        Ok(())
+    })
+}
+
+fn safetensors_bytes(tensors: &HashMap<String, Tensor>) -> Result<Vec<u8>> {
+    // candle writes safetensors to a path; serialise through a temporary buffer file
+    // so that the final write stays atomic.
+    let dir = tempfile::tempdir().context("cannot create a temporary folder")?;
+    let tmp = dir.path().join("logits.safetensors");
+    candle_core::safetensors::save(tensors, &tmp).context("cannot serialise the logits")?;
+    std::fs::read(&tmp).context("cannot read back the serialised logits")
+}
+
+/// Runs `samus segment`.
+pub fn run(args: SegmentArgs) -> Result<()> {
+    let device = Device::Cpu;
+    let (image, image_name, mut points) = match (&args.image, args.demo) {
+        (Some(path), _) => (open_image(path)?, path.display().to_string(), args.points.clone()),
+        (None, _) => {
+            let (img, (cx, cy)) = demo_image(DEMO_SEED);
+            let points = if args.points.is_empty() && args.bbox.is_none() {
+                vec![Point::foreground(cx, cy)]
+            } else {
+                args.points.clone()
+            };
+            (DynamicImage::ImageLuma8(img), "<demo image>".to_string(), points)
+        }
+    };
+    if points.is_empty() && args.bbox.is_none() {
+        bail!("give at least one prompt: --point x,y or --box x0,y0,x1,y1");
+    }
+    points.shrink_to_fit();
+    let (model, untrained) = load_model(&args, &device)?;
+    let mut predictor = Predictor::new(&model);
+    predictor.set_image(&image)?;
+    let prediction = predictor.predict(&PromptSet {
+        points: points.clone(),
+        bbox: args.bbox,
+        mask_input: None,
+        multimask: args.multimask,
+    })?;
+    let (summaries, pixels) = masks_to_summaries(&prediction)?;
+    let selected = summaries
+        .iter()
+        .max_by(|a, b| a.iou.total_cmp(&b.iou))
+        .map_or(0, |s| s.index);
+    let (w, h) = (image.width(), image.height());
+    let mask = mask_image(&pixels[selected], w, h)?;
+    save_png(&DynamicImage::ImageLuma8(mask.clone()), &args.out)?;
+    if let Some(path) = &args.overlay {
+        let picture = overlay(&image, &mask, &points, args.bbox);
+        save_png(&DynamicImage::ImageRgb8(picture), path)?;
+    }
+    if let Some(path) = &args.save_logits {
+        save_logits(&prediction, path)?;
+    }
+    let report = SegmentReport {
+        image: image_name,
+        width: w,
+        height: h,
+        checkpoint: args.checkpoint.as_ref().map(|p| p.display().to_string()),
+        untrained,
+        masks: summaries,
+        selected,
+        out: args.out.display().to_string(),
+        overlay: args.overlay.as_ref().map(|p| p.display().to_string()),
+        logits: args.save_logits.as_ref().map(|p| p.display().to_string()),
+    };
+    if args.json {
+        println!("{}", serde_json::to_string(&report)?);
+    } else {
+        for m in &report.masks {
+            let mark = if m.index == selected { " (written)" } else { "" };
+            println!("mask {}: predicted IoU {:.4}, area {} px{mark}", m.index, m.iou, m.area);
+        }
+        println!("mask written to {}", report.out);
+        if let Some(p) = &report.overlay {
+            println!("overlay written to {p}");
+        }
+        if let Some(p) = &report.logits {
+            println!("logits written to {p}");
+        }
+    }
+    Ok(())
+}
