@@ -84,24 +84,43 @@ pub fn mask_image(mask: &[u8], width: u32, height: u32) -> Result<GrayImage> {
 }
 
 /// The image with the mask tinted and the prompts drawn.
-pub fn overlay(image: &DynamicImage, mask: &GrayImage, points: &[Point], bbox: Option<BoxPrompt>) -> RgbImage {
+pub fn overlay(
+    image: &DynamicImage,
+    mask: &GrayImage,
+    points: &[Point],
+    bbox: Option<BoxPrompt>,
+) -> RgbImage {
     let mut out = image.to_rgb8();
     for (pixel, m) in out.pixels_mut().zip(mask.pixels()) {
         if m[0] > 0 {
             for c in 0..3 {
-                pixel[c] = ((1.0 - TINT_ALPHA) * pixel[c] as f32 + TINT_ALPHA * TINT[c]).round() as u8;
+                pixel[c] =
+                    ((1.0 - TINT_ALPHA) * pixel[c] as f32 + TINT_ALPHA * TINT[c]).round() as u8;
             }
         }
     }
     let radius = ((out.width().min(out.height()) as f32) / 80.0).max(2.0) as i32;
     for p in points {
-        let colour = if p.label == 1 { FOREGROUND_COLOUR } else { BACKGROUND_COLOUR };
-        draw_filled_circle_mut(&mut out, (p.x.round() as i32, p.y.round() as i32), radius, colour);
+        let colour = if p.label == 1 {
+            FOREGROUND_COLOUR
+        } else {
+            BACKGROUND_COLOUR
+        };
+        draw_filled_circle_mut(
+            &mut out,
+            (p.x.round() as i32, p.y.round() as i32),
+            radius,
+            colour,
+        );
     }
     if let Some([x0, y0, x1, y1]) = bbox {
         let w = (x1 - x0).round().max(1.0) as u32;
         let h = (y1 - y0).round().max(1.0) as u32;
-        draw_hollow_rect_mut(&mut out, Rect::at(x0.round() as i32, y0.round() as i32).of_size(w, h), BOX_COLOUR);
+        draw_hollow_rect_mut(
+            &mut out,
+            Rect::at(x0.round() as i32, y0.round() as i32).of_size(w, h),
+            BOX_COLOUR,
+        );
     }
     out
 }

@@ -20,10 +20,19 @@ pub fn parse_point(text: &str) -> Result<Point, String> {
     let label = match v.len() {
         2 => 1,
         3 if v[2] == 1.0 || v[2] == 0.0 => v[2] as i64,
-        3 => return Err(format!("point label must be 1 (foreground) or 0 (background), got {}", v[2])),
+        3 => {
+            return Err(format!(
+                "point label must be 1 (foreground) or 0 (background), got {}",
+                v[2]
+            ))
+        }
         _ => return Err(format!("a point is `x,y` or `x,y,label`, got `{text}`")),
     };
-    Ok(Point { x: v[0], y: v[1], label })
+    Ok(Point {
+        x: v[0],
+        y: v[1],
+        label,
+    })
 }
 
 /// `x0,y0,x1,y1`.
@@ -41,7 +50,14 @@ mod tests {
 
     #[test]
     fn points_and_boxes() {
-        assert_eq!(parse_point("10,20").unwrap(), Point { x: 10.0, y: 20.0, label: 1 });
+        assert_eq!(
+            parse_point("10,20").unwrap(),
+            Point {
+                x: 10.0,
+                y: 20.0,
+                label: 1
+            }
+        );
         assert_eq!(parse_point("1.5, 2,0").unwrap().label, 0);
         assert!(parse_point("1,2,5").unwrap_err().contains("label"));
         assert!(parse_point("1").is_err());

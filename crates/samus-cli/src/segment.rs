@@ -123,7 +123,11 @@ fn load_model(args: &SegmentArgs, device: &Device) -> Result<(Samus, bool)> {
         return Ok((Samus::random(&cfg, DEMO_SEED, device)?, true));
     };
     if !path.exists() {
-        bail!("checkpoint {} does not exist. {}", path.display(), no_checkpoint_message());
+        bail!(
+            "checkpoint {} does not exist. {}",
+            path.display(),
+            no_checkpoint_message()
+        );
     }
     let tensors = read_tensors(path)?;
     let cfg = match &args.config {
@@ -135,8 +139,19 @@ fn load_model(args: &SegmentArgs, device: &Device) -> Result<(Samus, bool)> {
             )
         })?,
     };
-    let (model, report) = Samus::from_tensors(tensors, &cfg, device, samus_model::checkpoint::DEFAULT_INIT_SEED)
-        .map_err(|e| anyhow::anyhow!("checkpoint {}: {}", path.display(), strip_in_memory(&e.to_string())))?;
+    let (model, report) = Samus::from_tensors(
+        tensors,
+        &cfg,
+        device,
+        samus_model::checkpoint::DEFAULT_INIT_SEED,
+    )
+    .map_err(|e| {
+        anyhow::anyhow!(
+            "checkpoint {}: {}",
+            path.display(),
+            strip_in_memory(&e.to_string())
+        )
+    })?;
     let untrained = report.kind == CheckpointKind::Sam;
     if untrained {
         eprintln!(
@@ -173,7 +188,10 @@ fn masks_to_summaries(prediction: &Prediction) -> Result<(Vec<MaskSummary>, Vec<
 
 fn save_logits(prediction: &Prediction, path: &std::path::Path) -> Result<()> {
     let tensors: HashMap<String, Tensor> = [
-        ("low_res_logits".to_string(), prediction.low_res_logits.clone()),
+        (
+            "low_res_logits".to_string(),
+            prediction.low_res_logits.clone(),
+        ),
         ("iou".to_string(), prediction.iou.clone()),
     ]
     .into_iter()
@@ -199,7 +217,11 @@ fn safetensors_bytes(tensors: &HashMap<String, Tensor>) -> Result<Vec<u8>> {
 pub fn run(args: SegmentArgs) -> Result<()> {
     let device = Device::Cpu;
     let (image, image_name, mut points) = match (&args.image, args.demo) {
-        (Some(path), _) => (open_image(path)?, path.display().to_string(), args.points.clone()),
+        (Some(path), _) => (
+            open_image(path)?,
+            path.display().to_string(),
+            args.points.clone(),
+        ),
         (None, _) => {
             let (img, (cx, cy)) = demo_image(DEMO_SEED);
             let points = if args.points.is_empty() && args.bbox.is_none() {
@@ -207,7 +229,11 @@ pub fn run(args: SegmentArgs) -> Result<()> {
             } else {
                 args.points.clone()
             };
-            (DynamicImage::ImageLuma8(img), "<demo image>".to_string(), points)
+            (
+                DynamicImage::ImageLuma8(img),
+                "<demo image>".to_string(),
+                points,
+            )
         }
     };
     if points.is_empty() && args.bbox.is_none() {
@@ -254,8 +280,15 @@ pub fn run(args: SegmentArgs) -> Result<()> {
         println!("{}", serde_json::to_string(&report)?);
     } else {
         for m in &report.masks {
-            let mark = if m.index == selected { " (written)" } else { "" };
-            println!("mask {}: predicted IoU {:.4}, area {} px{mark}", m.index, m.iou, m.area);
+            let mark = if m.index == selected {
+                " (written)"
+            } else {
+                ""
+            };
+            println!(
+                "mask {}: predicted IoU {:.4}, area {} px{mark}",
+                m.index, m.iou, m.area
+            );
         }
         println!("mask written to {}", report.out);
         if let Some(p) = &report.overlay {

@@ -23,12 +23,18 @@ fn stderr(out: &Output) -> String {
 /// A failure must be a non-zero exit with one `error:` line naming `needle`, no panic.
 fn assert_clean_failure(out: &Output, needle: &str) {
     let err = stderr(out);
-    assert!(!out.status.success(), "expected failure, got success; stderr: {err}");
+    assert!(
+        !out.status.success(),
+        "expected failure, got success; stderr: {err}"
+    );
     assert!(!err.contains("panicked"), "panic: {err}");
     let lines: Vec<&str> = err.lines().filter(|l| !l.starts_with("warning:")).collect();
     assert_eq!(lines.len(), 1, "expected one error line, got: {err}");
     assert!(lines[0].starts_with("error: "), "{err}");
-    assert!(lines[0].contains(needle), "error does not mention `{needle}`: {err}");
+    assert!(
+        lines[0].contains(needle),
+        "error does not mention `{needle}`: {err}"
+    );
 }
 
 fn fixtures() -> Option<PathBuf> {
@@ -46,8 +52,15 @@ fn p(path: &Path) -> &str {
 #[test]
 fn segment_reproduces_reference_logits() {
     let Some(dir) = fixtures() else { return };
-    let io = candle_core::safetensors::load(dir.join("samus_tiny_io.safetensors"), &Device::Cpu).unwrap();
-    let coords = io["point_coords"].get(0).unwrap().get(0).unwrap().to_vec1::<f32>().unwrap();
+    let io = candle_core::safetensors::load(dir.join("samus_tiny_io.safetensors"), &Device::Cpu)
+        .unwrap();
+    let coords = io["point_coords"]
+        .get(0)
+        .unwrap()
+        .get(0)
+        .unwrap()
+        .to_vec1::<f32>()
+        .unwrap();
     let tmp = tempfile::tempdir().unwrap();
     let logits = tmp.path().join("logits.safetensors");
     let mask = tmp.path().join("mask.png");
@@ -55,12 +68,18 @@ fn segment_reproduces_reference_logits() {
     let point = format!("{},{}", coords[0], coords[1]);
     let out = samus(&[
         "segment",
-        "--checkpoint", p(&dir.join("samus_tiny.safetensors")),
-        "--image", p(&dir.join("busi/benign0001.png")),
-        "--point", &point,
-        "--out", p(&mask),
-        "--overlay", p(&overlay),
-        "--save-logits", p(&logits),
+        "--checkpoint",
+        p(&dir.join("samus_tiny.safetensors")),
+        "--image",
+        p(&dir.join("busi/benign0001.png")),
+        "--point",
+        &point,
+        "--out",
+        p(&mask),
+        "--overlay",
+        p(&overlay),
+        "--save-logits",
+        p(&logits),
         "--json",
     ]);
     assert!(out.status.success(), "{}", stderr(&out));
@@ -76,7 +95,10 @@ fn segment_reproduces_reference_logits() {
     let mask = image::open(&mask).unwrap().to_luma8();
     assert_eq!(mask.dimensions(), (256, 256));
     assert!(mask.pixels().all(|p| p[0] == 0 || p[0] == 255));
-    assert_eq!(image::open(&overlay).unwrap().to_rgb8().dimensions(), (256, 256));
+    assert_eq!(
+        image::open(&overlay).unwrap().to_rgb8().dimensions(),
+        (256, 256)
+    );
 }
 
 /// A family member that shares nothing with the tiny numbers.
@@ -103,7 +125,9 @@ fn segment_serves_any_configuration_of_the_family() {
     let ckpt = tmp.path().join("other.safetensors");
     let model = save_random_checkpoint(&cfg, &ckpt);
     // A non-square RGB image, so that the prompt mapping and the resize are exercised.
-    let img = image::RgbImage::from_fn(300, 200, |x, y| image::Rgb([(x % 256) as u8, (y % 256) as u8, ((x * y) % 256) as u8]));
+    let img = image::RgbImage::from_fn(300, 200, |x, y| {
+        image::Rgb([(x % 256) as u8, (y % 256) as u8, ((x * y) % 256) as u8])
+    });
     let img_path = tmp.path().join("scan.png");
     img.save(&img_path).unwrap();
     let cfg_path = tmp.path().join("cfg.json");
@@ -112,19 +136,41 @@ fn segment_serves_any_configuration_of_the_family() {
     let mask = tmp.path().join("m.png");
     for config_args in [vec!["--config", p(&cfg_path)], vec![]] {
         let mut args = vec![
-            "segment", "--checkpoint", p(&ckpt), "--image", p(&img_path),
-            "--point", "150,80", "--point", "20,20,0", "--box", "100,50,220,160",
-            "--multimask", "--out", p(&mask), "--save-logits", p(&logits),
+            "segment",
+            "--checkpoint",
+            p(&ckpt),
+            "--image",
+            p(&img_path),
+            "--point",
+            "150,80",
+            "--point",
+            "20,20,0",
+            "--box",
+            "100,50,220,160",
+            "--multimask",
+            "--out",
+            p(&mask),
+            "--save-logits",
+            p(&logits),
         ];
         args.extend(config_args);
         let out = samus(&args);
         assert!(out.status.success(), "{}", stderr(&out));
         let saved = candle_core::safetensors::load(&logits, &Device::Cpu).unwrap();
         let mut predictor = Predictor::new(&model);
-        predictor.set_image(&image::DynamicImage::ImageRgb8(img.clone())).unwrap();
+        predictor
+            .set_image(&image::DynamicImage::ImageRgb8(img.clone()))
+            .unwrap();
         let want = predictor
             .predict(&PromptSet {
-                points: vec![Point::foreground(150.0, 80.0), Point { x: 20.0, y: 20.0, label: 0 }],
+                points: vec![
+                    Point::foreground(150.0, 80.0),
+                    Point {
+                        x: 20.0,
+                        y: 20.0,
+                        label: 0,
+                    },
+                ],
                 bbox: Some([100.0, 50.0, 220.0, 160.0]),
                 mask_input: None,
                 multimask: true,
@@ -132,7 +178,10 @@ fn segment_serves_any_configuration_of_the_family() {
             .unwrap();
         assert_eq!(saved["low_res_logits"].dims(), &[1, 3, 128, 128]);
         assert!(relative_error(&saved["low_res_logits"], &want.low_res_logits).unwrap() < 1e-6);
-        assert_eq!(image::open(&mask).unwrap().to_luma8().dimensions(), (300, 200));
+        assert_eq!(
+            image::open(&mask).unwrap().to_luma8().dimensions(),
+            (300, 200)
+        );
     }
 }
 
@@ -141,7 +190,14 @@ fn demo_runs_without_any_files_and_says_it_is_untrained() {
     let tmp = tempfile::tempdir().unwrap();
     let mask = tmp.path().join("demo.png");
     let overlay = tmp.path().join("demo_overlay.png");
-    let out = samus(&["segment", "--demo", "--out", p(&mask), "--overlay", p(&overlay)]);
+    let out = samus(&[
+        "segment",
+        "--demo",
+        "--out",
+        p(&mask),
+        "--overlay",
+        p(&overlay),
+    ]);
     assert!(out.status.success(), "{}", stderr(&out));
     assert!(stderr(&out).contains("UNTRAINED"));
     assert!(stderr(&out).contains("cargo xtask download"));
@@ -153,10 +209,21 @@ fn missing_checkpoint_says_how_to_get_one() {
     let tmp = tempfile::tempdir().unwrap();
     let img = tmp.path().join("i.png");
     image::GrayImage::new(32, 32).save(&img).unwrap();
-    assert_clean_failure(&samus(&["segment", "--image", p(&img), "--point", "1,1"]), "cargo xtask download");
+    assert_clean_failure(
+        &samus(&["segment", "--image", p(&img), "--point", "1,1"]),
+        "cargo xtask download",
+    );
     let absent = tmp.path().join("absent.safetensors");
     assert_clean_failure(
-        &samus(&["segment", "--checkpoint", p(&absent), "--image", p(&img), "--point", "1,1"]),
+        &samus(&[
+            "segment",
+            "--checkpoint",
+            p(&absent),
+            "--image",
+            p(&img),
+            "--point",
+            "1,1",
+        ]),
         "does not exist",
     );
 }
@@ -164,7 +231,11 @@ fn missing_checkpoint_says_how_to_get_one() {
 #[test]
 fn bad_inputs_fail_with_one_clear_line() {
     let tmp = tempfile::tempdir().unwrap();
-    let cfg = SamusConfig { depth: 2, global_attn_indexes: vec![1], ..other_config() };
+    let cfg = SamusConfig {
+        depth: 2,
+        global_attn_indexes: vec![1],
+        ..other_config()
+    };
     let ckpt = tmp.path().join("w.safetensors");
     save_random_checkpoint(&cfg, &ckpt);
     let img = tmp.path().join("i.png");
@@ -204,12 +275,25 @@ fn bad_inputs_fail_with_one_clear_line() {
     assert_clean_failure(&run(args), "DICOM");
     // A config value of the wrong type.
     let bad_cfg = tmp.path().join("bad.json");
-    std::fs::write(&bad_cfg, r#"{"embed_dim": 96, "depth": "two", "num_heads": 3, "global_attn_indexes": [1]}"#).unwrap();
-    assert_clean_failure(&run(base(&["--point", "1,1", "--config", p(&bad_cfg)])), "two");
+    std::fs::write(
+        &bad_cfg,
+        r#"{"embed_dim": 96, "depth": "two", "num_heads": 3, "global_attn_indexes": [1]}"#,
+    )
+    .unwrap();
+    assert_clean_failure(
+        &run(base(&["--point", "1,1", "--config", p(&bad_cfg)])),
+        "two",
+    );
     // An unknown preset.
-    assert_clean_failure(&run(base(&["--point", "1,1", "--config", "vit_z"])), "vit_z");
+    assert_clean_failure(
+        &run(base(&["--point", "1,1", "--config", "vit_z"])),
+        "vit_z",
+    );
     // A checkpoint of another size than the configuration.
-    assert_clean_failure(&run(base(&["--point", "1,1", "--config", "tiny"])), "image_encoder.");
+    assert_clean_failure(
+        &run(base(&["--point", "1,1", "--config", "tiny"])),
+        "image_encoder.",
+    );
     // A file that is not a checkpoint, and one of an unrelated model.
     let junk = tmp.path().join("junk.safetensors");
     std::fs::write(&junk, "this is not a checkpoint at all").unwrap();
@@ -217,8 +301,11 @@ fn bad_inputs_fail_with_one_clear_line() {
     args[2] = junk.display().to_string();
     assert_clean_failure(&run(args), "junk.safetensors");
     let other = tmp.path().join("other.safetensors");
-    let tensors: HashMap<String, Tensor> =
-        [("encoder.weight".to_string(), Tensor::zeros(4, candle_core::DType::F32, &Device::Cpu).unwrap())].into();
+    let tensors: HashMap<String, Tensor> = [(
+        "encoder.weight".to_string(),
+        Tensor::zeros(4, candle_core::DType::F32, &Device::Cpu).unwrap(),
+    )]
+    .into();
     candle_core::safetensors::save(&tensors, &other).unwrap();
     let mut args = base(&["--point", "1,1", "--config", "tiny"]);
     args[2] = other.display().to_string();

@@ -33,7 +33,10 @@ mod tests {
         for (v, got) in values.iter().zip(y) {
             let v = *v as f64;
             let want = v * 0.5 * (1.0 + erf(v / std::f64::consts::SQRT_2));
-            assert!((got as f64 - want).abs() < 1e-6, "gelu({v}) = {got}, want {want}");
+            assert!(
+                (got as f64 - want).abs() < 1e-6,
+                "gelu({v}) = {got}, want {want}"
+            );
         }
         Ok(())
     }

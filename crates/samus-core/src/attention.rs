@@ -123,11 +123,23 @@ mod tests {
     use proptest::prelude::*;
 
     /// Attention of one head, written out with loops.
-    fn naive_head(q: &[f32], k: &[f32], v: &[f32], nq: usize, nk: usize, d: usize, scale: f32, bias: &[f32]) -> Vec<f32> {
+    fn naive_head(
+        q: &[f32],
+        k: &[f32],
+        v: &[f32],
+        (nq, nk, d): (usize, usize, usize),
+        scale: f32,
+        bias: &[f32],
+    ) -> Vec<f32> {
         let mut out = vec![0f32; nq * d];
         for i in 0..nq {
             let scores: Vec<f32> = (0..nk)
-                .map(|j| (0..d).map(|c| q[i * d + c] * scale * k[j * d + c]).sum::<f32>() + bias[i * nk + j])
+                .map(|j| {
+                    (0..d)
+                        .map(|c| q[i * d + c] * scale * k[j * d + c])
+                        .sum::<f32>()
+                        + bias[i * nk + j]
+                })
                 .collect();
             let max = scores.iter().cloned().fold(f32::NEG_INFINITY, f32::max);
             let exps: Vec<f32> = scores.iter().map(|s| (s - max).exp()).collect();
@@ -142,7 +154,17 @@ mod tests {
     }
 
     fn values(n: usize, salt: u32) -> Vec<f32> {
-        (0..n).map(|i| ((((i as u32) + 1).wrapping_mul(salt).wrapping_mul(2_654_435_761) >> 8) % 2000) as f32 / 1000.0 - 1.0).collect()
+        (0..n)
+            .map(|i| {
+                ((((i as u32) + 1)
+                    .wrapping_mul(salt)
+                    .wrapping_mul(2_654_435_761)
+                    >> 8)
+                    % 2000) as f32
+                    / 1000.0
+                    - 1.0
+            })
+            .collect()
     }
 
     proptest! {
@@ -162,7 +184,7 @@ mod tests {
                 .unwrap().flatten_all().unwrap().to_vec1::<f32>().unwrap();
             let zero_bias = vec![0f32; nq * nk];
             for g in 0..b * h {
-                let want = naive_head(&qv[g * nq * d..][..nq * d], &kv[g * nk * d..][..nk * d], &vv[g * nk * d..][..nk * d], nq, nk, d, scale as f32, &zero_bias);
+                let want = naive_head(&qv[g * nq * d..][..nq * d], &kv[g * nk * d..][..nk * d], &vv[g * nk * d..][..nk * d], (nq, nk, d), scale as f32, &zero_bias);
                 for (x, y) in got[g * nq * d..][..nq * d].iter().zip(&want) {
                     prop_assert!((x - y).abs() < 1e-5, "got {x}, want {y}");
                 }
@@ -198,7 +220,7 @@ mod tests {
                     bias[(y * gw + x) * n + ky * gw + kx] = qvec.iter().zip(rh).map(|(a, b)| a * b).sum::<f32>()
                         + qvec.iter().zip(rw).map(|(a, b)| a * b).sum::<f32>();
                 }}}}
-                let want = naive_head(qg, &kv[g * n * d..][..n * d], &vv[g * n * d..][..n * d], n, n, d, scale as f32, &bias);
+                let want = naive_head(qg, &kv[g * n * d..][..n * d], &vv[g * n * d..][..n * d], (n, n, d), scale as f32, &bias);
                 for (x, y) in got[g * n * d..][..n * d].iter().zip(&want) {
                     prop_assert!((x - y).abs() < 1e-5, "got {x}, want {y}");
                 }

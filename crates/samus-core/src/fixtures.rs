@@ -22,7 +22,7 @@ pub fn fixtures_dir(manifest_dir: &str) -> Option<PathBuf> {
     loop {
         if dir.join("Cargo.lock").exists() || dir.join(".ci").is_dir() {
             let candidate = dir.join("..").join("shared").join("fixtures");
-            return candidate.is_dir().then_some(candidate);
+            return candidate.canonicalize().ok().filter(|c| c.is_dir());
         }
         if !dir.pop() {
             return None;
@@ -33,7 +33,11 @@ pub fn fixtures_dir(manifest_dir: &str) -> Option<PathBuf> {
 /// `||a - b|| / ||b||` over the whole tensors (b is the reference).
 pub fn relative_error(ours: &Tensor, reference: &Tensor) -> Result<f64> {
     if ours.dims() != reference.dims() {
-        candle_core::bail!("shape {:?} differs from the reference {:?}", ours.dims(), reference.dims())
+        candle_core::bail!(
+            "shape {:?} differs from the reference {:?}",
+            ours.dims(),
+            reference.dims()
+        )
     }
     let a = ours.to_dtype(DType::F64)?;
     let b = reference.to_dtype(DType::F64)?;
@@ -46,6 +50,10 @@ pub fn relative_error(ours: &Tensor, reference: &Tensor) -> Result<f64> {
 pub fn sign_agreement(ours: &Tensor, reference: &Tensor) -> Result<f64> {
     let a = ours.gt(0.0)?;
     let b = reference.gt(0.0)?;
-    let same = a.eq(&b)?.to_dtype(DType::F64)?.sum_all()?.to_scalar::<f64>()?;
+    let same = a
+        .eq(&b)?
+        .to_dtype(DType::F64)?
+        .sum_all()?
+        .to_scalar::<f64>()?;
     Ok(same / reference.elem_count().max(1) as f64)
 }

@@ -55,7 +55,9 @@ impl LayerNorm2d {
     /// Normalises an NCHW tensor over C; returns a contiguous NCHW tensor.
     pub fn forward(&self, x: &Tensor) -> Result<Tensor> {
         let nhwc = x.permute((0, 2, 3, 1))?;
-        self.forward_nhwc(&nhwc)?.permute((0, 3, 1, 2))?.contiguous()
+        self.forward_nhwc(&nhwc)?
+            .permute((0, 3, 1, 2))?
+            .contiguous()
     }
 
     /// Normalises an NHWC tensor over its last axis (the same operation, for callers
@@ -92,7 +94,9 @@ mod tests {
             let mean = row.iter().map(|&v| v as f64).sum::<f64>() / c as f64;
             let var = row.iter().map(|&v| (v as f64 - mean).powi(2)).sum::<f64>() / c as f64;
             for (i, &v) in row.iter().enumerate() {
-                out.push(((v as f64 - mean) / (var + eps).sqrt() * w[i] as f64 + b[i] as f64) as f32);
+                out.push(
+                    ((v as f64 - mean) / (var + eps).sqrt() * w[i] as f64 + b[i] as f64) as f32,
+                );
             }
         }
         out

@@ -84,7 +84,10 @@ impl DecomposedRelPos {
         let (qh, qw) = self.q_size;
         let (kh, kw) = self.k_size;
         if nq != qh * qw {
-            candle_core::bail!("relative-position bias expects {} queries, got {nq}", qh * qw)
+            candle_core::bail!(
+                "relative-position bias expects {} queries, got {nq}",
+                qh * qw
+            )
         }
         let r_q = q.reshape((g, qh, qw, c))?;
         // rel_h[g, y, x, k] = sum_c r_q[g, y, x, c] * rh[y, k, c]
@@ -123,7 +126,7 @@ mod tests {
         #[test]
         fn bias_matches_definition(g in 1usize..3, qh in 1usize..5, qw in 1usize..5, c in 1usize..5, seed in 0u32..50) {
             let dev = Device::Cpu;
-            let val = |i: usize, salt: u32| ((((i as u32) + 1) * (seed + salt) * 2_654_435_761u32 >> 7) % 1000) as f32 / 250.0 - 2.0;
+            let val = |i: usize, salt: u32| (((((i as u32) + 1).wrapping_mul(seed + salt).wrapping_mul(2_654_435_761)) >> 7) % 1000) as f32 / 250.0 - 2.0;
             let len_h = 2 * qh - 1;
             let len_w = 2 * qw - 1;
             let rph: Vec<f32> = (0..len_h * c).map(|i| val(i, 3)).collect();
@@ -155,8 +158,13 @@ mod tests {
         let table = Tensor::arange(0f32, 7.0, &dev)?.reshape((7, 1))?;
         // 2 * 2 - 1 = 3 entries are needed: the table is resized 7 -> 3 first.
         let gathered = get_rel_pos(2, 2, &table)?.flatten_all()?.to_vec1::<f32>()?;
-        let resized = resize_linear_along(&table, 0, 3)?.flatten_all()?.to_vec1::<f32>()?;
-        assert_eq!(gathered, vec![resized[1], resized[0], resized[2], resized[1]]);
+        let resized = resize_linear_along(&table, 0, 3)?
+            .flatten_all()?
+            .to_vec1::<f32>()?;
+        assert_eq!(
+            gathered,
+            vec![resized[1], resized[0], resized[2], resized[1]]
+        );
         Ok(())
     }
 }

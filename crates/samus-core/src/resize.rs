@@ -59,7 +59,10 @@ pub fn resize_bilinear(x: &Tensor, out_h: usize, out_w: usize) -> Result<Tensor>
 pub fn resize_linear_along(x: &Tensor, dim: usize, size: usize) -> Result<Tensor> {
     let dims = x.dims();
     if dim >= dims.len() {
-        candle_core::bail!("axis {dim} out of range for a tensor of rank {}", dims.len())
+        candle_core::bail!(
+            "axis {dim} out of range for a tensor of rank {}",
+            dims.len()
+        )
     }
     if dims[dim] == size {
         return Ok(x.clone());

@@ -81,7 +81,10 @@ fn sniff_format(path: &Path) -> Result<Format> {
         return Ok(Format::PthLegacy);
     }
     if n < 8 {
-        return Err(checkpoint_error(path, "file is too short to be a checkpoint"));
+        return Err(checkpoint_error(
+            path,
+            "file is too short to be a checkpoint",
+        ));
     }
     Ok(Format::Safetensors)
 }
@@ -96,8 +99,9 @@ pub fn read_tensors(path: impl AsRef<Path>) -> Result<HashMap<String, Tensor>> {
             .map_err(|e| checkpoint_error(path, format!("not a readable safetensors file: {e}"))),
         Format::PthZip => {
             for key in [None, Some("model"), Some("state_dict")] {
-                let tensors = candle_core::pickle::read_all_with_key(path, key)
-                    .map_err(|e| checkpoint_error(path, format!("not a readable PyTorch checkpoint: {e}")));
+                let tensors = candle_core::pickle::read_all_with_key(path, key).map_err(|e| {
+                    checkpoint_error(path, format!("not a readable PyTorch checkpoint: {e}"))
+                });
                 match tensors {
                     Ok(t) if !t.is_empty() => return Ok(t.into_iter().collect()),
                     Ok(_) => continue,
@@ -105,7 +109,10 @@ pub fn read_tensors(path: impl AsRef<Path>) -> Result<HashMap<String, Tensor>> {
                     Err(_) => continue,
                 }
             }
-            Err(checkpoint_error(path, "the PyTorch checkpoint holds no tensors"))
+            Err(checkpoint_error(
+                path,
+                "the PyTorch checkpoint holds no tensors",
+            ))
         }
         Format::PthLegacy => Err(checkpoint_error(
             path,
@@ -135,7 +142,10 @@ pub fn resample_rel_pos(table: &Tensor, len: usize) -> candle_core::Result<Tenso
 
 /// Converts SAM tensors in place for SAMUS of `cfg`: resamples the global blocks'
 /// relative-position tables to `2 * G - 1` rows.
-pub fn convert_sam_tensors(tensors: &mut HashMap<String, Tensor>, cfg: &SamusConfig) -> candle_core::Result<()> {
+pub fn convert_sam_tensors(
+    tensors: &mut HashMap<String, Tensor>,
+    cfg: &SamusConfig,
+) -> candle_core::Result<()> {
     let len = 2 * cfg.grid_size() - 1;
     for &i in &cfg.global_attn_indexes {
         for axis in ["h", "w"] {
@@ -157,7 +167,11 @@ impl Samus {
     /// A SAMUS checkpoint must hold every tensor at the right shape; a SAM checkpoint
     /// is converted (see the module docs) and the report lists the tensors that start
     /// untrained.
-    pub fn from_checkpoint(path: impl AsRef<Path>, cfg: &SamusConfig, device: &Device) -> Result<(Self, LoadReport)> {
+    pub fn from_checkpoint(
+        path: impl AsRef<Path>,
+        cfg: &SamusConfig,
+        device: &Device,
+    ) -> Result<(Self, LoadReport)> {
         let path = path.as_ref();
         cfg.validate()?;
         let tensors = read_tensors(path)?;
@@ -194,7 +208,10 @@ impl Samus {
         let model = Self::load(store.var_builder(device), cfg).map_err(|e| {
             checkpoint_error(
                 &in_memory,
-                format!("{e} (model configuration: embed_dim {}, depth {}, num_heads {})", cfg.embed_dim, cfg.depth, cfg.num_heads),
+                format!(
+                    "{e} (model configuration: embed_dim {}, depth {}, num_heads {})",
+                    cfg.embed_dim, cfg.depth, cfg.num_heads
+                ),
             )
         })?;
         let report = LoadReport {
@@ -235,7 +252,13 @@ pub fn infer_config(tensors: &HashMap<String, Tensor>) -> Option<SamusConfig> {
     let prefix = "image_encoder.blocks.";
     let depth = tensors
         .keys()
-        .filter_map(|k| k.strip_prefix(prefix)?.split('.').next()?.parse::<usize>().ok())
+        .filter_map(|k| {
+            k.strip_prefix(prefix)?
+                .split('.')
+                .next()?
+                .parse::<usize>()
+                .ok()
+        })
         .max()?
         + 1;
     let mut cfg = SamusConfig {

@@ -141,8 +141,7 @@ impl SamusConfig {
             Some(inner) if value.get("embed_dim").is_none() => inner.clone(),
             _ => value,
         };
-        let cfg: Self =
-            serde_json::from_value(object).map_err(|e| Error::Config(e.to_string()))?;
+        let cfg: Self = serde_json::from_value(object).map_err(|e| Error::Config(e.to_string()))?;
         cfg.validate()?;
         Ok(cfg)
     }
@@ -204,7 +203,10 @@ impl SamusConfig {
     pub fn validate(&self) -> Result<()> {
         let fail = |msg: String| Err(Error::Config(msg));
         if self.embed_dim < 4 {
-            return fail(format!("embed_dim must be at least 4, got {}", self.embed_dim));
+            return fail(format!(
+                "embed_dim must be at least 4, got {}",
+                self.embed_dim
+            ));
         }
         if self.num_heads == 0 || self.embed_dim % self.num_heads != 0 {
             return fail(format!(
@@ -252,7 +254,10 @@ impl SamusConfig {
             ));
         }
         if !(self.mlp_ratio.is_finite() && self.mlp_ratio > 0.0 && self.mlp_dim() > 0) {
-            return fail(format!("mlp_ratio must be positive, got {}", self.mlp_ratio));
+            return fail(format!(
+                "mlp_ratio must be positive, got {}",
+                self.mlp_ratio
+            ));
         }
         if !(self.layer_norm_eps.is_finite() && self.layer_norm_eps > 0.0) {
             return fail(format!(
@@ -294,17 +299,26 @@ mod tests {
 
     #[test]
     fn bad_values_are_named() {
-        let err = SamusConfig::from_json_str(r#"{"embed_dim": 100, "depth": 2, "num_heads": 3, "global_attn_indexes": []}"#)
-            .unwrap_err()
-            .to_string();
-        assert!(err.contains("num_heads (3) must divide embed_dim (100)"), "{err}");
-        let err = SamusConfig::from_json_str(r#"{"embed_dim": "wide", "depth": 2, "num_heads": 2, "global_attn_indexes": []}"#)
-            .unwrap_err()
-            .to_string();
+        let err = SamusConfig::from_json_str(
+            r#"{"embed_dim": 100, "depth": 2, "num_heads": 3, "global_attn_indexes": []}"#,
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(
+            err.contains("num_heads (3) must divide embed_dim (100)"),
+            "{err}"
+        );
+        let err = SamusConfig::from_json_str(
+            r#"{"embed_dim": "wide", "depth": 2, "num_heads": 2, "global_attn_indexes": []}"#,
+        )
+        .unwrap_err()
+        .to_string();
         assert!(err.contains("wide"), "{err}");
-        let err = SamusConfig::from_json_str(r#"{"embed_dim": 64, "depth": 2, "num_heads": 2, "global_attn_indexes": [5]}"#)
-            .unwrap_err()
-            .to_string();
+        let err = SamusConfig::from_json_str(
+            r#"{"embed_dim": 64, "depth": 2, "num_heads": 2, "global_attn_indexes": [5]}"#,
+        )
+        .unwrap_err()
+        .to_string();
         assert!(err.contains("global_attn_indexes contains 5"), "{err}");
     }
 }

@@ -50,7 +50,10 @@ impl Module for Linear {
         let mut out_dims = x.dims().to_vec();
         match out_dims.last_mut() {
             Some(last) if *last == in_dim => *last = out_dim,
-            _ => candle_core::bail!("linear layer expects {in_dim} input features, got {:?}", x.shape()),
+            _ => candle_core::bail!(
+                "linear layer expects {in_dim} input features, got {:?}",
+                x.shape()
+            ),
         }
         let rows = x.elem_count() / in_dim.max(1);
         let y = x
@@ -124,7 +127,12 @@ pub fn conv2d(vb: VarBuilder, spec: ConvSpec) -> Result<Conv2d> {
     let fan_in = spec.in_channels * spec.kernel * spec.kernel;
     let init = pytorch_default_init(fan_in);
     let weight = vb.get_with_hints(
-        (spec.out_channels, spec.in_channels, spec.kernel, spec.kernel),
+        (
+            spec.out_channels,
+            spec.in_channels,
+            spec.kernel,
+            spec.kernel,
+        ),
         "weight",
         init,
     )?;
@@ -142,7 +150,11 @@ pub fn conv2d(vb: VarBuilder, spec: ConvSpec) -> Result<Conv2d> {
 }
 
 /// Loads an `nn.ConvTranspose2d(in, out, kernel, stride=kernel)` with bias.
-pub fn conv_transpose_2x2(vb: VarBuilder, in_channels: usize, out_channels: usize) -> Result<ConvTranspose2d> {
+pub fn conv_transpose_2x2(
+    vb: VarBuilder,
+    in_channels: usize,
+    out_channels: usize,
+) -> Result<ConvTranspose2d> {
     // PyTorch computes the fan-in of a transposed convolution from weight.size(1).
     let init = pytorch_default_init(out_channels * 4);
     let weight = vb.get_with_hints((in_channels, out_channels, 2, 2), "weight", init)?;
@@ -164,7 +176,12 @@ pub struct ConvNormGelu {
 
 impl ConvNormGelu {
     /// Loads the convolution from `conv_vb` and the norm from `norm_vb`.
-    pub fn load(conv_vb: VarBuilder, norm_vb: VarBuilder, in_channels: usize, out_channels: usize) -> Result<Self> {
+    pub fn load(
+        conv_vb: VarBuilder,
+        norm_vb: VarBuilder,
+        in_channels: usize,
+        out_channels: usize,
+    ) -> Result<Self> {
         Ok(Self {
             conv: conv2d(conv_vb, ConvSpec::same_3x3(in_channels, out_channels))?,
             norm: layer_norm_2d(norm_vb, out_channels)?,
@@ -172,7 +189,11 @@ impl ConvNormGelu {
     }
 
     /// Loads a `SingleConv` whose modules are `<vb>.0` (conv) and `<vb>.1` (norm).
-    pub fn load_sequential(vb: VarBuilder, in_channels: usize, out_channels: usize) -> Result<Self> {
+    pub fn load_sequential(
+        vb: VarBuilder,
+        in_channels: usize,
+        out_channels: usize,
+    ) -> Result<Self> {
         Self::load(vb.pp("0"), vb.pp("1"), in_channels, out_channels)
     }
 }
@@ -216,7 +237,13 @@ pub struct StackedMlp {
 
 impl StackedMlp {
     /// Loads `in -> hidden -> ... -> out` with `num_layers` linears.
-    pub fn load(vb: VarBuilder, in_dim: usize, hidden: usize, out_dim: usize, num_layers: usize) -> Result<Self> {
+    pub fn load(
+        vb: VarBuilder,
+        in_dim: usize,
+        hidden: usize,
+        out_dim: usize,
+        num_layers: usize,
+    ) -> Result<Self> {
         let vb = vb.pp("layers");
         let layers = (0..num_layers)
             .map(|i| {

@@ -46,8 +46,14 @@ impl MaskDecoder {
             ..Default::default()
         };
         let embedding = |name: &str, rows: usize| {
-            vb.pp(name)
-                .get_with_hints((rows, embed_dim), "weight", Init::Randn { mean: 0.0, stdev: 1.0 })
+            vb.pp(name).get_with_hints(
+                (rows, embed_dim),
+                "weight",
+                Init::Randn {
+                    mean: 0.0,
+                    stdev: 1.0,
+                },
+            )
         };
         let up = vb.pp("output_upscaling");
         let hypernetworks = (0..NUM_MASK_TOKENS)
@@ -116,10 +122,10 @@ impl MaskDecoder {
         dense: &Tensor,
     ) -> Result<(Tensor, Tensor)> {
         let (b, _, c) = sparse.dims3()?;
-        let output_tokens = self
-            .output_tokens()?
-            .unsqueeze(0)?
-            .broadcast_as((b, NUM_MASK_TOKENS + 1, c))?;
+        let output_tokens =
+            self.output_tokens()?
+                .unsqueeze(0)?
+                .broadcast_as((b, NUM_MASK_TOKENS + 1, c))?;
         let tokens = Tensor::cat(&[&output_tokens.contiguous()?, sparse], 1)?;
         let src = image_embeddings.broadcast_add(dense)?;
         let (_, _, h, w) = src.dims4()?;
@@ -136,9 +142,12 @@ impl MaskDecoder {
             .map(|(i, mlp)| mlp.forward(&hs.narrow(1, 1 + i, 1)?))
             .collect::<Result<Vec<_>>>()?;
         let hyper_in = Tensor::cat(&hyper_in, 1)?;
-        let masks = hyper_in
-            .matmul(&up.reshape((b, uc, uh * uw))?)?
-            .reshape((b, NUM_MASK_TOKENS, uh, uw))?;
+        let masks = hyper_in.matmul(&up.reshape((b, uc, uh * uw))?)?.reshape((
+            b,
+            NUM_MASK_TOKENS,
+            uh,
+            uw,
+        ))?;
         let iou = self.iou_head.forward(&iou_token_out)?;
         Ok((masks, iou))
     }

@@ -137,7 +137,11 @@ impl<'m> Predictor<'m> {
         let points = if prompts.points.is_empty() {
             None
         } else {
-            let coords: Vec<f32> = prompts.points.iter().flat_map(|p| [p.x * sx, p.y * sy]).collect();
+            let coords: Vec<f32> = prompts
+                .points
+                .iter()
+                .flat_map(|p| [p.x * sx, p.y * sy])
+                .collect();
             let labels: Vec<f32> = prompts.points.iter().map(|p| p.label as f32).collect();
             let n = prompts.points.len();
             Some((
@@ -148,12 +152,22 @@ impl<'m> Predictor<'m> {
         let boxes = match prompts.bbox {
             Some([x0, y0, x1, y1]) => {
                 let inside = |v: f32, hi: usize| v >= 0.0 && v <= hi as f32;
-                if !(inside(x0, w) && inside(x1, w) && inside(y0, h) && inside(y1, h) && x0 <= x1 && y0 <= y1) {
+                if !(inside(x0, w)
+                    && inside(x1, w)
+                    && inside(y0, h)
+                    && inside(y1, h)
+                    && x0 <= x1
+                    && y0 <= y1)
+                {
                     return Err(Error::Prompt(format!(
                         "box ({x0}, {y0}, {x1}, {y1}) is not a box inside the {w}x{h} image (need x0 <= x1, y0 <= y1)"
                     )));
                 }
-                Some(Tensor::from_vec(vec![x0 * sx, y0 * sy, x1 * sx, y1 * sy], (1, 4), dev)?)
+                Some(Tensor::from_vec(
+                    vec![x0 * sx, y0 * sy, x1 * sx, y1 * sy],
+                    (1, 4),
+                    dev,
+                )?)
             }
             None => None,
         };

@@ -15,7 +15,8 @@ pub const GREY_WEIGHTS: [f32; 3] = [0.299, 0.587, 0.114];
 /// grey levels, as OpenCV does), alpha is ignored.
 pub fn to_grey_unit(image: &DynamicImage) -> ImageBuffer<Luma<f32>, Vec<f32>> {
     let (w, h) = (image.width(), image.height());
-    let weighted = |r: f32, g: f32, b: f32| GREY_WEIGHTS[0] * r + GREY_WEIGHTS[1] * g + GREY_WEIGHTS[2] * b;
+    let weighted =
+        |r: f32, g: f32, b: f32| GREY_WEIGHTS[0] * r + GREY_WEIGHTS[1] * g + GREY_WEIGHTS[2] * b;
     let data: Vec<f32> = match image {
         DynamicImage::ImageLuma8(img) => img.pixels().map(|p| p[0] as f32 / 255.0).collect(),
         DynamicImage::ImageLumaA8(img) => img.pixels().map(|p| p[0] as f32 / 255.0).collect(),
@@ -51,5 +52,9 @@ pub fn image_to_input(image: &DynamicImage, size: usize, device: &Device) -> Res
     } else {
         image::imageops::resize(&grey, side, side, image::imageops::FilterType::Triangle)
     };
-    Ok(Tensor::from_vec(grey.into_raw(), (1, 1, size, size), device)?)
+    Ok(Tensor::from_vec(
+        grey.into_raw(),
+        (1, 1, size, size),
+        device,
+    )?)
 }

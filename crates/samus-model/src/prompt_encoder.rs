@@ -30,7 +30,10 @@ impl PositionEmbeddingRandom {
         let gaussian = vb.get_with_hints(
             (2, embed_dim / 2),
             "positional_encoding_gaussian_matrix",
-            Init::Randn { mean: 0.0, stdev: 1.0 },
+            Init::Randn {
+                mean: 0.0,
+                stdev: 1.0,
+            },
         )?;
         Ok(Self { gaussian })
     }
@@ -65,7 +68,10 @@ impl PositionEmbeddingRandom {
             }
         }
         let coords = Tensor::from_vec(coords, (h, w, 2), device)?;
-        self.encode(&coords)?.permute((2, 0, 1))?.unsqueeze(0)?.contiguous()
+        self.encode(&coords)?
+            .permute((2, 0, 1))?
+            .unsqueeze(0)?
+            .contiguous()
     }
 }
 
@@ -150,8 +156,14 @@ impl PromptEncoder {
     /// embedding of an `input_size x input_size` image.
     pub fn load(vb: VarBuilder, embed_dim: usize, grid: usize, input_size: usize) -> Result<Self> {
         let embedding = |name: String| -> Result<Tensor> {
-            vb.pp(name)
-                .get_with_hints((1, embed_dim), "weight", Init::Randn { mean: 0.0, stdev: 1.0 })
+            vb.pp(name).get_with_hints(
+                (1, embed_dim),
+                "weight",
+                Init::Randn {
+                    mean: 0.0,
+                    stdev: 1.0,
+                },
+            )
         };
         let point_embeddings = [
             embedding("point_embeddings.0".into())?,
@@ -187,7 +199,10 @@ impl PromptEncoder {
         let mut labels = labels.to_dtype(DType::F32)?;
         if pad {
             coords = Tensor::cat(&[coords, Tensor::zeros((b, 1, 2), DType::F32, dev)?], 1)?;
-            labels = Tensor::cat(&[labels, Tensor::full(LABEL_PADDING as f32, (b, 1), dev)?], 1)?;
+            labels = Tensor::cat(
+                &[labels, Tensor::full(LABEL_PADDING as f32, (b, 1), dev)?],
+                1,
+            )?;
         }
         let size = (self.input_size, self.input_size);
         let pe = self.pe_layer.encode_pixels(&coords, size)?;

@@ -81,7 +81,12 @@ impl Samus {
     }
 
     /// Runs the prompt encoder and the mask decoder on precomputed image embeddings.
-    pub fn decode(&self, image_embeddings: &Tensor, prompts: &PromptBatch, multimask: bool) -> Result<DecoderOutput> {
+    pub fn decode(
+        &self,
+        image_embeddings: &Tensor,
+        prompts: &PromptBatch,
+        multimask: bool,
+    ) -> Result<DecoderOutput> {
         let batch = image_embeddings.dim(0)?;
         let (sparse, dense) = self.prompt_encoder.forward(prompts, batch)?;
         self.mask_decoder.forward(
@@ -100,7 +105,12 @@ impl Samus {
     }
 
     /// The full forward pass: images `B x 1|3 x S x S` and one prompt set per image.
-    pub fn forward(&self, image: &Tensor, prompts: &PromptBatch, multimask: bool) -> Result<SamusOutput> {
+    pub fn forward(
+        &self,
+        image: &Tensor,
+        prompts: &PromptBatch,
+        multimask: bool,
+    ) -> Result<SamusOutput> {
         let embeddings = self.embed_image(image)?;
         let out = self.decode(&embeddings, prompts, multimask)?;
         Ok(SamusOutput {

@@ -102,7 +102,11 @@ pub struct TwoWayAttentionBlock {
 }
 
 impl TwoWayAttentionBlock {
-    fn load(vb: VarBuilder, cfg: &TwoWayTransformerConfig, skip_first_layer_pe: bool) -> Result<Self> {
+    fn load(
+        vb: VarBuilder,
+        cfg: &TwoWayTransformerConfig,
+        skip_first_layer_pe: bool,
+    ) -> Result<Self> {
         let d = cfg.embed_dim;
         let norm = |name: &str| layer_norm(vb.pp(name), d, DECODER_LAYER_NORM_EPS);
         Ok(Self {
@@ -149,7 +153,9 @@ impl TwoWayAttentionBlock {
         let k = keys.broadcast_add(key_pe)?;
         let queries = (&queries + self.cross_attn_token_to_image.forward(&q, &k, keys)?)?;
         let queries = self.norm2.forward(&queries)?;
-        let queries = self.norm3.forward(&(&queries + self.mlp.forward(&queries)?)?)?;
+        let queries = self
+            .norm3
+            .forward(&(&queries + self.mlp.forward(&queries)?)?)?;
         let q = (&queries + query_pe)?;
         let keys = (keys + self.cross_attn_image_to_token.forward(&k, &q, &queries)?)?;
         let keys = self.norm4.forward(&keys)?;
@@ -179,15 +185,25 @@ impl TwoWayTransformer {
                 cfg.num_heads,
                 cfg.attention_downsample_rate,
             )?,
-            norm_final_attn: layer_norm(vb.pp("norm_final_attn"), cfg.embed_dim, DECODER_LAYER_NORM_EPS)?,
+            norm_final_attn: layer_norm(
+                vb.pp("norm_final_attn"),
+                cfg.embed_dim,
+                DECODER_LAYER_NORM_EPS,
+            )?,
         })
     }
 
     /// Image `B x C x H x W`, its positional encoding (`1` or `B x C x H x W`) and the
     /// tokens `B x N x C`; returns the updated tokens `B x N x C` and image tokens
     /// `B x HW x C`.
-    pub fn forward(&self, image: &Tensor, image_pe: &Tensor, tokens: &Tensor) -> Result<(Tensor, Tensor)> {
-        let flatten = |t: &Tensor| -> Result<Tensor> { t.flatten_from(2)?.transpose(1, 2)?.contiguous() };
+    pub fn forward(
+        &self,
+        image: &Tensor,
+        image_pe: &Tensor,
+        tokens: &Tensor,
+    ) -> Result<(Tensor, Tensor)> {
+        let flatten =
+            |t: &Tensor| -> Result<Tensor> { t.flatten_from(2)?.transpose(1, 2)?.contiguous() };
         let image = flatten(image)?;
         let image_pe = flatten(image_pe)?;
         let mut queries = tokens.clone();

@@ -163,7 +163,14 @@ fn plain_error(message: String) -> candle_core::Error {
 }
 
 impl SimpleBackend for WeightStore {
-    fn get(&self, shape: Shape, name: &str, init: Init, dtype: DType, dev: &Device) -> Result<Tensor> {
+    fn get(
+        &self,
+        shape: Shape,
+        name: &str,
+        init: Init,
+        dtype: DType,
+        dev: &Device,
+    ) -> Result<Tensor> {
         self.state().requested.insert(name.to_string());
         match self.inner.tensors.get(name) {
             Some(t) => {
@@ -215,13 +222,19 @@ mod tests {
     #[test]
     fn strict_store_names_missing_and_misshaped_tensors() {
         let mut map = HashMap::new();
-        map.insert("a.weight".to_string(), Tensor::zeros((2, 3), DType::F32, &Device::Cpu).unwrap());
+        map.insert(
+            "a.weight".to_string(),
+            Tensor::zeros((2, 3), DType::F32, &Device::Cpu).unwrap(),
+        );
         let store = WeightStore::new(map, MissingTensors::Error);
         let vb = store.var_builder(&Device::Cpu);
         let err = vb.pp("a").get((3, 2), "weight").unwrap_err().to_string();
         assert!(err.contains("a.weight") && err.contains("[3, 2]"), "{err}");
         let err = vb.pp("b").get(4, "bias").unwrap_err().to_string();
-        assert!(err.contains("missing tensor `b.bias`") && err.contains("[4]"), "{err}");
+        assert!(
+            err.contains("missing tensor `b.bias`") && err.contains("[4]"),
+            "{err}"
+        );
     }
 
     #[test]
@@ -229,7 +242,9 @@ mod tests {
         let make = || {
             let store = WeightStore::new(HashMap::new(), MissingTensors::Initialise { seed: 9 });
             let vb = store.var_builder(&Device::Cpu);
-            let t = vb.get_with_hints(5, "w", Init::Uniform { lo: -0.5, up: 0.5 }).unwrap();
+            let t = vb
+                .get_with_hints(5, "w", Init::Uniform { lo: -0.5, up: 0.5 })
+                .unwrap();
             (store.initialised(), t.to_vec1::<f32>().unwrap())
         };
         let (names, a) = make();

@@ -18,7 +18,8 @@ fn sam_checkpoint_converts_like_the_reference() {
         return;
     };
     let cfg = SamusConfig::from_json_file(dir.join("samus_tiny.json")).unwrap();
-    let io = candle_core::safetensors::load(dir.join("samus_tiny_io.safetensors"), &Device::Cpu).unwrap();
+    let io = candle_core::safetensors::load(dir.join("samus_tiny_io.safetensors"), &Device::Cpu)
+        .unwrap();
     // A SAM checkpoint: the SAMUS weights without the SAMUS-only tensors, and with the
     // global blocks' tables at SAM's 2 * 64 - 1 rows.
     let mut sam: HashMap<String, Tensor> = read_tensors(dir.join("samus_tiny.safetensors"))
@@ -29,18 +30,26 @@ fn sam_checkpoint_converts_like_the_reference() {
     let sam_table = io["convert.sam_rel_pos"].clone();
     for i in &cfg.global_attn_indexes {
         for axis in ["h", "w"] {
-            sam.insert(format!("image_encoder.blocks.{i}.attn.rel_pos_{axis}"), sam_table.clone());
+            sam.insert(
+                format!("image_encoder.blocks.{i}.attn.rel_pos_{axis}"),
+                sam_table.clone(),
+            );
         }
     }
     let guessed = infer_config(&sam).unwrap();
-    assert_eq!(guessed, SamusConfig { ..cfg.clone() }, "config guessed from a SAM checkpoint");
+    assert_eq!(
+        guessed,
+        SamusConfig { ..cfg.clone() },
+        "config guessed from a SAM checkpoint"
+    );
 
     let (model, report) = Samus::from_tensors(sam, &cfg, &Device::Cpu, 5).unwrap();
     assert_eq!(report.kind, CheckpointKind::Sam);
     // Exactly the SAMUS-only tensors start fresh: the fixture's trainable set minus the
     // converted rel-pos tables.
     let meta: serde_json::Value =
-        serde_json::from_str(&std::fs::read_to_string(dir.join("samus_tiny.json")).unwrap()).unwrap();
+        serde_json::from_str(&std::fs::read_to_string(dir.join("samus_tiny.json")).unwrap())
+            .unwrap();
     let mut expected: Vec<String> = meta["trainable"]
         .as_array()
         .unwrap()
@@ -54,15 +63,23 @@ fn sam_checkpoint_converts_like_the_reference() {
     assert!(report.unused.is_empty());
     // The converted tables equal the reference conversion.
     for &i in &cfg.global_attn_indexes {
-        let (h, w) = model.image_encoder().blocks()[i].attention().rel_pos_tables();
+        let (h, w) = model.image_encoder().blocks()[i]
+            .attention()
+            .rel_pos_tables();
         assert!(relative_error(h, &io["convert.samus_rel_pos"]).unwrap() <= 1e-4);
         assert!(relative_error(w, &io["convert.samus_rel_pos"]).unwrap() <= 1e-4);
     }
     // Fresh LayerNorms start at weight 1, bias 0; fresh linears within PyTorch's bound.
     let fresh = &report.tensors;
-    let ln = fresh["image_encoder.cnn_embed.inc.conv.1.weight"].to_vec1::<f32>().unwrap();
+    let ln = fresh["image_encoder.cnn_embed.inc.conv.1.weight"]
+        .to_vec1::<f32>()
+        .unwrap();
     assert!(ln.iter().all(|&v| v == 1.0));
-    let fc1 = fresh["image_encoder.input_Adapter.D_fc1.weight"].flatten_all().unwrap().to_vec1::<f32>().unwrap();
+    let fc1 = fresh["image_encoder.input_Adapter.D_fc1.weight"]
+        .flatten_all()
+        .unwrap()
+        .to_vec1::<f32>()
+        .unwrap();
     let bound = 1.0 / (cfg.embed_dim as f32).sqrt();
     assert!(fc1.iter().all(|v| v.abs() <= bound) && fc1.iter().any(|v| v.abs() > bound / 2.0));
     // The converted model runs.
@@ -73,26 +90,63 @@ fn sam_checkpoint_converts_like_the_reference() {
 
 #[test]
 fn strict_loading_names_the_missing_tensor() {
-    let cfg = SamusConfig { embed_dim: 64, depth: 2, num_heads: 2, global_attn_indexes: vec![1], ..SamusConfig::vit_b() };
+    let cfg = SamusConfig {
+        embed_dim: 64,
+        depth: 2,
+        num_heads: 2,
+        global_attn_indexes: vec![1],
+        ..SamusConfig::vit_b()
+    };
     let (_, mut tensors) = Samus::random_with_tensors(&cfg, 1, &Device::Cpu).unwrap();
     assert_eq!(infer_config(&tensors).unwrap(), cfg);
     tensors.remove("image_encoder.blocks.1.Space_Adapter.q.bias");
-    let err = Samus::from_tensors(tensors, &cfg, &Device::Cpu, 0).unwrap_err().to_string();
-    assert!(err.contains("missing tensor `image_encoder.blocks.1.Space_Adapter.q.bias` (expected shape [64])"), "{err}");
+    let err = Samus::from_tensors(tensors, &cfg, &Device::Cpu, 0)
+        .unwrap_err()
+        .to_string();
+    assert!(
+        err.contains(
+            "missing tensor `image_encoder.blocks.1.Space_Adapter.q.bias` (expected shape [64])"
+        ),
+        "{err}"
+    );
 }
 
 #[test]
 fn random_models_of_every_shape_run() {
     for cfg in [
-        SamusConfig { embed_dim: 48, depth: 2, num_heads: 6, global_attn_indexes: vec![0], ..SamusConfig::vit_b() },
-        SamusConfig { embed_dim: 64, depth: 3, num_heads: 2, global_attn_indexes: vec![], window_size: 8, ..SamusConfig::vit_b() },
-        SamusConfig { embed_dim: 32, depth: 1, num_heads: 1, global_attn_indexes: vec![0], img_size: 128, ..SamusConfig::vit_b() },
+        SamusConfig {
+            embed_dim: 48,
+            depth: 2,
+            num_heads: 6,
+            global_attn_indexes: vec![0],
+            ..SamusConfig::vit_b()
+        },
+        SamusConfig {
+            embed_dim: 64,
+            depth: 3,
+            num_heads: 2,
+            global_attn_indexes: vec![],
+            window_size: 8,
+            ..SamusConfig::vit_b()
+        },
+        SamusConfig {
+            embed_dim: 32,
+            depth: 1,
+            num_heads: 1,
+            global_attn_indexes: vec![0],
+            img_size: 128,
+            ..SamusConfig::vit_b()
+        },
     ] {
         let model = Samus::random(&cfg, 3, &Device::Cpu).unwrap();
         let s = cfg.img_size;
         let image = Tensor::rand(0f32, 1.0, (2, 3, s, s), &Device::Cpu).unwrap();
-        let boxes = Tensor::new(&[[10f32, 10., 60., 70.], [0., 0., 30., 30.]], &Device::Cpu).unwrap();
-        let prompts = samus_model::PromptBatch { boxes: Some(&boxes), ..Default::default() };
+        let boxes =
+            Tensor::new(&[[10f32, 10., 60., 70.], [0., 0., 30., 30.]], &Device::Cpu).unwrap();
+        let prompts = samus_model::PromptBatch {
+            boxes: Some(&boxes),
+            ..Default::default()
+        };
         let out = model.forward(&image, &prompts, true).unwrap();
         let low = cfg.low_res_size();
         assert_eq!(out.low_res_logits.dims(), &[2, 3, low, low]);

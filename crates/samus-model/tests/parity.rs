@@ -27,22 +27,36 @@ fn fixture() -> Option<Fixture> {
     let dir: PathBuf = dir;
     let cfg = SamusConfig::from_json_file(dir.join("samus_tiny.json")).expect("fixture config");
     let (model, report) =
-        Samus::from_checkpoint(dir.join("samus_tiny.safetensors"), &cfg, &Device::Cpu).expect("fixture weights");
-    assert!(report.initialised.is_empty(), "a SAMUS checkpoint must load completely");
-    assert!(report.unused.is_empty(), "unused tensors: {:?}", report.unused);
-    let io = candle_core::safetensors::load(dir.join("samus_tiny_io.safetensors"), &Device::Cpu).expect("fixture io");
+        Samus::from_checkpoint(dir.join("samus_tiny.safetensors"), &cfg, &Device::Cpu)
+            .expect("fixture weights");
+    assert!(
+        report.initialised.is_empty(),
+        "a SAMUS checkpoint must load completely"
+    );
+    assert!(
+        report.unused.is_empty(),
+        "unused tensors: {:?}",
+        report.unused
+    );
+    let io = candle_core::safetensors::load(dir.join("samus_tiny_io.safetensors"), &Device::Cpu)
+        .expect("fixture io");
     Some(Fixture { model, io })
 }
 
 impl Fixture {
     fn get(&self, name: &str) -> &Tensor {
-        self.io.get(name).unwrap_or_else(|| panic!("fixture tensor {name} missing"))
+        self.io
+            .get(name)
+            .unwrap_or_else(|| panic!("fixture tensor {name} missing"))
     }
 
     fn check(&self, name: &str, ours: &Tensor) {
         let err = relative_error(ours, self.get(name)).unwrap();
         eprintln!("{name}: relative error {err:.2e}");
-        assert!(err <= FORWARD_TOL, "{name}: relative error {err:.3e} > {FORWARD_TOL:e}");
+        assert!(
+            err <= FORWARD_TOL,
+            "{name}: relative error {err:.3e} > {FORWARD_TOL:e}"
+        );
     }
 }
 
@@ -74,7 +88,10 @@ fn prompted_outputs_match() {
     let boxes = f.get("boxes");
     let mask_input = f.get("mask_input");
 
-    let point = PromptBatch { points: Some((coords, labels)), ..Default::default() };
+    let point = PromptBatch {
+        points: Some((coords, labels)),
+        ..Default::default()
+    };
     let (sparse, _) = f.model.prompt_encoder().forward(&point, 2).unwrap();
     f.check("point.sparse", &sparse);
     let out = f.model.decode(emb, &point, false).unwrap();
@@ -83,14 +100,21 @@ fn prompted_outputs_match() {
     f.check("point.masks", &masks);
     assert!(sign_agreement(&masks, f.get("point.masks")).unwrap() >= MASK_AGREEMENT);
 
-    let bx = PromptBatch { boxes: Some(boxes), ..Default::default() };
+    let bx = PromptBatch {
+        boxes: Some(boxes),
+        ..Default::default()
+    };
     let (sparse, _) = f.model.prompt_encoder().forward(&bx, 2).unwrap();
     f.check("box.sparse", &sparse);
     let out = f.model.decode(emb, &bx, true).unwrap();
     f.check("box.low_res_logits", &out.low_res_logits);
     f.check("box.iou", &out.iou);
 
-    let combo = PromptBatch { points: Some((coords, labels)), boxes: Some(boxes), masks: Some(mask_input) };
+    let combo = PromptBatch {
+        points: Some((coords, labels)),
+        boxes: Some(boxes),
+        masks: Some(mask_input),
+    };
     let (sparse, dense) = f.model.prompt_encoder().forward(&combo, 2).unwrap();
     f.check("combo.sparse", &sparse);
     f.check("combo.dense", &dense);
@@ -102,7 +126,10 @@ fn prompted_outputs_match() {
 #[test]
 fn full_forward_matches_end_to_end() {
     let Some(f) = fixture() else { return };
-    let point = PromptBatch { points: Some((f.get("point_coords"), f.get("point_labels"))), ..Default::default() };
+    let point = PromptBatch {
+        points: Some((f.get("point_coords"), f.get("point_labels"))),
+        ..Default::default()
+    };
     let out = f.model.forward(f.get("image"), &point, false).unwrap();
     f.check("point.low_res_logits", &out.low_res_logits);
     f.check("point.masks", &out.masks);

@@ -54,16 +54,24 @@ fn state_dict_pickle(names: &[(String, Vec<usize>)]) -> Vec<u8> {
 }
 
 fn write_pth(path: &std::path::Path, tensors: &HashMap<String, Tensor>) {
-    let mut entries: Vec<(String, Vec<usize>)> = tensors.iter().map(|(k, t)| (k.clone(), t.dims().to_vec())).collect();
+    let mut entries: Vec<(String, Vec<usize>)> = tensors
+        .iter()
+        .map(|(k, t)| (k.clone(), t.dims().to_vec()))
+        .collect();
     entries.sort();
     let file = std::fs::File::create(path).unwrap();
     let mut zip = zip::ZipWriter::new(file);
-    let opts = zip::write::SimpleFileOptions::default().compression_method(zip::CompressionMethod::Stored);
+    let opts =
+        zip::write::SimpleFileOptions::default().compression_method(zip::CompressionMethod::Stored);
     zip.start_file("archive/data.pkl", opts).unwrap();
     zip.write_all(&state_dict_pickle(&entries)).unwrap();
     for (i, (name, _)) in entries.iter().enumerate() {
         zip.start_file(format!("archive/data/{i}"), opts).unwrap();
-        let values = tensors[name].flatten_all().unwrap().to_vec1::<f32>().unwrap();
+        let values = tensors[name]
+            .flatten_all()
+            .unwrap()
+            .to_vec1::<f32>()
+            .unwrap();
         let bytes: Vec<u8> = values.iter().flat_map(|v| v.to_le_bytes()).collect();
         zip.write_all(&bytes).unwrap();
     }
@@ -72,11 +80,19 @@ fn write_pth(path: &std::path::Path, tensors: &HashMap<String, Tensor>) {
 
 #[test]
 fn sam_pth_checkpoint_loads_like_safetensors() {
-    let cfg = SamusConfig { embed_dim: 32, depth: 2, num_heads: 2, global_attn_indexes: vec![1], ..SamusConfig::vit_b() };
+    let cfg = SamusConfig {
+        embed_dim: 32,
+        depth: 2,
+        num_heads: 2,
+        global_attn_indexes: vec![1],
+        ..SamusConfig::vit_b()
+    };
     let (_, all) = Samus::random_with_tensors(&cfg, 2, &Device::Cpu).unwrap();
     let sam: HashMap<String, Tensor> = all
         .into_iter()
-        .filter(|(k, _)| !(k.contains("cnn_embed") || k.contains("post_pos_embed") || k.contains("Adapter")))
+        .filter(|(k, _)| {
+            !(k.contains("cnn_embed") || k.contains("post_pos_embed") || k.contains("Adapter"))
+        })
         .collect();
     let tmp = tempfile::tempdir().unwrap();
     let pth = tmp.path().join("sam.pth");
@@ -87,7 +103,14 @@ fn sam_pth_checkpoint_loads_like_safetensors() {
     let from_pth = read_tensors(&pth).unwrap();
     assert_eq!(from_pth.len(), sam.len());
     for (name, t) in &sam {
-        let diff = (t - &from_pth[name]).unwrap().abs().unwrap().max_all().unwrap().to_scalar::<f32>().unwrap();
+        let diff = (t - &from_pth[name])
+            .unwrap()
+            .abs()
+            .unwrap()
+            .max_all()
+            .unwrap()
+            .to_scalar::<f32>()
+            .unwrap();
         assert_eq!(diff, 0.0, "{name}");
     }
     let (a, report) = Samus::from_checkpoint(&pth, &cfg, &Device::Cpu).unwrap();
@@ -96,7 +119,14 @@ fn sam_pth_checkpoint_loads_like_safetensors() {
     let image = Tensor::rand(0f32, 1.0, (1, 1, 256, 256), &Device::Cpu).unwrap();
     let ea = a.embed_image(&image).unwrap();
     let eb = b.embed_image(&image).unwrap();
-    let diff = (ea - eb).unwrap().abs().unwrap().max_all().unwrap().to_scalar::<f32>().unwrap();
+    let diff = (ea - eb)
+        .unwrap()
+        .abs()
+        .unwrap()
+        .max_all()
+        .unwrap()
+        .to_scalar::<f32>()
+        .unwrap();
     assert_eq!(diff, 0.0);
 }
 
@@ -105,7 +135,11 @@ fn legacy_pth_gets_a_resave_hint() {
     let tmp = tempfile::tempdir().unwrap();
     let legacy = tmp.path().join("old.pth");
     // Legacy torch.save output starts with a bare pickle (protocol 2 magic).
-    std::fs::write(&legacy, [0x80u8, 0x02, 0x8a, 0x0a, 0x6c, 0xfc, 0x9c, 0x46, 0xf9, 0x20]).unwrap();
+    std::fs::write(
+        &legacy,
+        [0x80u8, 0x02, 0x8a, 0x0a, 0x6c, 0xfc, 0x9c, 0x46, 0xf9, 0x20],
+    )
+    .unwrap();
     let err = read_tensors(&legacy).unwrap_err().to_string();
     assert!(err.contains("old.pth") && err.contains("re-save"), "{err}");
 }

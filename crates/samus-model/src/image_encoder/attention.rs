@@ -26,8 +26,10 @@ impl EncoderAttention {
     pub fn load(vb: VarBuilder, dim: usize, num_heads: usize, side: usize) -> Result<Self> {
         let head_dim = dim / num_heads;
         // The reference initialises the relative-position tables with zeros.
-        let rel_pos_h = vb.get_with_hints((2 * side - 1, head_dim), "rel_pos_h", Init::Const(0.0))?;
-        let rel_pos_w = vb.get_with_hints((2 * side - 1, head_dim), "rel_pos_w", Init::Const(0.0))?;
+        let rel_pos_h =
+            vb.get_with_hints((2 * side - 1, head_dim), "rel_pos_h", Init::Const(0.0))?;
+        let rel_pos_w =
+            vb.get_with_hints((2 * side - 1, head_dim), "rel_pos_w", Init::Const(0.0))?;
         let rel_pos = DecomposedRelPos::new(&rel_pos_h, &rel_pos_w, (side, side), (side, side))?;
         Ok(Self {
             qkv: Linear::load(vb.pp("qkv"), dim, 3 * dim, true)?,
@@ -61,6 +63,7 @@ impl Module for EncoderAttention {
         let k = qkv.get(1)?;
         let v = qkv.get(2)?;
         let out = multi_head_attention(&q, &k, &v, self.scale, Some(&self.rel_pos), self.options)?;
-        self.proj.forward(&merge_heads(&out)?.reshape((b, h, w, c))?)
+        self.proj
+            .forward(&merge_heads(&out)?.reshape((b, h, w, c))?)
     }
 }

@@ -72,11 +72,19 @@ impl EncoderBlock {
     pub fn load(vb: VarBuilder, cfg: &SamusConfig, index: usize) -> Result<Self> {
         let dim = cfg.embed_dim;
         let global = cfg.is_global(index);
-        let side = if global { cfg.grid_size() } else { cfg.window_size };
+        let side = if global {
+            cfg.grid_size()
+        } else {
+            cfg.window_size
+        };
         let kind = if global {
             BlockKind::Global(Box::new(GlobalAdapters {
                 space: CrossBranchAttention::load(vb.pp("Space_Adapter"), dim, cfg.num_heads)?,
-                refine: ConvNormGelu::load_sequential(vb.pp("refine_Adapter").pp("conv"), dim, dim)?,
+                refine: ConvNormGelu::load_sequential(
+                    vb.pp("refine_Adapter").pp("conv"),
+                    dim,
+                    dim,
+                )?,
                 mlp: FeatureAdapter::load(vb.pp("MLP_Adapter"), dim, false)?,
             }))
         } else {

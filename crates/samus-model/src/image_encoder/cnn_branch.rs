@@ -26,7 +26,11 @@ impl CnnEmbed {
         let mut downs = Vec::with_capacity(stages);
         let mut channels = CNN_BASE_CHANNELS;
         for i in 0..stages {
-            let out = if i + 1 == stages { cfg.embed_dim } else { channels * 2 };
+            let out = if i + 1 == stages {
+                cfg.embed_dim
+            } else {
+                channels * 2
+            };
             downs.push(DownConvNormGelu::load(vb.pp("downs").pp(i), channels, out)?);
             channels = out;
         }

@@ -51,6 +51,7 @@ impl CrossBranchAttention {
             )
         }
         let out = multi_head_attention(&q, &k, &v, self.scale, None, self.options)?;
-        self.proj.forward(&merge_heads(&out)?.reshape((b, h, w, c))?)
+        self.proj
+            .forward(&merge_heads(&out)?.reshape((b, h, w, c))?)
     }
 }

@@ -1,0 +1,231 @@
+//! Split files and the class map of `<root>/MainPatient/`.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::str::FromStr;
+
+/// Folder of a US30K root that holds `class.json` and the split files.
+pub const MAIN_PATIENT_DIR: &str = "MainPatient";
+
+/// Errors reading the data description.
+#[derive(Debug, thiserror::Error)]
+pub enum DataError {
+    /// A file could not be read.
+    #[error("{}: {source}", path.display())]
+    Io {
+        /// The file.
+        path: PathBuf,
+        /// What the OS said.
+        source: std::io::Error,
+    },
+    /// A split line is malformed.
+    #[error("{}:{line}: {message}", path.display())]
+    BadLine {
+        /// The split file.
+        path: PathBuf,
+        /// 1-based line number.
+        line: usize,
+        /// What is wrong.
+        message: String,
+    },
+    /// `class.json` is malformed.
+    #[error("{}: {message}", path.display())]
+    BadClassMap {
+        /// The class map file.
+        path: PathBuf,
+        /// What is wrong.
+        message: String,
+    },
+    /// The split file lists no sample.
+    #[error("{}: the split is empty", path.display())]
+    EmptySplit {
+        /// The split file.
+        path: PathBuf,
+    },
+}
+
+/// One sample of a split: `<class id>/<dataset>/<name>` (train, val) or
+/// `<dataset>/<name>` (test).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SplitEntry {
+    /// The target class, absent on test lines.
+    pub class_id: Option<u32>,
+    /// The source dataset, e.g. `Breast-BUSI`.
+    pub dataset: String,
+    /// The file stem of the image and the label.
+    pub name: String,
+}
+
+impl FromStr for SplitEntry {
+    type Err = String;
+
+    fn from_str(line: &str) -> Result<Self, String> {
+        let parts: Vec<&str> = line.trim().split('/').collect();
+        let nonempty = |s: &str, what: &str| {
+            if s.is_empty() {
+                Err(format!("empty {what} in `{line}`"))
+            } else {
+                Ok(s.to_string())
+            }
+        };
+        match parts.as_slice() {
+            [class, dataset, name] => {
+                let class_id = class
+                    .parse::<u32>()
+                    .map_err(|_| format!("class id `{class}` in `{line}` is not a whole number"))?;
+                Ok(Self {
+                    class_id: Some(class_id),
+                    dataset: nonempty(dataset, "dataset")?,
+                    name: nonempty(name, "name")?,
+                })
+            }
+            [dataset, name] => Ok(Self {
+                class_id: None,
+                dataset: nonempty(dataset, "dataset")?,
+                name: nonempty(name, "name")?,
+            }),
+            _ => Err(format!(
+                "`{line}` is neither `<class id>/<dataset>/<name>` nor `<dataset>/<name>`"
+            )),
+        }
+    }
+}
+
+impl SplitEntry {
+    /// `<root>/<dataset>/img/<name>.png`.
+    pub fn image_path(&self, root: &Path) -> PathBuf {
+        root.join(&self.dataset)
+            .join("img")
+            .join(format!("{}.png", self.name))
+    }
+
+    /// `<root>/<dataset>/label/<name>.png`.
+    pub fn label_path(&self, root: &Path) -> PathBuf {
+        root.join(&self.dataset)
+            .join("label")
+            .join(format!("{}.png", self.name))
+    }
+}
+
+/// Reads a split file; blank lines are skipped, a malformed line is an error naming
+/// the file and the line, and an empty split is an error.
+pub fn read_split(path: &Path) -> Result<Vec<SplitEntry>, DataError> {
+    let text = std::fs::read_to_string(path).map_err(|source| DataError::Io {
+        path: path.to_path_buf(),
+        source,
+    })?;
+    let mut entries = Vec::new();
+    for (i, line) in text.lines().enumerate() {
+        if line.trim().is_empty() {
+            continue;
+        }
+        let entry = line.parse().map_err(|message| DataError::BadLine {
+            path: path.to_path_buf(),
+            line: i + 1,
+            message,
+        })?;
+        entries.push(entry);
+    }
+    if entries.is_empty() {
+        return Err(DataError::EmptySplit {
+            path: path.to_path_buf(),
+        });
+    }
+    Ok(entries)
+}
+
+/// `class.json`: the number of classes of each dataset (background included).
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct ClassMap {
+    classes: BTreeMap<String, u32>,
+}
+
+impl ClassMap {
+    /// Reads `class.json`.
+    pub fn read(path: &Path) -> Result<Self, DataError> {
+        let text = std::fs::read_to_string(path).map_err(|source| DataError::Io {
+            path: path.to_path_buf(),
+            source,
+        })?;
+        let classes: BTreeMap<String, u32> =
+            serde_json::from_str(&text).map_err(|e| DataError::BadClassMap {
+                path: path.to_path_buf(),
+                message: e.to_string(),
+            })?;
+        Ok(Self { classes })
+    }
+
+    /// Number of classes of `dataset`, if it is listed.
+    pub fn classes(&self, dataset: &str) -> Option<u32> {
+        self.classes.get(dataset).copied()
+    }
+
+    /// The binary target of a label pixel: for 2-class datasets any value above 1
+    /// counts as 1; the target is `label == class_id`.
+    pub fn is_target(&self, dataset: &str, label: u8, class_id: u32) -> Option<bool> {
+        let classes = self.classes(dataset)?;
+        let label = if classes == 2 && label > 1 { 1 } else { label };
+        Some(u32::from(label) == class_id)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_train_and_test_lines() {
+        let e: SplitEntry = "3/Echocardiography-CAMUS/patient0001_2CH_ED"
+            .parse()
+            .unwrap();
+        assert_eq!(e.class_id, Some(3));
+        let e: SplitEntry = " ThyroidNodule-TN3K/0042 ".parse().unwrap();
+        assert_eq!(
+            (e.class_id, e.dataset.as_str(), e.name.as_str()),
+            (None, "ThyroidNodule-TN3K", "0042")
+        );
+        assert!("x/BUSI/a"
+            .parse::<SplitEntry>()
+            .unwrap_err()
+            .contains("`x`"));
+        assert!("a".parse::<SplitEntry>().is_err());
+        assert!("1//a"
+            .parse::<SplitEntry>()
+            .unwrap_err()
+            .contains("empty dataset"));
+    }
+
+    #[test]
+    fn bad_line_names_file_and_line_and_empty_split_fails() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("train.txt");
+        std::fs::write(&path, "1/BUSI/a\n\n1/BUSI/b/c/d\n").unwrap();
+        let err = read_split(&path).unwrap_err().to_string();
+        assert!(err.contains("train.txt:3:"), "{err}");
+        std::fs::write(&path, "\n  \n").unwrap();
+        assert!(matches!(
+            read_split(&path),
+            Err(DataError::EmptySplit { .. })
+        ));
+        std::fs::write(&path, "1/BUSI/a\nBUSI/b\n").unwrap();
+        assert_eq!(read_split(&path).unwrap().len(), 2);
+    }
+
+    #[test]
+    fn class_map_target_rule() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("class.json");
+        std::fs::write(&path, r#"{"Breast-BUSI": 2, "Echocardiography-CAMUS": 4}"#).unwrap();
+        let map = ClassMap::read(&path).unwrap();
+        assert_eq!(map.is_target("Breast-BUSI", 255, 1), Some(true));
+        assert_eq!(map.is_target("Breast-BUSI", 0, 1), Some(false));
+        assert_eq!(map.is_target("Echocardiography-CAMUS", 2, 2), Some(true));
+        assert_eq!(map.is_target("Echocardiography-CAMUS", 3, 2), Some(false));
+        assert_eq!(map.is_target("Unknown", 1, 1), None);
+        std::fs::write(&path, r#"{"Breast-BUSI": "two"}"#).unwrap();
+        assert!(ClassMap::read(&path)
+            .unwrap_err()
+            .to_string()
+            .contains("class.json"));
+    }
+}

@@ -1,0 +1,21 @@
+//! Training and evaluation of SAMUS.
+//!
+//! Researchers train SAMUS and AutoSAMUS with this crate (through `cargo xtask train`)
+//! instead of the Python reference. It starts with the reference objective,
+//! [`loss::bce_dice_loss`]: `0.2 * BCE-with-logits(pos_weight 2) + 0.8 * (1 - Dice)`
+//! on the low-resolution logits.
+//!
+//! ```
+//! use candle_core::{Device, Tensor};
+//! use samus_train::loss::{bce_dice_loss, LossWeights};
+//!
+//! # fn main() -> candle_core::Result<()> {
+//! let logits = Tensor::new(&[[[[4f32, -4.0], [4.0, -4.0]]]], &Device::Cpu)?;
+//! let target = Tensor::new(&[[[[1f32, 0.0], [1.0, 0.0]]]], &Device::Cpu)?;
+//! let loss = bce_dice_loss(&logits, &target, LossWeights::default())?.to_scalar::<f32>()?;
+//! assert!(loss < 0.05);
+//! # Ok(())
+//! # }
+//! ```
+
+pub mod loss;
