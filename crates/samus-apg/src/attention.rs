@@ -1,6 +1,50 @@
-//! The APG's attention weights: "softmax-one".
+//! The APG's attention: multi-head attention whose weights are "softmax-one".
 
-use candle_core::{Result, Tensor, D};
+use candle_core::{Module, Result, Tensor, D};
+use candle_nn::VarBuilder;
+use samus_core::{merge_heads, split_heads};
+use samus_model::layers::Linear;
+
+/// Heads of every APG attention.
+pub const APG_HEADS: usize = 8;
+/// Channels per head of every APG attention.
+pub const APG_HEAD_DIM: usize = 64;
+
+/// Attention of the APG (`vitAttention` in the reference): queries from `x`, keys and
+/// values from `context` through one `to_kv` projection, 8 heads of 64, softmax-one
+/// weights, output projection `to_out.0`.
+#[derive(Debug, Clone)]
+pub struct ApgAttention {
+    to_q: Linear,
+    to_kv: Linear,
+    to_out: Linear,
+    scale: f64,
+}
+
+impl ApgAttention {
+    /// Loads an attention of token width `dim`.
+    pub fn load(vb: VarBuilder, dim: usize) -> Result<Self> {
+        let inner = APG_HEADS * APG_HEAD_DIM;
+        Ok(Self {
+            to_q: Linear::load(vb.pp("to_q"), dim, inner, false)?,
+            to_kv: Linear::load(vb.pp("to_kv"), dim, 2 * inner, false)?,
+            to_out: Linear::load(vb.pp("to_out").pp("0"), inner, dim, true)?,
+            scale: 1.0 / (APG_HEAD_DIM as f64).sqrt(),
+        })
+    }
+
+    /// `x` `B x Nq x C` attends to `context` `B x Nk x C`; returns `B x Nq x C`.
+    pub fn forward(&self, x: &Tensor, context: &Tensor) -> Result<Tensor> {
+        let inner = APG_HEADS * APG_HEAD_DIM;
+        let q = split_heads(&self.to_q.forward(x)?, APG_HEADS)?.contiguous()?;
+        let kv = self.to_kv.forward(context)?;
+        let k = split_heads(&kv.narrow(2, 0, inner)?, APG_HEADS)?.contiguous()?;
+        let v = split_heads(&kv.narrow(2, inner, inner)?, APG_HEADS)?.contiguous()?;
+        let scores = (q.matmul(&k.t()?)? * self.scale)?;
+        let out = softmax_one(&scores)?.matmul(&v)?;
+        self.to_out.forward(&merge_heads(&out)?)
+    }
+}
 
 /// Softmax-one over the last axis, as the reference computes it:
 /// `e = exp(s - max(s)); p = e / (1 + sum(e))`.

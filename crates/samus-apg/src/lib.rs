@@ -1,23 +1,36 @@
 //! AutoSAMUS: the auto prompt generator (APG) that turns SAMUS into a fully automatic
 //! ultrasound segmenter.
 //!
-//! The APG replaces the prompt encoder: learned object tokens attend to the mask
-//! decoder's output tokens and to the image embedding, and the result serves as the
-//! sparse and dense prompts. This crate starts with the operation its attention is
-//! built on, [`softmax_one`]; the generator and the `AutoSamus` model build on it.
+//! The APG replaces the prompt encoder: 50 learned object tokens attend to the mask
+//! decoder's output tokens ([`CrossTransformer`] with [`softmax_one`] attention), then
+//! together with them to the image embedding; the first object token becomes the
+//! sparse prompt, and a dense feature adapter turns the updated image embedding into
+//! the dense prompt. [`AutoSamus`] wraps a SAMUS model with the APG and segments
+//! images without any prompt.
 //!
 //! ```
-//! use candle_core::{Device, Tensor};
+//! use candle_core::Device;
+//! use samus_apg::AutoSamus;
+//! use samus_model::{Samus, SamusConfig};
 //!
-//! # fn main() -> candle_core::Result<()> {
-//! let scores = Tensor::new(&[[0f32, 0.0]], &Device::Cpu)?;
-//! // Each weight is 1 / (1 + 2): the weights may sum to less than one.
-//! let weights = samus_apg::softmax_one(&scores)?.to_vec2::<f32>()?;
-//! assert!((weights[0][0] - 1.0 / 3.0).abs() < 1e-6);
+//! # fn main() -> samus_model::Result<()> {
+//! // Untrained weights, for illustration; use `AutoSamus::from_checkpoints` for real ones.
+//! let (_, tensors) = Samus::random_with_tensors(&SamusConfig::tiny(), 0, &Device::Cpu)?;
+//! let (auto, report) = AutoSamus::from_tensors(tensors, &SamusConfig::tiny(), &Device::Cpu, 0)?;
+//! assert!(!report.apg_initialised.is_empty());
+//! let image = image::DynamicImage::new_luma8(320, 240);
+//! let result = auto.segment(&[image])?;
+//! assert_eq!(result[0].mask.dims(), &[1, 1, 240, 320]);
 //! # Ok(())
 //! # }
 //! ```
 
 pub mod attention;
+pub mod auto_samus;
+pub mod cross_transformer;
+pub mod generator;
 
-pub use attention::softmax_one;
+pub use attention::{softmax_one, ApgAttention};
+pub use auto_samus::{AutoLoadReport, AutoOutput, AutoSamus, Segmentation};
+pub use cross_transformer::CrossTransformer;
+pub use generator::{DenseFeatureAdapter, GeneratedPrompts, PromptGenerator};

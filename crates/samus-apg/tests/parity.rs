@@ -1,0 +1,119 @@
+//! Parity with the PyTorch reference AutoSAMUS on the tiny fixtures: image
+//! embeddings, every APG output, the logits and the masks (relative error <= 1e-4,
+//! mask agreement >= 99.9%).
+
+use candle_core::{Device, Tensor};
+use samus_apg::AutoSamus;
+use samus_core::fixtures::{fixtures_dir, relative_error, sign_agreement};
+use samus_model::SamusConfig;
+use std::collections::HashMap;
+
+fn check(io: &HashMap<String, Tensor>, name: &str, ours: &Tensor) {
+    let err = relative_error(ours, &io[name]).unwrap();
+    eprintln!("{name}: relative error {err:.2e}");
+    assert!(err <= 1e-4, "{name}: relative error {err:.3e}");
+}
+
+#[test]
+fn autosamus_matches_reference() {
+    let Some(dir) = fixtures_dir(env!("CARGO_MANIFEST_DIR")) else {
+        eprintln!("skipped: fixtures not found (set SAMUS_FIXTURES or provide ../shared/fixtures)");
+        return;
+    };
+    let cfg = SamusConfig::from_json_file(dir.join("samus_tiny.json")).unwrap();
+    let apg = dir.join("autosamus_tiny_apg.safetensors");
+    let (auto, report) = AutoSamus::from_checkpoints(
+        dir.join("samus_tiny.safetensors"),
+        Some(apg.as_path()),
+        &cfg,
+        &Device::Cpu,
+    )
+    .unwrap();
+    assert!(report.apg_initialised.is_empty());
+    assert!(report.samus.initialised.is_empty());
+    let io =
+        candle_core::safetensors::load(dir.join("autosamus_tiny_io.safetensors"), &Device::Cpu)
+            .unwrap();
+    let out = auto.forward(&io["image"]).unwrap();
+    check(&io, "image_embeddings", &out.image_embeddings);
+    check(
+        &io,
+        "apg.new_image_embeddings",
+        &out.prompts.image_embeddings,
+    );
+    check(&io, "apg.object_token", &out.prompts.sparse);
+    check(&io, "apg.output_tokens", &out.prompts.tokens);
+    check(&io, "apg.dense", &out.dense);
+    check(&io, "low_res_logits", &out.low_res_logits);
+    check(&io, "masks", &out.masks);
+    assert!(sign_agreement(&out.masks, &io["masks"]).unwrap() >= 0.999);
+}
+
+#[test]
+fn one_file_and_two_files_load_the_same_model() {
+    let Some(dir) = fixtures_dir(env!("CARGO_MANIFEST_DIR")) else {
+        eprintln!("skipped: fixtures not found (set SAMUS_FIXTURES or provide ../shared/fixtures)");
+        return;
+    };
+    let cfg = SamusConfig::from_json_file(dir.join("samus_tiny.json")).unwrap();
+    let mut all =
+        candle_core::safetensors::load(dir.join("samus_tiny.safetensors"), &Device::Cpu).unwrap();
+    all.extend(
+        candle_core::safetensors::load(dir.join("autosamus_tiny_apg.safetensors"), &Device::Cpu)
+            .unwrap(),
+    );
+    let tmp = tempfile::tempdir().unwrap();
+    let combined = tmp.path().join("autosamus.safetensors");
+    candle_core::safetensors::save(&all, &combined).unwrap();
+    let (one, report) = AutoSamus::from_checkpoints(&combined, None, &cfg, &Device::Cpu).unwrap();
+    assert!(report.apg_initialised.is_empty());
+    let io =
+        candle_core::safetensors::load(dir.join("autosamus_tiny_io.safetensors"), &Device::Cpu)
+            .unwrap();
+    let emb = &io["image_embeddings"];
+    let (_, _, logits) = one.decode(emb).unwrap();
+    check(&io, "low_res_logits", &logits);
+
+    // A SAMUS checkpoint alone gets a fresh, seeded APG.
+    let (fresh, report) =
+        AutoSamus::from_checkpoints(dir.join("samus_tiny.safetensors"), None, &cfg, &Device::Cpu)
+            .unwrap();
+    assert!(report
+        .apg_initialised
+        .iter()
+        .any(|n| n == "prompt_generator.object_token"));
+    let meta: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(dir.join("autosamus_tiny.json")).unwrap())
+            .unwrap();
+    let mut trainable: Vec<String> = meta["trainable"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter_map(|v| v.as_str().map(String::from))
+        .collect();
+    trainable.sort();
+    assert_eq!(
+        report.apg_initialised, trainable,
+        "a fresh APG is exactly the AutoSAMUS trainable set"
+    );
+    let (_, _, fresh_logits) = fresh.decode(emb).unwrap();
+    assert_eq!(fresh_logits.dims(), &[2, 1, 128, 128]);
+
+    // An APG file holding other tensors is refused with its name.
+    let wrong = tmp.path().join("wrong_apg.safetensors");
+    let samus_only =
+        candle_core::safetensors::load(dir.join("samus_tiny.safetensors"), &Device::Cpu).unwrap();
+    candle_core::safetensors::save(&samus_only, &wrong).unwrap();
+    let err = AutoSamus::from_checkpoints(
+        dir.join("samus_tiny.safetensors"),
+        Some(wrong.as_path()),
+        &cfg,
+        &Device::Cpu,
+    )
+    .unwrap_err()
+    .to_string();
+    assert!(
+        err.contains("wrong_apg.safetensors") && err.contains("not an APG checkpoint"),
+        "{err}"
+    );
+}
