@@ -8,7 +8,9 @@ use image::DynamicImage;
 use samus_core::resize::resize_bilinear;
 use samus_model::checkpoint::{read_tensors, DEFAULT_INIT_SEED};
 use samus_model::preprocess::image_to_input;
-use samus_model::{Error, LoadReport, MissingTensors, Result, Samus, SamusConfig, WeightStore};
+use samus_model::{
+    DecoderOutput, Error, LoadReport, MissingTensors, Result, Samus, SamusConfig, WeightStore,
+};
 
 use crate::generator::{DenseFeatureAdapter, GeneratedPrompts, PromptGenerator};
 
@@ -18,6 +20,26 @@ pub const APG_PREFIXES: [&str; 2] = ["prompt_generator.", "feature_adapter."];
 /// Whether a tensor belongs to the APG rather than to SAMUS.
 pub fn is_apg_tensor(name: &str) -> bool {
     APG_PREFIXES.iter().any(|p| name.starts_with(p))
+}
+
+/// Reads an APG checkpoint: it must hold only `prompt_generator.*` and
+/// `feature_adapter.*` tensors, and at least one.
+pub fn read_apg_tensors(path: &Path) -> Result<HashMap<String, Tensor>> {
+    let tensors = read_tensors(path)?;
+    let problem = match tensors.keys().find(|k| !is_apg_tensor(k)) {
+        Some(stray) => Some(format!(
+            "not an APG checkpoint: tensor `{stray}` is neither prompt_generator.* nor feature_adapter.*"
+        )),
+        None if tensors.is_empty() => Some("holds no tensors".to_string()),
+        None => None,
+    };
+    match problem {
+        Some(message) => Err(Error::Checkpoint {
+            path: path.to_path_buf(),
+            message,
+        }),
+        None => Ok(tensors),
+    }
 }
 
 /// One AutoSAMUS forward pass.
@@ -31,6 +53,8 @@ pub struct AutoOutput {
     pub dense: Tensor,
     /// `B x 1 x 4G x 4G` logits.
     pub low_res_logits: Tensor,
+    /// `B x 1` predicted IoU.
+    pub iou: Tensor,
     /// `B x 1 x S x S` logits upsampled to the input size.
     pub masks: Tensor,
 }
@@ -40,6 +64,8 @@ pub struct AutoOutput {
 pub struct Segmentation {
     /// `1 x 1 x 4G x 4G` logits in the model's frame.
     pub low_res_logits: Tensor,
+    /// `1 x 1` predicted IoU.
+    pub iou: Tensor,
     /// `1 x 1 x H x W` logits at the image's size.
     pub logits: Tensor,
     /// `1 x 1 x H x W` binary mask (`u8`, 1 where the logit is positive).
@@ -127,22 +153,7 @@ impl AutoSamus {
         cfg.validate()?;
         let mut tensors = read_tensors(checkpoint)?;
         if let Some(apg_path) = apg {
-            let apg_tensors = read_tensors(apg_path)?;
-            if let Some(stray) = apg_tensors.keys().find(|k| !is_apg_tensor(k)) {
-                return Err(Error::Checkpoint {
-                    path: apg_path.to_path_buf(),
-                    message: format!(
-                        "not an APG checkpoint: tensor `{stray}` is neither prompt_generator.* nor feature_adapter.*"
-                    ),
-                });
-            }
-            if apg_tensors.is_empty() {
-                return Err(Error::Checkpoint {
-                    path: apg_path.to_path_buf(),
-                    message: "holds no tensors".into(),
-                });
-            }
-            tensors.extend(apg_tensors);
+            tensors.extend(read_apg_tensors(apg_path)?);
         }
         let shown = apg.map_or_else(
             || checkpoint.display().to_string(),
@@ -167,11 +178,12 @@ impl AutoSamus {
         &self.generator
     }
 
-    /// Runs the generator, the feature adapter and the decoder on image embeddings.
+    /// Runs the generator, the feature adapter and the decoder on image embeddings;
+    /// returns the generated prompts, the dense prompt and the decoder's output.
     pub fn decode(
         &self,
         image_embeddings: &Tensor,
-    ) -> CandleResult<(GeneratedPrompts, Tensor, Tensor)> {
+    ) -> CandleResult<(GeneratedPrompts, Tensor, DecoderOutput)> {
         let decoder = self.samus.mask_decoder();
         let prompts = self
             .generator
@@ -184,19 +196,20 @@ impl AutoSamus {
             &dense,
             false,
         )?;
-        Ok((prompts, dense, out.low_res_logits))
+        Ok((prompts, dense, out))
     }
 
     /// The full pass on images `B x 1|3 x S x S` in [0, 1].
     pub fn forward(&self, image: &Tensor) -> CandleResult<AutoOutput> {
         let image_embeddings = self.samus.embed_image(image)?;
-        let (prompts, dense, low_res_logits) = self.decode(&image_embeddings)?;
+        let (prompts, dense, out) = self.decode(&image_embeddings)?;
         Ok(AutoOutput {
-            masks: self.samus.upscale_logits(&low_res_logits)?,
+            masks: self.samus.upscale_logits(&out.low_res_logits)?,
             image_embeddings,
             prompts,
             dense,
-            low_res_logits,
+            low_res_logits: out.low_res_logits,
+            iou: out.iou,
         })
     }
 
@@ -231,6 +244,7 @@ impl AutoSamus {
                 let logits = resize_bilinear(&full, img.height() as usize, img.width() as usize)?;
                 let mask = logits.gt(0.0)?.to_dtype(DType::U8)?;
                 Ok(Segmentation {
+                    iou: out.iou.narrow(0, i, 1)?,
                     low_res_logits: low,
                     logits,
                     mask,

@@ -31,6 +31,6 @@ pub mod cross_transformer;
 pub mod generator;
 
 pub use attention::{softmax_one, ApgAttention};
-pub use auto_samus::{AutoLoadReport, AutoOutput, AutoSamus, Segmentation};
+pub use auto_samus::{read_apg_tensors, AutoLoadReport, AutoOutput, AutoSamus, Segmentation};
 pub use cross_transformer::CrossTransformer;
 pub use generator::{DenseFeatureAdapter, GeneratedPrompts, PromptGenerator};

@@ -71,8 +71,8 @@ fn one_file_and_two_files_load_the_same_model() {
         candle_core::safetensors::load(dir.join("autosamus_tiny_io.safetensors"), &Device::Cpu)
             .unwrap();
     let emb = &io["image_embeddings"];
-    let (_, _, logits) = one.decode(emb).unwrap();
-    check(&io, "low_res_logits", &logits);
+    let (_, _, out) = one.decode(emb).unwrap();
+    check(&io, "low_res_logits", &out.low_res_logits);
 
     // A SAMUS checkpoint alone gets a fresh, seeded APG.
     let (fresh, report) =
@@ -96,8 +96,8 @@ fn one_file_and_two_files_load_the_same_model() {
         report.apg_initialised, trainable,
         "a fresh APG is exactly the AutoSAMUS trainable set"
     );
-    let (_, _, fresh_logits) = fresh.decode(emb).unwrap();
-    assert_eq!(fresh_logits.dims(), &[2, 1, 128, 128]);
+    let (_, _, fresh_out) = fresh.decode(emb).unwrap();
+    assert_eq!(fresh_out.low_res_logits.dims(), &[2, 1, 128, 128]);
 
     // An APG file holding other tensors is refused with its name.
     let wrong = tmp.path().join("wrong_apg.safetensors");

@@ -1,7 +1,9 @@
 //! `samus`: segment ultrasound images with SAMUS from the command line.
 
+mod auto;
 mod demo;
 mod images;
+mod model_source;
 mod output;
 mod prompts;
 mod segment;
@@ -23,12 +25,16 @@ enum Command {
     /// Segment one image from point and/or box prompts.
     #[command(after_help = segment::EXAMPLES)]
     Segment(segment::SegmentArgs),
+    /// Segment images without prompts with AutoSAMUS (batched, with a progress bar).
+    #[command(after_help = auto::EXAMPLES)]
+    Auto(auto::AutoArgs),
 }
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
     let result = match cli.command {
         Command::Segment(args) => segment::run(args),
+        Command::Auto(args) => auto::run(args),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

@@ -1,10 +1,12 @@
 //! Writing results atomically: each file is written to a temporary file in the same
 //! folder and renamed into place, so a failure never leaves a partial file.
 
+use std::collections::HashMap;
 use std::io::Write;
 use std::path::Path;
 
 use anyhow::{Context, Result};
+use candle_core::Tensor;
 
 /// Writes whatever `write` produces to `path`, atomically.
 pub fn write_atomically(
@@ -26,4 +28,22 @@ pub fn write_atomically(
     tmp.persist(path)
         .with_context(|| format!("cannot write {}", path.display()))?;
     Ok(())
+}
+
+/// Writes tensors (and optional string metadata) as a safetensors file, atomically.
+pub fn write_safetensors(
+    path: &Path,
+    tensors: &[(&str, &Tensor)],
+    metadata: Option<HashMap<String, String>>,
+) -> Result<()> {
+    let contiguous = tensors
+        .iter()
+        .map(|(name, t)| Ok((*name, t.contiguous()?)))
+        .collect::<Result<Vec<_>>>()?;
+    let bytes = safetensors::serialize(contiguous.iter().map(|(n, t)| (*n, t)), metadata)
+        .context("cannot serialise tensors")?;
+    write_atomically(path, |file| {
+        file.write_all(&bytes)?;
+        Ok(())
+    })
 }

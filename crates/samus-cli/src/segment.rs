@@ -1,19 +1,19 @@
 //! `samus segment`: one image, point and box prompts, a mask.
 
-use std::collections::HashMap;
 use std::path::PathBuf;
 
-use anyhow::{bail, Context, Result};
-use candle_core::{Device, Tensor};
+use anyhow::{bail, Result};
+use candle_core::Device;
 use clap::Args;
 use image::DynamicImage;
-use samus_model::checkpoint::{infer_config, read_tensors};
+use samus_model::checkpoint::DEFAULT_INIT_SEED;
 use samus_model::{CheckpointKind, Point, Prediction, Predictor, PromptSet, Samus, SamusConfig};
 use serde::Serialize;
 
 use crate::demo::demo_image;
 use crate::images::{mask_image, open_image, overlay, save_png};
-use crate::output::write_atomically;
+use crate::model_source::{checkpoint_error, read_checkpoint, resolve_config, NO_CHECKPOINT};
+use crate::output::write_safetensors;
 use crate::prompts::{parse_box, parse_point};
 
 /// Examples shown by `samus segment --help`.
@@ -99,17 +99,10 @@ struct SegmentReport {
 /// Demo weights are seeded so that the demo is repeatable.
 const DEMO_SEED: u64 = 7;
 
-fn no_checkpoint_message() -> String {
-    "no --checkpoint given. Get SAM ViT-B weights with `cargo xtask download` and pass the \
-     printed path with --checkpoint (or pass a trained SAMUS checkpoint); to try the pipeline \
-     without weights run `samus segment --demo`"
-        .to_string()
-}
-
 fn load_model(args: &SegmentArgs, device: &Device) -> Result<(Samus, bool)> {
     let Some(path) = &args.checkpoint else {
         if !args.demo {
-            bail!(no_checkpoint_message());
+            bail!(NO_CHECKPOINT);
         }
         let cfg = match &args.config {
             Some(spec) => SamusConfig::from_name_or_path(spec)?,
@@ -122,36 +115,10 @@ fn load_model(args: &SegmentArgs, device: &Device) -> Result<(Samus, bool)> {
         );
         return Ok((Samus::random(&cfg, DEMO_SEED, device)?, true));
     };
-    if !path.exists() {
-        bail!(
-            "checkpoint {} does not exist. {}",
-            path.display(),
-            no_checkpoint_message()
-        );
-    }
-    let tensors = read_tensors(path)?;
-    let cfg = match &args.config {
-        Some(spec) => SamusConfig::from_name_or_path(spec)?,
-        None => infer_config(&tensors).with_context(|| {
-            format!(
-                "checkpoint {}: cannot guess the model configuration from its tensors; pass --config",
-                path.display()
-            )
-        })?,
-    };
-    let (model, report) = Samus::from_tensors(
-        tensors,
-        &cfg,
-        device,
-        samus_model::checkpoint::DEFAULT_INIT_SEED,
-    )
-    .map_err(|e| {
-        anyhow::anyhow!(
-            "checkpoint {}: {}",
-            path.display(),
-            strip_in_memory(&e.to_string())
-        )
-    })?;
+    let tensors = read_checkpoint(path)?;
+    let cfg = resolve_config(args.config.as_deref(), &tensors, path)?;
+    let (model, report) = Samus::from_tensors(tensors, &cfg, device, DEFAULT_INIT_SEED)
+        .map_err(|e| checkpoint_error(path, e))?;
     let untrained = report.kind == CheckpointKind::Sam;
     if untrained {
         eprintln!(
@@ -163,10 +130,6 @@ fn load_model(args: &SegmentArgs, device: &Device) -> Result<(Samus, bool)> {
         );
     }
     Ok((model, untrained))
-}
-
-fn strip_in_memory(message: &str) -> String {
-    message.replace("checkpoint <in memory>: ", "")
 }
 
 fn masks_to_summaries(prediction: &Prediction) -> Result<(Vec<MaskSummary>, Vec<Vec<u8>>)> {
@@ -184,33 +147,6 @@ fn masks_to_summaries(prediction: &Prediction) -> Result<(Vec<MaskSummary>, Vec<
         pixels.push(m);
     }
     Ok((summaries, pixels))
-}
-
-fn save_logits(prediction: &Prediction, path: &std::path::Path) -> Result<()> {
-    let tensors: HashMap<String, Tensor> = [
-        (
-            "low_res_logits".to_string(),
-            prediction.low_res_logits.clone(),
-        ),
-        ("iou".to_string(), prediction.iou.clone()),
-    ]
-    .into_iter()
-    .collect();
-    let bytes = safetensors_bytes(&tensors)?;
-    write_atomically(path, |file| {
-        use std::io::Write;
-        file.write_all(&bytes)?;
-        Ok(())
-    })
-}
-
-fn safetensors_bytes(tensors: &HashMap<String, Tensor>) -> Result<Vec<u8>> {
-    // candle writes safetensors to a path; serialise through a temporary buffer file
-    // so that the final write stays atomic.
-    let dir = tempfile::tempdir().context("cannot create a temporary folder")?;
-    let tmp = dir.path().join("logits.safetensors");
-    candle_core::safetensors::save(tensors, &tmp).context("cannot serialise the logits")?;
-    std::fs::read(&tmp).context("cannot read back the serialised logits")
 }
 
 /// Runs `samus segment`.
@@ -262,7 +198,14 @@ pub fn run(args: SegmentArgs) -> Result<()> {
         save_png(&DynamicImage::ImageRgb8(picture), path)?;
     }
     if let Some(path) = &args.save_logits {
-        save_logits(&prediction, path)?;
+        write_safetensors(
+            path,
+            &[
+                ("low_res_logits", &prediction.low_res_logits),
+                ("iou", &prediction.iou),
+            ],
+            None,
+        )?;
     }
     let report = SegmentReport {
         image: image_name,

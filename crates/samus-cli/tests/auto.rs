@@ -1,0 +1,227 @@
+//! End-to-end tests of `samus auto`: parity with the reference AutoSAMUS through the
+//! binary, batches of many images, and clear errors.
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+
+use candle_core::Device;
+use samus_core::fixtures::{fixtures_dir, relative_error};
+
+fn samus(args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_samus"))
+        .args(args)
+        .output()
+        .expect("the samus binary runs")
+}
+
+fn stderr(out: &Output) -> String {
+    String::from_utf8_lossy(&out.stderr).into_owned()
+}
+
+fn p(path: &Path) -> &str {
+    path.to_str().expect("utf-8 temp path")
+}
+
+fn fixtures() -> Option<PathBuf> {
+    let dir = fixtures_dir(env!("CARGO_MANIFEST_DIR"));
+    if dir.is_none() {
+        eprintln!("skipped: fixtures not found (set SAMUS_FIXTURES or provide ../shared/fixtures)");
+    }
+    dir
+}
+
+fn assert_clean_failure(out: &Output, needle: &str) {
+    let err = stderr(out);
+    assert!(!out.status.success(), "expected failure; stderr: {err}");
+    assert!(!err.contains("panicked"), "panic: {err}");
+    let lines: Vec<&str> = err.lines().filter(|l| !l.starts_with("warning:")).collect();
+    assert_eq!(lines.len(), 1, "expected one error line, got: {err}");
+    assert!(
+        lines[0].starts_with("error: ") && lines[0].contains(needle),
+        "`{needle}` not in: {err}"
+    );
+}
+
+#[test]
+fn auto_reproduces_reference_logits_on_busi() {
+    let Some(dir) = fixtures() else { return };
+    let tmp = tempfile::tempdir().unwrap();
+    let logits = tmp.path().join("auto.safetensors");
+    let out = samus(&[
+        "auto",
+        "--checkpoint",
+        p(&dir.join("samus_tiny.safetensors")),
+        "--apg",
+        p(&dir.join("autosamus_tiny_apg.safetensors")),
+        "--image",
+        p(&dir.join("busi/benign0001.png")),
+        "--out-dir",
+        p(tmp.path()),
+        "--overlay",
+        "--save-logits",
+        p(&logits),
+        "--json",
+    ]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let report: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let first = &report["images"][0];
+    assert!(
+        first["area"].as_u64().is_some() && first["mean_foreground_probability"].as_f64().is_some()
+    );
+    assert!(tmp.path().join("benign0001_mask.png").exists());
+    assert!(tmp.path().join("benign0001_overlay.png").exists());
+    let saved = candle_core::safetensors::load(&logits, &Device::Cpu).unwrap();
+    assert_eq!(saved["low_res_logits"].dims(), &[1, 1, 128, 128]);
+    assert_eq!(saved["iou"].dims(), &[1, 1]);
+    let io =
+        candle_core::safetensors::load(dir.join("autosamus_tiny_io.safetensors"), &Device::Cpu)
+            .unwrap();
+    let reference = io["low_res_logits"].narrow(0, 0, 1).unwrap();
+    let err = relative_error(&saved["low_res_logits"], &reference).unwrap();
+    assert!(err <= 1e-4, "relative error {err:e}");
+}
+
+#[test]
+fn auto_batches_folders_and_globs() {
+    let Some(dir) = fixtures() else { return };
+    let tmp = tempfile::tempdir().unwrap();
+    let inputs = tmp.path().join("in");
+    let more = tmp.path().join("more");
+    std::fs::create_dir_all(&inputs).unwrap();
+    std::fs::create_dir_all(&more).unwrap();
+    std::fs::copy(dir.join("busi/benign0001.png"), inputs.join("a_busi.png")).unwrap();
+    image::GrayImage::from_fn(300, 220, |x, y| image::Luma([((x + 2 * y) % 256) as u8]))
+        .save(inputs.join("b_wide.png"))
+        .unwrap();
+    image::RgbImage::from_fn(180, 240, |x, y| {
+        image::Rgb([(x % 256) as u8, (y % 256) as u8, 90])
+    })
+    .save(more.join("c_rgb.png"))
+    .unwrap();
+    std::fs::write(inputs.join("notes.txt"), "not an image").unwrap();
+    let out_dir = tmp.path().join("out");
+    let logits = tmp.path().join("all.safetensors");
+    let glob = format!("{}/*.png", more.display());
+    let out = samus(&[
+        "auto",
+        "--checkpoint",
+        p(&dir.join("samus_tiny.safetensors")),
+        "--apg",
+        p(&dir.join("autosamus_tiny_apg.safetensors")),
+        "--image",
+        p(&inputs),
+        "--image",
+        &glob,
+        "--out-dir",
+        p(&out_dir),
+        "--batch-size",
+        "2",
+        "--save-logits",
+        p(&logits),
+    ]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(
+        stdout
+            .lines()
+            .filter(|l| l.contains("mean foreground probability"))
+            .count(),
+        3,
+        "{stdout}"
+    );
+    for (name, size) in [
+        ("a_busi", (256, 256)),
+        ("b_wide", (300, 220)),
+        ("c_rgb", (180, 240)),
+    ] {
+        let mask = image::open(out_dir.join(format!("{name}_mask.png")))
+            .unwrap()
+            .to_luma8();
+        assert_eq!(mask.dimensions(), size, "{name}");
+    }
+    // The image processed in a batch of two gets the same logits as the reference.
+    let saved = candle_core::safetensors::load(&logits, &Device::Cpu).unwrap();
+    assert_eq!(saved["low_res_logits"].dims(), &[3, 1, 128, 128]);
+    let io =
+        candle_core::safetensors::load(dir.join("autosamus_tiny_io.safetensors"), &Device::Cpu)
+            .unwrap();
+    let err = relative_error(
+        &saved["low_res_logits"].narrow(0, 0, 1).unwrap(),
+        &io["low_res_logits"].narrow(0, 0, 1).unwrap(),
+    )
+    .unwrap();
+    assert!(err <= 1e-4, "relative error {err:e}");
+}
+
+#[test]
+fn auto_errors_are_one_clear_line() {
+    let Some(dir) = fixtures() else { return };
+    let tmp = tempfile::tempdir().unwrap();
+    let ckpt = dir.join("samus_tiny.safetensors");
+    let apg = dir.join("autosamus_tiny_apg.safetensors");
+    let busi = dir.join("busi/benign0001.png");
+    assert_clean_failure(
+        &samus(&["auto", "--checkpoint", p(&ckpt), "--image", p(&busi)]),
+        "--apg",
+    );
+    assert_clean_failure(
+        &samus(&["auto", "--image", p(&busi)]),
+        "cargo xtask download",
+    );
+    let absent = tmp.path().join("absent.png");
+    assert_clean_failure(
+        &samus(&[
+            "auto",
+            "--checkpoint",
+            p(&ckpt),
+            "--apg",
+            p(&apg),
+            "--image",
+            p(&absent),
+        ]),
+        "absent.png",
+    );
+    let empty = tmp.path().join("empty");
+    std::fs::create_dir_all(&empty).unwrap();
+    assert_clean_failure(
+        &samus(&[
+            "auto",
+            "--checkpoint",
+            p(&ckpt),
+            "--apg",
+            p(&apg),
+            "--image",
+            p(&empty),
+        ]),
+        "no images found",
+    );
+    let twin = tmp.path().join("twin");
+    std::fs::create_dir_all(&twin).unwrap();
+    std::fs::copy(&busi, twin.join("benign0001.png")).unwrap();
+    assert_clean_failure(
+        &samus(&[
+            "auto",
+            "--checkpoint",
+            p(&ckpt),
+            "--apg",
+            p(&apg),
+            "--image",
+            p(&busi),
+            "--image",
+            p(&twin),
+        ]),
+        "same mask",
+    );
+    assert_clean_failure(
+        &samus(&[
+            "auto",
+            "--checkpoint",
+            p(&ckpt),
+            "--apg",
+            p(&ckpt),
+            "--image",
+            p(&busi),
+        ]),
+        "not an APG checkpoint",
+    );
+}
