@@ -313,3 +313,47 @@ fn bad_inputs_fail_with_one_clear_line() {
     // No prompt.
     assert_clean_failure(&run(base(&[])), "--point");
 }
+
+#[test]
+fn plain_sam_checkpoint_warns_that_samus_parts_are_untrained() {
+    let tmp = tempfile::tempdir().unwrap();
+    let cfg = SamusConfig {
+        depth: 2,
+        global_attn_indexes: vec![1],
+        ..other_config()
+    };
+    let (_, all) = Samus::random_with_tensors(&cfg, 4, &Device::Cpu).unwrap();
+    let sam: HashMap<String, Tensor> = all
+        .into_iter()
+        .filter(|(k, _)| {
+            !(k.contains("cnn_embed") || k.contains("post_pos_embed") || k.contains("Adapter"))
+        })
+        .collect();
+    let ckpt = tmp.path().join("sam.safetensors");
+    candle_core::safetensors::save(&sam, &ckpt).unwrap();
+    let img = tmp.path().join("i.png");
+    image::GrayImage::from_fn(64, 64, |x, _| image::Luma([(x * 4) as u8]))
+        .save(&img)
+        .unwrap();
+    let mask = tmp.path().join("m.png");
+    let out = samus(&[
+        "segment",
+        "--checkpoint",
+        p(&ckpt),
+        "--image",
+        p(&img),
+        "--point",
+        "30,30",
+        "--out",
+        p(&mask),
+        "--json",
+    ]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert!(
+        stderr(&out).contains("plain SAM checkpoint") && stderr(&out).contains("UNTRAINED"),
+        "{}",
+        stderr(&out)
+    );
+    let report: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(report["untrained"], true);
+}

@@ -58,3 +58,37 @@ pub fn image_to_input(image: &DynamicImage, size: usize, device: &Device) -> Res
         device,
     )?)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use image::{ImageBuffer, Luma, Rgb};
+
+    #[test]
+    fn sixteen_bit_and_eight_bit_agree() {
+        let img8 = ImageBuffer::from_fn(40, 30, |x, y| Luma([((x * 5 + y * 3) % 256) as u8]));
+        let img16: ImageBuffer<Luma<u16>, Vec<u16>> =
+            ImageBuffer::from_fn(40, 30, |x, y| Luma([img8.get_pixel(x, y)[0] as u16 * 257]));
+        let a = image_to_input(&DynamicImage::ImageLuma8(img8), 32, &Device::Cpu).unwrap();
+        let b = image_to_input(&DynamicImage::ImageLuma16(img16), 32, &Device::Cpu).unwrap();
+        assert_eq!(a.dims(), &[1, 1, 32, 32]);
+        let diff = (a - b)
+            .unwrap()
+            .abs()
+            .unwrap()
+            .max_all()
+            .unwrap()
+            .to_scalar::<f32>()
+            .unwrap();
+        assert!(diff < 1e-5, "{diff}");
+    }
+
+    #[test]
+    fn colour_uses_opencv_grey_weights_and_no_normalisation() {
+        let rgb = ImageBuffer::from_pixel(4, 4, Rgb([200u8, 100, 50]));
+        let input = image_to_input(&DynamicImage::ImageRgb8(rgb), 4, &Device::Cpu).unwrap();
+        let v = input.flatten_all().unwrap().to_vec1::<f32>().unwrap();
+        let want = (0.299f32 * 200.0 + 0.587 * 100.0 + 0.114 * 50.0).round() / 255.0;
+        assert!(v.iter().all(|x| (x - want).abs() < 1e-6), "{v:?} vs {want}");
+    }
+}
