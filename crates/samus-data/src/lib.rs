@@ -3,8 +3,10 @@
 //! US30K keeps one folder per source dataset (`<root>/<dataset>/img/<name>.png`,
 //! `<root>/<dataset>/label/<name>.png`) and describes its splits in
 //! `<root>/MainPatient/`: `class.json` (classes per dataset) and split files whose
-//! lines name samples. This crate starts with reading that description: [`ClassMap`]
-//! and [`split::read_split`]; datasets, transforms and prompt sampling build on it.
+//! lines name samples. [`Us30kSplit`] opens a split and yields [`Sample`]s: the image
+//! at 256 x 256 in [0, 1], the binary target at 256 and 128, a click and a box
+//! prompt, transformed as the reference does ([`transform`], [`prompt`]); its
+//! [`Us30kSplit::batches`] decode seeded, shuffled batches in parallel.
 //!
 //! ```
 //! use samus_data::split::SplitEntry;
@@ -15,6 +17,11 @@
 //! assert_eq!(entry.image_path("/data/US30K".as_ref()).to_str(), Some("/data/US30K/Breast-BUSI/img/benign0001.png"));
 //! ```
 
+pub mod dataset;
+pub mod io;
+pub mod prompt;
 pub mod split;
+pub mod transform;
 
+pub use dataset::{Batch, DatasetOptions, PromptMode, Sample, Us30kSplit};
 pub use split::{ClassMap, DataError, SplitEntry};

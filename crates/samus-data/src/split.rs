@@ -36,6 +36,16 @@ pub enum DataError {
         /// What is wrong.
         message: String,
     },
+    /// A sample's files are missing, unreadable or inconsistent.
+    #[error("{}:{line}: {source}", split.display())]
+    Sample {
+        /// The split file naming the sample.
+        split: PathBuf,
+        /// 1-based line number in it.
+        line: usize,
+        /// What is wrong with the sample.
+        source: crate::io::ReadError,
+    },
     /// The split file lists no sample.
     #[error("{}: the split is empty", path.display())]
     EmptySplit {
@@ -107,9 +117,10 @@ impl SplitEntry {
     }
 }
 
-/// Reads a split file; blank lines are skipped, a malformed line is an error naming
-/// the file and the line, and an empty split is an error.
-pub fn read_split(path: &Path) -> Result<Vec<SplitEntry>, DataError> {
+/// Reads a split file as `(line number, entry)` pairs; blank lines are skipped, a
+/// malformed line is an error naming the file and the line, and an empty split is an
+/// error.
+pub fn read_split(path: &Path) -> Result<Vec<(usize, SplitEntry)>, DataError> {
     let text = std::fs::read_to_string(path).map_err(|source| DataError::Io {
         path: path.to_path_buf(),
         source,
@@ -124,7 +135,7 @@ pub fn read_split(path: &Path) -> Result<Vec<SplitEntry>, DataError> {
             line: i + 1,
             message,
         })?;
-        entries.push(entry);
+        entries.push((i + 1, entry));
     }
     if entries.is_empty() {
         return Err(DataError::EmptySplit {
@@ -153,6 +164,11 @@ impl ClassMap {
                 message: e.to_string(),
             })?;
         Ok(Self { classes })
+    }
+
+    /// The datasets listed, in name order.
+    pub fn datasets(&self) -> impl Iterator<Item = (&str, u32)> {
+        self.classes.iter().map(|(k, v)| (k.as_str(), *v))
     }
 
     /// Number of classes of `dataset`, if it is listed.

@@ -13,7 +13,7 @@ pub const GREY_WEIGHTS: [f32; 3] = [0.299, 0.587, 0.114];
 /// The image as grey values in [0, 1]: 8-bit values / 255, 16-bit values / 65535;
 /// colour images are converted with [`GREY_WEIGHTS`] (8-bit results rounded to whole
 /// grey levels, as OpenCV does), alpha is ignored.
-pub fn to_grey_unit(image: &DynamicImage) -> ImageBuffer<Luma<f32>, Vec<f32>> {
+pub fn to_grey_unit(image: &DynamicImage) -> UnitGreyImage {
     let (w, h) = (image.width(), image.height());
     let weighted =
         |r: f32, g: f32, b: f32| GREY_WEIGHTS[0] * r + GREY_WEIGHTS[1] * g + GREY_WEIGHTS[2] * b;
@@ -41,17 +41,24 @@ pub fn to_grey_unit(image: &DynamicImage) -> ImageBuffer<Luma<f32>, Vec<f32>> {
     ImageBuffer::from_raw(w, h, data).unwrap_or_else(|| ImageBuffer::new(w, h))
 }
 
-/// The model input for one image: `1 x 1 x size x size`, f32 in [0, 1]. Images of
-/// another size are resized with a bilinear (triangle) filter that widens when it
-/// shrinks, as PIL's bilinear resize does.
-pub fn image_to_input(image: &DynamicImage, size: usize, device: &Device) -> Result<Tensor> {
-    let grey = to_grey_unit(image);
-    let side = size as u32;
-    let grey = if grey.dimensions() == (side, side) {
+/// A grey image with values in [0, 1].
+pub type UnitGreyImage = ImageBuffer<Luma<f32>, Vec<f32>>;
+
+/// Resizes a grey image to `size x size` with a bilinear (triangle) filter that widens
+/// when it shrinks, as PIL's bilinear resize does; returns it unchanged if it already
+/// has that size.
+pub fn resize_square(grey: UnitGreyImage, size: u32) -> UnitGreyImage {
+    if grey.dimensions() == (size, size) {
         grey
     } else {
-        image::imageops::resize(&grey, side, side, image::imageops::FilterType::Triangle)
-    };
+        image::imageops::resize(&grey, size, size, image::imageops::FilterType::Triangle)
+    }
+}
+
+/// The model input for one image: `1 x 1 x size x size`, f32 in [0, 1]
+/// ([`to_grey_unit`], then [`resize_square`]).
+pub fn image_to_input(image: &DynamicImage, size: usize, device: &Device) -> Result<Tensor> {
+    let grey = resize_square(to_grey_unit(image), size as u32);
     Ok(Tensor::from_vec(
         grey.into_raw(),
         (1, 1, size, size),
