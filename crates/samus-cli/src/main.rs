@@ -1,6 +1,7 @@
 //! `samus`: segment ultrasound images with SAMUS from the command line.
 
 mod auto;
+mod data;
 mod demo;
 mod images;
 mod model_source;
@@ -28,6 +29,9 @@ enum Command {
     /// Segment images without prompts with AutoSAMUS (batched, with a progress bar).
     #[command(after_help = auto::EXAMPLES)]
     Auto(auto::AutoArgs),
+    /// Inspect datasets in the US30K layout.
+    #[command(after_help = data::EXAMPLES)]
+    Data(data::DataArgs),
 }
 
 fn main() -> ExitCode {
@@ -35,6 +39,7 @@ fn main() -> ExitCode {
     let result = match cli.command {
         Command::Segment(args) => segment::run(args),
         Command::Auto(args) => auto::run(args),
+        Command::Data(args) => data::run(args),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

@@ -17,6 +17,7 @@
 //! assert_eq!(entry.image_path("/data/US30K".as_ref()).to_str(), Some("/data/US30K/Breast-BUSI/img/benign0001.png"));
 //! ```
 
+pub mod check;
 pub mod dataset;
 pub mod io;
 pub mod prompt;
