@@ -15,6 +15,7 @@
 //!   resizing along one axis, and nearest resizing.
 //! - [`window`]: window partition and unpartition with zero padding.
 //! - [`activation`]: the exact (erf) GELU.
+//! - [`pool`]: 2x2 max pooling whose backward is correct (candle's scales it down).
 //! - [`fixtures`]: locating the reference parity fixtures and comparing with them.
 //!
 //! Every operation is built from candle tensor operations, so gradients flow
@@ -36,6 +37,7 @@ pub mod activation;
 pub mod attention;
 pub mod fixtures;
 pub mod norm;
+pub mod pool;
 pub mod rel_pos;
 pub mod resize;
 pub mod window;
@@ -43,4 +45,5 @@ pub mod window;
 pub use activation::gelu;
 pub use attention::{merge_heads, multi_head_attention, split_heads, AttentionOptions};
 pub use norm::{LayerNorm, LayerNorm2d};
+pub use pool::max_pool2x2;
 pub use rel_pos::DecomposedRelPos;

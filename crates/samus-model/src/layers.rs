@@ -3,7 +3,7 @@
 
 use candle_core::{Module, Result, Tensor};
 use candle_nn::{Conv2d, Conv2dConfig, ConvTranspose2d, ConvTranspose2dConfig, Init, VarBuilder};
-use samus_core::{gelu, LayerNorm, LayerNorm2d};
+use samus_core::{gelu, max_pool2x2, LayerNorm, LayerNorm2d};
 
 /// Epsilon of every `LayerNorm2d` in SAM and SAMUS.
 pub const LAYER_NORM_2D_EPS: f64 = 1e-6;
@@ -225,7 +225,7 @@ impl DownConvNormGelu {
 impl Module for DownConvNormGelu {
     /// NCHW in, NCHW out at half the resolution.
     fn forward(&self, x: &Tensor) -> Result<Tensor> {
-        self.inner.forward(&x.max_pool2d(2)?)
+        self.inner.forward(&max_pool2x2(x)?)
     }
 }
 

@@ -12,7 +12,7 @@
 use std::collections::{BTreeSet, HashMap};
 use std::sync::{Arc, Mutex, MutexGuard};
 
-use candle_core::{DType, Device, Result, Shape, Tensor};
+use candle_core::{DType, Device, Result, Shape, Tensor, Var};
 use candle_nn::var_builder::SimpleBackend;
 use candle_nn::{Init, VarBuilder};
 use rand::{rngs::StdRng, SeedableRng};
@@ -36,14 +36,28 @@ struct StoreState {
     rng: StdRng,
     initialised: BTreeSet<String>,
     created: HashMap<String, Tensor>,
+    vars: Vec<(String, Var)>,
     requested: BTreeSet<String>,
 }
 
-#[derive(Debug)]
+/// Decides which tensors are trainable, by name.
+pub type TrainablePredicate = Box<dyn Fn(&str) -> bool + Send + Sync>;
+
 struct StoreInner {
     tensors: HashMap<String, Tensor>,
     missing: MissingTensors,
+    trainable: Option<TrainablePredicate>,
     state: Mutex<StoreState>,
+}
+
+impl std::fmt::Debug for StoreInner {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("StoreInner")
+            .field("tensors", &self.tensors.len())
+            .field("missing", &self.missing)
+            .field("trainable", &self.trainable.is_some())
+            .finish()
+    }
 }
 
 /// A named set of tensors that components load from (see the module docs).
@@ -55,6 +69,25 @@ pub struct WeightStore {
 impl WeightStore {
     /// A store over `tensors` with the given policy for missing names.
     pub fn new(tensors: HashMap<String, Tensor>, missing: MissingTensors) -> Self {
+        Self::build(tensors, missing, None)
+    }
+
+    /// A store whose tensors named by `trainable` are handed out as variables (so
+    /// that gradients are computed for them and an optimiser can update them in
+    /// place); all others are plain tensors that cost nothing in the backward pass.
+    pub fn with_trainable(
+        tensors: HashMap<String, Tensor>,
+        missing: MissingTensors,
+        trainable: TrainablePredicate,
+    ) -> Self {
+        Self::build(tensors, missing, Some(trainable))
+    }
+
+    fn build(
+        tensors: HashMap<String, Tensor>,
+        missing: MissingTensors,
+        trainable: Option<TrainablePredicate>,
+    ) -> Self {
         let seed = match missing {
             MissingTensors::Initialise { seed } => seed,
             MissingTensors::Error => 0,
@@ -63,10 +96,12 @@ impl WeightStore {
             inner: Arc::new(StoreInner {
                 tensors,
                 missing,
+                trainable,
                 state: Mutex::new(StoreState {
                     rng: StdRng::seed_from_u64(seed),
                     initialised: BTreeSet::new(),
                     created: HashMap::new(),
+                    vars: Vec::new(),
                     requested: BTreeSet::new(),
                 }),
             }),
@@ -93,7 +128,8 @@ impl WeightStore {
     }
 
     /// Every tensor a component asked for, by name: the checkpoint's own and the
-    /// freshly initialised ones (what a converted checkpoint must hold).
+    /// freshly initialised ones (what a converted checkpoint must hold), trainable
+    /// ones at their current values.
     pub fn requested_tensors(&self) -> HashMap<String, Tensor> {
         let state = self.state();
         let mut out = state.created.clone();
@@ -102,7 +138,15 @@ impl WeightStore {
                 out.insert(name.clone(), t.clone());
             }
         }
+        for (name, var) in &state.vars {
+            out.insert(name.clone(), var.as_tensor().detach());
+        }
         out
+    }
+
+    /// The trainable variables handed out so far, in the order they were requested.
+    pub fn vars(&self) -> Vec<(String, Var)> {
+        self.state().vars.clone()
     }
 
     /// Checkpoint tensors that no component asked for, sorted.
@@ -162,8 +206,26 @@ fn plain_error(message: String) -> candle_core::Error {
     candle_core::Error::Msg(message)
 }
 
-impl SimpleBackend for WeightStore {
-    fn get(
+impl WeightStore {
+    /// Hands out `tensor` for `name`: as a variable (the same one on every request)
+    /// when `name` is trainable.
+    fn hand_out(&self, name: &str, tensor: Tensor) -> Result<Tensor> {
+        let Some(trainable) = &self.inner.trainable else {
+            return Ok(tensor);
+        };
+        if !trainable(name) {
+            return Ok(tensor);
+        }
+        let mut state = self.state();
+        if let Some((_, var)) = state.vars.iter().find(|(n, _)| n == name) {
+            return Ok(var.as_tensor().clone());
+        }
+        let var = Var::from_tensor(&tensor)?;
+        state.vars.push((name.to_string(), var.clone()));
+        Ok(var.as_tensor().clone())
+    }
+
+    fn lookup(
         &self,
         shape: Shape,
         name: &str,
@@ -200,6 +262,20 @@ impl SimpleBackend for WeightStore {
                 }
             },
         }
+    }
+}
+
+impl SimpleBackend for WeightStore {
+    fn get(
+        &self,
+        shape: Shape,
+        name: &str,
+        init: Init,
+        dtype: DType,
+        dev: &Device,
+    ) -> Result<Tensor> {
+        let tensor = self.lookup(shape, name, init, dtype, dev)?;
+        self.hand_out(name, tensor)
     }
 
     fn get_unchecked(&self, name: &str, dtype: DType, dev: &Device) -> Result<Tensor> {

@@ -1,9 +1,10 @@
 //! Training and evaluation of SAMUS.
 //!
 //! Researchers train SAMUS and AutoSAMUS with this crate (through `cargo xtask train`)
-//! instead of the Python reference. It starts with the reference objective,
+//! instead of the Python reference. It holds the reference objective,
 //! [`loss::bce_dice_loss`]: `0.2 * BCE-with-logits(pos_weight 2) + 0.8 * (1 - Dice)`
-//! on the low-resolution logits.
+//! on the low-resolution logits, and the trainable sets ([`freeze`]), chosen from the
+//! model's structure, that a `WeightStore` hands out as variables.
 //!
 //! ```
 //! use candle_core::{Device, Tensor};
@@ -18,4 +19,5 @@
 //! # }
 //! ```
 
+pub mod freeze;
 pub mod loss;

@@ -62,7 +62,15 @@ impl Module for EncoderAttention {
         let q = qkv.get(0)?;
         let k = qkv.get(1)?;
         let v = qkv.get(2)?;
-        let out = multi_head_attention(&q, &k, &v, self.scale, Some(&self.rel_pos), self.options)?;
+        // Trainable tables change between passes: gather them afresh then.
+        let fresh;
+        let rel_pos = if self.rel_pos_h.track_op() || self.rel_pos_w.track_op() {
+            fresh = DecomposedRelPos::new(&self.rel_pos_h, &self.rel_pos_w, (h, w), (h, w))?;
+            &fresh
+        } else {
+            &self.rel_pos
+        };
+        let out = multi_head_attention(&q, &k, &v, self.scale, Some(rel_pos), self.options)?;
         self.proj
             .forward(&merge_heads(&out)?.reshape((b, h, w, c))?)
     }

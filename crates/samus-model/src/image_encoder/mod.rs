@@ -52,7 +52,8 @@ pub struct ImageEncoder {
     input_adapter: FeatureAdapter,
     pos_embed: Tensor,
     position_adapter: PositionAdapter,
-    /// The position adapter's output, `1 x G x G x D`, computed once at load time.
+    /// The position adapter's output, `1 x G x G x D`, computed once at load time
+    /// (and again on every pass when its weights are trainable).
     position: Tensor,
     blocks: Vec<EncoderBlock>,
     neck: Neck,
@@ -129,7 +130,14 @@ impl ImageEncoder {
             t.patch_embed = Some(patches);
             t.input_adapter = Some(x.clone());
         }
-        x = x.broadcast_add(&self.position)?;
+        // With trainable position-adapter weights the cached output would go stale as
+        // they change, so it is recomputed on every pass.
+        let position = if self.position.track_op() {
+            self.compute_position_embedding()?
+        } else {
+            self.position.clone()
+        };
+        x = x.broadcast_add(&position)?;
         for block in &self.blocks {
             (x, cnnx) = block.forward(&x, &cnnx)?;
             if let Some(t) = trace.as_deref_mut() {
