@@ -21,3 +21,4 @@
 
 pub mod freeze;
 pub mod loss;
+pub mod metrics;
