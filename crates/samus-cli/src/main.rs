@@ -4,6 +4,7 @@ mod auto;
 mod data;
 mod demo;
 mod images;
+mod metrics;
 mod model_source;
 mod output;
 mod prompts;
@@ -32,6 +33,10 @@ enum Command {
     /// Inspect datasets in the US30K layout.
     #[command(after_help = data::EXAMPLES)]
     Data(data::DataArgs),
+    /// Score a folder of predicted masks against ground truth (Dice, IoU, accuracy,
+    /// sensitivity, specificity, HD, HD95).
+    #[command(after_help = metrics::EXAMPLES)]
+    Metrics(metrics::MetricsArgs),
 }
 
 fn main() -> ExitCode {
@@ -40,6 +45,7 @@ fn main() -> ExitCode {
         Command::Segment(args) => segment::run(args),
         Command::Auto(args) => auto::run(args),
         Command::Data(args) => data::run(args),
+        Command::Metrics(args) => metrics::run(args),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

@@ -33,7 +33,13 @@ pub struct MaskMetrics {
 /// The boundary pixels `(x, y)` of a mask: set pixels with an unset 4-neighbour (or on
 /// the image edge).
 pub fn boundary(mask: &[bool], width: usize, height: usize) -> Vec<(i64, i64)> {
-    let at = |x: i64, y: i64| x >= 0 && y >= 0 && (x as usize) < width && (y as usize) < height && mask[y as usize * width + x as usize];
+    let at = |x: i64, y: i64| {
+        x >= 0
+            && y >= 0
+            && (x as usize) < width
+            && (y as usize) < height
+            && mask[y as usize * width + x as usize]
+    };
     let mut out = Vec::new();
     for y in 0..height as i64 {
         for x in 0..width as i64 {
@@ -122,10 +128,16 @@ mod tests {
     #[test]
     fn boundary_of_a_square_is_its_ring() {
         let (w, h) = (6, 5);
-        let mask: Vec<bool> = (0..w * h).map(|i| (1..5).contains(&(i % w)) && (1..4).contains(&(i / w))).collect();
+        let mask: Vec<bool> = (0..w * h)
+            .map(|i| (1..5).contains(&(i % w)) && (1..4).contains(&(i / w)))
+            .collect();
         // A 4 x 3 block: 10 ring pixels, 2 interior.
         assert_eq!(boundary(&mask, w, h).len(), 10);
         let full = vec![true; w * h];
-        assert_eq!(boundary(&full, w, h).len(), 2 * w + 2 * h - 4, "the image edge bounds the mask");
+        assert_eq!(
+            boundary(&full, w, h).len(),
+            2 * w + 2 * h - 4,
+            "the image edge bounds the mask"
+        );
     }
 }
