@@ -22,3 +22,5 @@
 pub mod freeze;
 pub mod loss;
 pub mod metrics;
+pub mod optim;
+pub mod schedule;
