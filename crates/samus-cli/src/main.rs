@@ -9,6 +9,7 @@ mod model_source;
 mod output;
 mod prompts;
 mod segment;
+mod synth;
 
 use std::process::ExitCode;
 
@@ -37,6 +38,10 @@ enum Command {
     /// sensitivity, specificity, HD, HD95).
     #[command(after_help = metrics::EXAMPLES)]
     Metrics(metrics::MetricsArgs),
+    /// Write a synthetic ultrasound dataset (breast, thyroid, echocardiography) in the
+    /// US30K layout: the offline test bed for training and evaluation.
+    #[command(after_help = synth::EXAMPLES)]
+    Synth(synth::SynthArgs),
 }
 
 fn main() -> ExitCode {
@@ -46,6 +51,7 @@ fn main() -> ExitCode {
         Command::Auto(args) => auto::run(args),
         Command::Data(args) => data::run(args),
         Command::Metrics(args) => metrics::run(args),
+        Command::Synth(args) => synth::run(args),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

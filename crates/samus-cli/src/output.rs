@@ -36,14 +36,10 @@ pub fn write_safetensors(
     tensors: &[(&str, &Tensor)],
     metadata: Option<HashMap<String, String>>,
 ) -> Result<()> {
-    let contiguous = tensors
+    let map: HashMap<String, Tensor> = tensors
         .iter()
-        .map(|(name, t)| Ok((*name, t.contiguous()?)))
-        .collect::<Result<Vec<_>>>()?;
-    let bytes = safetensors::serialize(contiguous.iter().map(|(n, t)| (*n, t)), metadata)
-        .context("cannot serialise tensors")?;
-    write_atomically(path, |file| {
-        file.write_all(&bytes)?;
-        Ok(())
-    })
+        .map(|(k, t)| (k.to_string(), (*t).clone()))
+        .collect();
+    samus_model::checkpoint::save_safetensors_atomic(path, &map, metadata)
+        .with_context(|| format!("cannot write {}", path.display()))
 }

@@ -60,3 +60,56 @@ fn data_check_reports_counts_and_problems() {
         .status
         .success());
 }
+
+#[test]
+fn synth_then_data_check_from_scratch() {
+    let tmp = tempfile::tempdir().unwrap();
+    let out = tmp.path().join("synth");
+    let dir = out.to_str().unwrap();
+    let run = samus(&[
+        "synth",
+        "--out",
+        dir,
+        "--per-dataset",
+        "5",
+        "--seed",
+        "3",
+        "--json",
+    ]);
+    assert!(
+        run.status.success(),
+        "{}",
+        String::from_utf8_lossy(&run.stderr)
+    );
+    let summary: serde_json::Value = serde_json::from_slice(&run.stdout).unwrap();
+    assert_eq!(summary["datasets"].as_object().unwrap().len(), 3);
+    let check = samus(&["data", "check", dir, "--json"]);
+    assert!(
+        check.status.success(),
+        "{}",
+        String::from_utf8_lossy(&check.stdout)
+    );
+    let report: serde_json::Value = serde_json::from_slice(&check.stdout).unwrap();
+    for (_, counts) in report["datasets"].as_object().unwrap() {
+        assert_eq!(counts["images"], 5);
+        assert_eq!(counts["labels"], 5);
+    }
+    // The same seed writes the same images.
+    let again = tmp.path().join("again");
+    assert!(samus(&[
+        "synth",
+        "--out",
+        again.to_str().unwrap(),
+        "--per-dataset",
+        "5",
+        "--seed",
+        "3"
+    ])
+    .status
+    .success());
+    let a = std::fs::read(out.join("Breast-SynthBUSI/img/synth_breast_0000.png")).unwrap();
+    let b = std::fs::read(again.join("Breast-SynthBUSI/img/synth_breast_0000.png")).unwrap();
+    assert_eq!(a, b);
+    let bad = samus(&["synth", "--out", dir, "--cnr", "2,1"]);
+    assert!(!bad.status.success() && String::from_utf8_lossy(&bad.stderr).contains("MIN <= MAX"));
+}

@@ -22,6 +22,7 @@ pub mod dataset;
 pub mod io;
 pub mod prompt;
 pub mod split;
+pub mod synth;
 pub mod transform;
 
 pub use dataset::{Batch, DatasetOptions, PromptMode, Sample, Us30kSplit};

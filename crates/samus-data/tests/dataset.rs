@@ -312,3 +312,32 @@ fn real_busi_sample_reads_with_its_lesion() {
     assert!(mean(1) < mean(0));
     assert_eq!(s.mask[(s.click.y * 256 + s.click.x) as usize], 1);
 }
+
+#[test]
+fn synthetic_dataset_loads_with_augmentation_in_batches() {
+    let tmp = tempfile::tempdir().unwrap();
+    samus_data::synth::write_dataset(tmp.path(), 6, 11).unwrap();
+    let train = Us30kSplit::open(tmp.path(), "train", DatasetOptions::training()).unwrap();
+    let mut seen = 0;
+    for batch in train.batches(4, 0) {
+        let batch = batch.unwrap();
+        assert!(batch.skipped.is_empty());
+        for s in &batch.samples {
+            assert_eq!(s.image.len(), 256 * 256);
+            let on_target = s.mask[(s.click.y * 256 + s.click.x) as usize] == 1;
+            assert_eq!(on_target, s.click.label == 1);
+        }
+        seen += batch.samples.len();
+    }
+    assert_eq!(seen, train.len());
+    let val = Us30kSplit::open(
+        tmp.path(),
+        "val-Echocardiography-SynthCAMUS",
+        DatasetOptions::evaluation(),
+    )
+    .unwrap();
+    let classes: std::collections::BTreeSet<u8> = (0..val.len())
+        .map(|i| val.get(i).unwrap().class_id)
+        .collect();
+    assert_eq!(classes.into_iter().collect::<Vec<_>>(), vec![1, 2, 3]);
+}

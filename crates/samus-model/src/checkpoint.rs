@@ -17,7 +17,7 @@ use samus_core::resize::resize_linear_along;
 use crate::config::SamusConfig;
 use crate::error::{Error, Result};
 use crate::samus::Samus;
-use crate::weights::{MissingTensors, WeightStore};
+use crate::weights::{MissingTensors, TrainablePredicate, WeightStore};
 
 /// A tensor that every SAMUS checkpoint has and SAM checkpoints lack.
 pub const SAMUS_MARKER: &str = "image_encoder.cnn_embed.inc.conv.0.weight";
@@ -185,11 +185,25 @@ impl Samus {
     /// [`Samus::from_checkpoint`]); `seed` seeds the fresh initialisation of a SAM
     /// checkpoint's missing SAMUS tensors.
     pub fn from_tensors(
-        mut tensors: HashMap<String, Tensor>,
+        tensors: HashMap<String, Tensor>,
         cfg: &SamusConfig,
         device: &Device,
         seed: u64,
     ) -> Result<(Self, LoadReport)> {
+        let (model, report, _) = Self::from_tensors_trainable(tensors, cfg, device, seed, None)?;
+        Ok((model, report))
+    }
+
+    /// [`Samus::from_tensors`] for training: the tensors named by `trainable` become
+    /// variables; the returned store lists them (`WeightStore::vars`) and gives every
+    /// tensor at its current value (`WeightStore::requested_tensors`) for checkpoints.
+    pub fn from_tensors_trainable(
+        mut tensors: HashMap<String, Tensor>,
+        cfg: &SamusConfig,
+        device: &Device,
+        seed: u64,
+        trainable: Option<TrainablePredicate>,
+    ) -> Result<(Self, LoadReport, WeightStore)> {
         let in_memory = PathBuf::from("<in memory>");
         let kind = detect_kind(&tensors).ok_or_else(|| {
             checkpoint_error(
@@ -204,7 +218,10 @@ impl Samus {
                 MissingTensors::Initialise { seed }
             }
         };
-        let store = WeightStore::new(tensors, missing);
+        let store = match trainable {
+            Some(predicate) => WeightStore::with_trainable(tensors, missing, predicate),
+            None => WeightStore::new(tensors, missing),
+        };
         let model = Self::load(store.var_builder(device), cfg).map_err(|e| {
             checkpoint_error(
                 &in_memory,
@@ -220,7 +237,7 @@ impl Samus {
             initialised: store.initialised(),
             unused: store.unused(),
         };
-        Ok((model, report))
+        Ok((model, report, store))
     }
 
     /// A model of `cfg` with every weight freshly initialised as the reference does
@@ -281,4 +298,33 @@ pub fn infer_config(tensors: &HashMap<String, Tensor>) -> Option<SamusConfig> {
         }
     }
     cfg.validate().ok().map(|_| cfg)
+}
+
+/// Writes tensors as a safetensors file atomically: to a temporary file in the same
+/// folder, then renamed over `path`, so a crash never leaves a partial checkpoint.
+pub fn save_safetensors_atomic(
+    path: &Path,
+    tensors: &HashMap<String, Tensor>,
+    metadata: Option<HashMap<String, String>>,
+) -> Result<()> {
+    let io_error = |source| Error::Io {
+        path: path.to_path_buf(),
+        source,
+    };
+    let contiguous = tensors
+        .iter()
+        .map(|(k, t)| Ok((k.as_str(), t.contiguous()?)))
+        .collect::<Result<Vec<_>>>()?;
+    let bytes = safetensors::serialize(contiguous.iter().map(|(k, t)| (*k, t)), metadata)
+        .map_err(|e| checkpoint_error(path, format!("cannot serialise: {e}")))?;
+    let file_name = path
+        .file_name()
+        .and_then(|n| n.to_str())
+        .unwrap_or("checkpoint");
+    let tmp = path.with_file_name(format!(".{file_name}.{}.tmp", std::process::id()));
+    std::fs::write(&tmp, bytes).map_err(io_error)?;
+    std::fs::rename(&tmp, path).map_err(|e| {
+        let _ = std::fs::remove_file(&tmp);
+        io_error(e)
+    })
 }
