@@ -36,7 +36,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     println!("wrote {out}");
     // Timing (single thread) and global-threshold Dice at default difficulty.
     for kind in Kind::ALL {
-        let n = 30;
+        let n = 100;
         let t0 = Instant::now();
         let mut dice = 0.0;
         for i in 0..n {

@@ -1,0 +1,43 @@
+//! Loading 1000 synthetic training samples (PNG decoding, augmentation, prompts) with
+//! the parallel batch iterator, against the same work on one thread.
+//!
+//! `cargo bench -p samus-data --bench loading`
+
+use criterion::{criterion_group, criterion_main, Criterion};
+use samus_data::{DatasetOptions, Us30kSplit};
+
+const SAMPLES: usize = 1000;
+const BATCH: usize = 50;
+
+fn load(split: &Us30kSplit, epoch: u64) -> usize {
+    let mut n = 0;
+    for batch in split.batches(BATCH, epoch) {
+        n += batch.map(|b| b.samples.len()).unwrap_or(0);
+        if n >= SAMPLES {
+            break;
+        }
+    }
+    n
+}
+
+fn loading(c: &mut Criterion) {
+    let dir = tempfile::tempdir().expect("temporary folder");
+    // 400 images per kind: 280 + 280 + 3 x 280 training lines, more than SAMPLES.
+    samus_data::synth::write_dataset(dir.path(), 400, 5).expect("synthetic dataset");
+    let split =
+        Us30kSplit::open(dir.path(), "train", DatasetOptions::training()).expect("train split");
+    let single = rayon::ThreadPoolBuilder::new()
+        .num_threads(1)
+        .build()
+        .expect("thread pool");
+    let mut group = c.benchmark_group("load_1000_augmented");
+    group.sample_size(10);
+    group.bench_function("parallel", |b| b.iter(|| load(&split, 0)));
+    group.bench_function("single_thread", |b| {
+        b.iter(|| single.install(|| load(&split, 0)))
+    });
+    group.finish();
+}
+
+criterion_group!(benches, loading);
+criterion_main!(benches);
