@@ -7,9 +7,8 @@ use image::GrayImage;
 use rand::seq::SliceRandom;
 use rand::{rngs::StdRng, SeedableRng};
 use rayon::prelude::*;
-use samus_model::preprocess::UnitGreyImage;
 
-use crate::io::{read_image, read_label, ReadError};
+use crate::io::{read_image_grey8, read_label, ReadError};
 use crate::prompt::{fixed_box, fixed_click, jittered_box, random_click, BoxPrompt, Click};
 use crate::split::{read_split, ClassMap, DataError, SplitEntry, MAIN_PATIENT_DIR};
 use crate::transform::{validation_transform, Augmentation, TransformedPair};
@@ -223,8 +222,8 @@ impl Us30kSplit {
             label,
             low_label,
         } = match &self.options.augmentation {
-            Some(aug) => aug.apply(&mut rng, image, &label),
-            None => validation_transform(image, &label),
+            Some(aug) => aug.apply(&mut rng, &image, &label),
+            None => validation_transform(&image, &label),
         };
         let mask = binary_target(&label, classes, class_id);
         let low_mask = binary_target(&low_label, classes, class_id);
@@ -253,10 +252,10 @@ impl Us30kSplit {
         })
     }
 
-    fn read_pair(&self, entry: &SplitEntry) -> Result<(UnitGreyImage, GrayImage), ReadError> {
+    fn read_pair(&self, entry: &SplitEntry) -> Result<(GrayImage, GrayImage), ReadError> {
         let image_path = entry.image_path(&self.root);
         let label_path = entry.label_path(&self.root);
-        let image = read_image(&image_path)?;
+        let image = read_image_grey8(&image_path)?;
         let label = read_label(&label_path)?;
         if image.dimensions() != label.dimensions() {
             return Err(ReadError::SizeMismatch {

@@ -3,7 +3,7 @@
 use std::path::{Path, PathBuf};
 
 use image::{DynamicImage, GrayImage};
-use samus_model::preprocess::{to_grey_unit, UnitGreyImage};
+use samus_model::preprocess::to_grey_unit;
 
 /// Errors reading one sample's files.
 #[derive(Debug, thiserror::Error)]
@@ -64,10 +64,40 @@ fn read_bytes(path: &Path) -> Result<Vec<u8>, ReadError> {
     })
 }
 
-/// Reads an ultrasound image as grey values in [0, 1] (8 or 16 bit, grey, RGB or
-/// RGBA; colour converted as the SAMUS predictor does).
-pub fn read_image(path: &Path) -> Result<UnitGreyImage, ReadError> {
-    Ok(to_grey_unit(&decode(path, &read_bytes(path)?)?))
+/// An image as 8-bit grey, as the reference reads it (`cv2.imread(path, 0)`): 8-bit
+/// grey as is, colour by OpenCV's weights rounded, 16-bit scaled to 8 bit.
+pub fn grey8_from_image(image: &DynamicImage) -> GrayImage {
+    use samus_model::preprocess::GREY_WEIGHTS;
+    let weighted = |r: u8, g: u8, b: u8| {
+        let v =
+            GREY_WEIGHTS[0] * r as f32 + GREY_WEIGHTS[1] * g as f32 + GREY_WEIGHTS[2] * b as f32;
+        image::Luma([v.round().clamp(0.0, 255.0) as u8])
+    };
+    match image {
+        DynamicImage::ImageLuma8(img) => img.clone(),
+        DynamicImage::ImageLumaA8(img) => GrayImage::from_fn(img.width(), img.height(), |x, y| {
+            image::Luma([img.get_pixel(x, y)[0]])
+        }),
+        DynamicImage::ImageRgb8(img) => GrayImage::from_fn(img.width(), img.height(), |x, y| {
+            let p = img.get_pixel(x, y);
+            weighted(p[0], p[1], p[2])
+        }),
+        DynamicImage::ImageRgba8(img) => GrayImage::from_fn(img.width(), img.height(), |x, y| {
+            let p = img.get_pixel(x, y);
+            weighted(p[0], p[1], p[2])
+        }),
+        other => {
+            let unit = to_grey_unit(other);
+            GrayImage::from_fn(unit.width(), unit.height(), |x, y| {
+                image::Luma([(unit.get_pixel(x, y)[0] * 255.0).round().clamp(0.0, 255.0) as u8])
+            })
+        }
+    }
+}
+
+/// Reads an ultrasound image as 8-bit grey ([`grey8_from_image`]).
+pub fn read_image_grey8(path: &Path) -> Result<GrayImage, ReadError> {
+    Ok(grey8_from_image(&decode(path, &read_bytes(path)?)?))
 }
 
 /// Converts a decoded label map to class ids: grey values are taken as they are (16-bit
@@ -132,7 +162,7 @@ mod tests {
     fn missing_and_unreadable_files_are_named() {
         let dir = tempfile::tempdir().unwrap();
         let missing = dir.path().join("nope.png");
-        assert!(read_image(&missing)
+        assert!(read_image_grey8(&missing)
             .unwrap_err()
             .to_string()
             .contains("nope.png does not exist"));

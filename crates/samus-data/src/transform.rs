@@ -5,7 +5,7 @@ use image::imageops::FilterType;
 use image::{GrayImage, ImageBuffer, Luma};
 use imageproc::geometric_transformations::{rotate_about_center, Border, Interpolation};
 use rand::Rng;
-use samus_model::preprocess::{resize_square, UnitGreyImage};
+use samus_model::preprocess::UnitGreyImage;
 
 /// Side of the model input and of the full-size mask.
 pub const IMAGE_SIZE: u32 = 256;
@@ -38,20 +38,32 @@ pub fn resize_label_nearest(label: &GrayImage, width: u32, height: u32) -> GrayI
     })
 }
 
-/// The last step of every transform: image bilinear to 256, label nearest to 256,
-/// low-resolution label nearest from the 256 label to 128.
-pub fn finish(image: UnitGreyImage, label: &GrayImage) -> TransformedPair {
+/// The last step of every transform: image bilinear to 256 (8-bit, as PIL resizes,
+/// then scaled to [0, 1]), label nearest to 256, low-resolution label nearest from the
+/// 256 label to 128.
+pub fn finish(image: &GrayImage, label: &GrayImage) -> TransformedPair {
     let label = resize_label_nearest(label, IMAGE_SIZE, IMAGE_SIZE);
     let low_label = resize_label_nearest(&label, LOW_MASK_SIZE, LOW_MASK_SIZE);
+    let resized = if image.dimensions() == (IMAGE_SIZE, IMAGE_SIZE) {
+        image.clone()
+    } else {
+        image::imageops::resize(image, IMAGE_SIZE, IMAGE_SIZE, FilterType::Triangle)
+    };
+    let unit: UnitGreyImage = ImageBuffer::from_raw(
+        IMAGE_SIZE,
+        IMAGE_SIZE,
+        resized.as_raw().iter().map(|&v| v as f32 / 255.0).collect(),
+    )
+    .unwrap_or_else(|| ImageBuffer::new(IMAGE_SIZE, IMAGE_SIZE));
     TransformedPair {
-        image: resize_square(image, IMAGE_SIZE),
+        image: unit,
         label,
         low_label,
     }
 }
 
 /// The validation / test transform: no augmentation, just [`finish`].
-pub fn validation_transform(image: UnitGreyImage, label: &GrayImage) -> TransformedPair {
+pub fn validation_transform(image: &GrayImage, label: &GrayImage) -> TransformedPair {
     finish(image, label)
 }
 
@@ -91,21 +103,26 @@ impl Default for Augmentation {
 }
 
 impl Augmentation {
-    /// Augments `image` and `label` jointly with the random numbers of `rng`, then
-    /// applies [`finish`]. Geometric changes move image and label identically
-    /// (rotation samples both at the nearest pixel, as the reference does).
+    /// Augments the 8-bit `image` and `label` jointly with the random numbers of
+    /// `rng`, then applies [`finish`]. Like the reference, intensity changes work on 8
+    /// bit; geometric changes move image and label identically (rotation samples both
+    /// at the nearest pixel, as the reference does).
     pub fn apply<R: Rng>(
         &self,
         rng: &mut R,
-        image: UnitGreyImage,
+        image: &GrayImage,
         label: &GrayImage,
     ) -> TransformedPair {
-        let mut image = image;
+        let mut image = image.clone();
         let mut label = label.clone();
         if rng.random::<f64>() < self.p_gamma {
-            let g = rng.random_range(10..25) as f32 / 10.0;
+            let g = rng.random_range(10..25) as f64 / 10.0;
+            // 255 (v / 255)^(1/g), truncated to 8 bit as the reference does.
+            let table: Vec<u8> = (0..=255u32)
+                .map(|v| (255.0 * (v as f64 / 255.0).powf(1.0 / g)) as u8)
+                .collect();
             for p in image.pixels_mut() {
-                p[0] = p[0].max(0.0).powf(1.0 / g);
+                p[0] = table[p[0] as usize];
             }
         }
         if rng.random::<f64>() < self.p_rotate {
@@ -115,7 +132,7 @@ impl Augmentation {
                 &image,
                 theta,
                 Interpolation::Nearest,
-                Border::Constant(Luma([0.0])),
+                Border::Constant(Luma([0])),
             );
             label = rotate_about_center(
                 &label,
@@ -138,18 +155,25 @@ impl Augmentation {
             let factor = rng.random_range(self.contrast.0..=self.contrast.1);
             image = adjust_contrast(&image, factor);
         }
-        finish(image, &label)
+        finish(&image, &label)
     }
 }
 
-/// Blends the image with its mean grey: `mean + factor * (x - mean)`, clipped to [0, 1]
-/// (torchvision's `adjust_contrast` on a grey image).
-pub fn adjust_contrast(image: &UnitGreyImage, factor: f32) -> UnitGreyImage {
+/// Blends the image with its mean grey, `mean + factor * (x - mean)` rounded and
+/// clipped to 8 bit (PIL's `ImageEnhance.Contrast`, which torchvision uses on PIL
+/// images; the mean is rounded to a grey level).
+pub fn adjust_contrast(image: &GrayImage, factor: f32) -> GrayImage {
     let n = (image.width() as usize * image.height() as usize).max(1);
-    let mean = image.pixels().map(|p| p[0] as f64).sum::<f64>() / n as f64;
-    let mean = mean as f32;
-    ImageBuffer::from_fn(image.width(), image.height(), |x, y| {
-        Luma([(mean + factor * (image.get_pixel(x, y)[0] - mean)).clamp(0.0, 1.0)])
+    let mean = (image.pixels().map(|p| p[0] as f64).sum::<f64>() / n as f64).round() as f32;
+    let table: Vec<u8> = (0..=255u32)
+        .map(|v| {
+            (mean + factor * (v as f32 - mean))
+                .round()
+                .clamp(0.0, 255.0) as u8
+        })
+        .collect();
+    GrayImage::from_fn(image.width(), image.height(), |x, y| {
+        Luma([table[image.get_pixel(x, y)[0] as usize]])
     })
 }
 
@@ -160,16 +184,16 @@ mod tests {
     use rand::{rngs::StdRng, SeedableRng};
 
     /// An image whose intensity marks the label: bright inside, dark outside.
-    fn marked_pair(w: u32, h: u32, cx: f32, cy: f32, r: f32) -> (UnitGreyImage, GrayImage) {
+    fn marked_pair(w: u32, h: u32, cx: f32, cy: f32, r: f32) -> (GrayImage, GrayImage) {
         let label = GrayImage::from_fn(w, h, |x, y| {
             let d = ((x as f32 - cx).powi(2) + (y as f32 - cy).powi(2)).sqrt();
             Luma([u8::from(d <= r)])
         });
-        let image = ImageBuffer::from_fn(w, h, |x, y| {
+        let image = GrayImage::from_fn(w, h, |x, y| {
             Luma([if label.get_pixel(x, y)[0] == 1 {
-                0.9
+                230
             } else {
-                0.3
+                77
             }])
         });
         (image, label)
@@ -184,7 +208,7 @@ mod tests {
         ) {
             let (image, label) = marked_pair(w, h, w as f32 * fx, h as f32 * fy, w.min(h) as f32 * 0.2);
             let always = Augmentation { p_gamma: 1.0, p_rotate: 1.0, p_scale: 1.0, p_contrast: 1.0, ..Default::default() };
-            let out = always.apply(&mut StdRng::seed_from_u64(seed), image, &label);
+            let out = always.apply(&mut StdRng::seed_from_u64(seed), &image, &label);
             prop_assert_eq!(out.label.dimensions(), (IMAGE_SIZE, IMAGE_SIZE));
             prop_assert_eq!(out.low_label.dimensions(), (LOW_MASK_SIZE, LOW_MASK_SIZE));
             prop_assert!(out.label.pixels().all(|p| p[0] <= 1));
@@ -219,8 +243,8 @@ mod tests {
         fn augmentation_is_deterministic(seed in 0u64..10_000) {
             let (image, label) = marked_pair(300, 220, 150.0, 100.0, 40.0);
             let aug = Augmentation::default();
-            let a = aug.apply(&mut StdRng::seed_from_u64(seed), image.clone(), &label);
-            let b = aug.apply(&mut StdRng::seed_from_u64(seed), image, &label);
+            let a = aug.apply(&mut StdRng::seed_from_u64(seed), &image, &label);
+            let b = aug.apply(&mut StdRng::seed_from_u64(seed), &image, &label);
             prop_assert_eq!(a.image.as_raw(), b.image.as_raw());
             prop_assert_eq!(a.label.as_raw(), b.label.as_raw());
         }

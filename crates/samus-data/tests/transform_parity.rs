@@ -4,7 +4,7 @@
 use candle_core::Device;
 use image::GrayImage;
 use samus_core::fixtures::fixtures_dir;
-use samus_data::io::{read_image, read_label};
+use samus_data::io::{read_image_grey8, read_label};
 use samus_data::prompt::{fixed_box, fixed_click};
 use samus_data::transform::validation_transform;
 
@@ -16,10 +16,10 @@ fn validation_transform_matches_reference() {
     };
     let io = candle_core::safetensors::load(dir.join("transform_val_io.safetensors"), &Device::Cpu)
         .unwrap();
-    let image = read_image(&dir.join("raw_image_300x220.png")).unwrap();
+    let image = read_image_grey8(&dir.join("raw_image_300x220.png")).unwrap();
     let label = read_label(&dir.join("raw_label_300x220.png")).unwrap();
     assert_eq!(image.dimensions(), (300, 220));
-    let out = validation_transform(image, &label);
+    let out = validation_transform(&image, &label);
 
     let want = io["image"].flatten_all().unwrap().to_vec1::<f32>().unwrap();
     let mae = out
