@@ -19,8 +19,44 @@
 //! # }
 //! ```
 
+pub mod evaluate;
 pub mod freeze;
 pub mod loss;
 pub mod metrics;
+pub mod model;
 pub mod optim;
 pub mod schedule;
+pub mod trainer;
+
+/// Everything that can stop training or evaluation.
+#[derive(Debug, thiserror::Error)]
+pub enum TrainError {
+    /// A sample could not be read.
+    #[error(transparent)]
+    Data(#[from] samus_data::DataError),
+    /// The model or a checkpoint could not be loaded or written.
+    #[error(transparent)]
+    Model(#[from] samus_model::Error),
+    /// A tensor operation failed.
+    #[error(transparent)]
+    Tensor(#[from] candle_core::Error),
+    /// The loss became NaN or infinite; the last good checkpoint is kept.
+    #[error("the loss is {loss} at step {step}; stopping (the last checkpoint is from before this step)")]
+    NonFinite {
+        /// The step whose loss was not finite.
+        step: usize,
+        /// The loss.
+        loss: f32,
+    },
+    /// A run folder file could not be written or read.
+    #[error("{}: {source}", path.display())]
+    Io {
+        /// The file.
+        path: std::path::PathBuf,
+        /// What the OS said.
+        source: std::io::Error,
+    },
+    /// A run cannot be resumed.
+    #[error("cannot resume: {0}")]
+    Resume(String),
+}

@@ -1,0 +1,186 @@
+//! The model being trained or evaluated: SAMUS or AutoSAMUS, with its weight stores
+//! (which hand out the trainable variables and the current tensors for checkpoints).
+
+use std::collections::HashMap;
+
+use candle_core::{DType, Device, Result as CandleResult, Tensor, Var};
+use samus_apg::auto_samus::is_apg_tensor;
+use samus_apg::AutoSamus;
+use samus_data::Sample;
+use samus_model::checkpoint::DEFAULT_INIT_SEED;
+use samus_model::{MissingTensors, PromptBatch, Result, Samus, SamusConfig, WeightStore};
+
+use crate::freeze::{autosamus_trainable, samus_trainable, TrainableSet};
+
+/// Which model trains.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ModelKind {
+    /// SAMUS with click prompts.
+    Samus,
+    /// AutoSAMUS: SAMUS with the auto prompt generator, no prompts.
+    AutoSamus,
+}
+
+/// A batch of samples as tensors.
+#[derive(Debug, Clone)]
+pub struct BatchTensors {
+    /// Images `B x 1 x 256 x 256` in [0, 1].
+    pub images: Tensor,
+    /// Targets `B x 1 x 128 x 128` (0/1).
+    pub low_targets: Tensor,
+    /// Click coordinates `B x 1 x 2` (x, y) in the 256 frame.
+    pub points: Tensor,
+    /// Click labels `B x 1`.
+    pub labels: Tensor,
+}
+
+impl BatchTensors {
+    /// Stacks decoded samples.
+    pub fn new(samples: &[Sample], device: &Device) -> CandleResult<Self> {
+        let b = samples.len();
+        let image: Vec<f32> = samples
+            .iter()
+            .flat_map(|s| s.image.iter().copied())
+            .collect();
+        let low: Vec<f32> = samples
+            .iter()
+            .flat_map(|s| s.low_mask.iter().map(|&m| f32::from(m)))
+            .collect();
+        let points: Vec<f32> = samples
+            .iter()
+            .flat_map(|s| [s.click.x as f32, s.click.y as f32])
+            .collect();
+        let labels: Vec<f32> = samples.iter().map(|s| s.click.label as f32).collect();
+        let side = (samples.first().map_or(0, |s| s.image.len()) as f64).sqrt() as usize;
+        let low_side = (samples.first().map_or(0, |s| s.low_mask.len()) as f64).sqrt() as usize;
+        Ok(Self {
+            images: Tensor::from_vec(image, (b, 1, side, side), device)?,
+            low_targets: Tensor::from_vec(low, (b, 1, low_side, low_side), device)?,
+            points: Tensor::from_vec(points, (b, 1, 2), device)?,
+            labels: Tensor::from_vec(labels, (b, 1), device)?,
+        })
+    }
+}
+
+/// SAMUS or AutoSAMUS with its trainable variables.
+#[derive(Debug)]
+pub struct TrainModel {
+    kind: ModelKind,
+    samus: Samus,
+    auto: Option<AutoSamus>,
+    stores: Vec<WeightStore>,
+}
+
+impl TrainModel {
+    /// Builds the model from checkpoint tensors (SAMUS or SAM, plus APG tensors for
+    /// AutoSAMUS, which start fresh when absent). The tensors of `set` become
+    /// variables.
+    pub fn from_tensors(
+        tensors: HashMap<String, Tensor>,
+        cfg: &SamusConfig,
+        kind: ModelKind,
+        set: TrainableSet,
+        device: &Device,
+    ) -> Result<Self> {
+        let (apg, samus_tensors): (HashMap<_, _>, HashMap<_, _>) =
+            tensors.into_iter().partition(|(k, _)| is_apg_tensor(k));
+        let samus_set = match (kind, set) {
+            (ModelKind::Samus, s) => Some(samus_trainable(cfg, s)),
+            (ModelKind::AutoSamus, TrainableSet::All) => {
+                Some(samus_trainable(cfg, TrainableSet::All))
+            }
+            (ModelKind::AutoSamus, TrainableSet::Reference) => None,
+        };
+        let (samus, _, samus_store) = Samus::from_tensors_trainable(
+            samus_tensors,
+            cfg,
+            device,
+            DEFAULT_INIT_SEED,
+            samus_set,
+        )?;
+        let mut stores = vec![samus_store];
+        let auto = match kind {
+            ModelKind::Samus => None,
+            ModelKind::AutoSamus => {
+                let missing = if apg.is_empty() {
+                    MissingTensors::Initialise {
+                        seed: DEFAULT_INIT_SEED,
+                    }
+                } else {
+                    MissingTensors::Error
+                };
+                let store = WeightStore::with_trainable(apg, missing, autosamus_trainable(set));
+                let auto = AutoSamus::new(samus.clone(), store.var_builder(device))?;
+                stores.push(store);
+                Some(auto)
+            }
+        };
+        Ok(Self {
+            kind,
+            samus,
+            auto,
+            stores,
+        })
+    }
+
+    /// Which model this is.
+    pub fn kind(&self) -> ModelKind {
+        self.kind
+    }
+
+    /// The SAMUS model (inside AutoSAMUS for that kind).
+    pub fn samus(&self) -> &Samus {
+        &self.samus
+    }
+
+    /// The trainable variables by name.
+    pub fn vars(&self) -> Vec<(String, Var)> {
+        self.stores.iter().flat_map(WeightStore::vars).collect()
+    }
+
+    /// Every tensor at its current value, by reference name (a full checkpoint).
+    pub fn tensors(&self) -> HashMap<String, Tensor> {
+        self.stores
+            .iter()
+            .flat_map(|s| s.requested_tensors())
+            .collect()
+    }
+
+    /// Low-resolution logits `B x 1 x 128 x 128` for a batch (SAMUS uses its click).
+    pub fn low_res_logits(&self, batch: &BatchTensors) -> CandleResult<Tensor> {
+        match &self.auto {
+            Some(auto) => Ok(auto.forward(&batch.images)?.low_res_logits),
+            None => {
+                let prompts = PromptBatch {
+                    points: Some((&batch.points, &batch.labels)),
+                    ..Default::default()
+                };
+                Ok(self
+                    .samus
+                    .forward(&batch.images, &prompts, false)?
+                    .low_res_logits)
+            }
+        }
+    }
+
+    /// Binary 256 x 256 predictions (`logit > 0` after bilinear upsampling), row-major
+    /// per image.
+    pub fn predict_masks(&self, batch: &BatchTensors) -> CandleResult<Vec<Vec<bool>>> {
+        let logits = self
+            .samus
+            .upscale_logits(&self.low_res_logits(batch)?.detach())?;
+        let masks = logits.gt(0.0)?.to_dtype(DType::U8)?;
+        let b = masks.dim(0)?;
+        (0..b)
+            .map(|i| {
+                Ok(masks
+                    .get(i)?
+                    .flatten_all()?
+                    .to_vec1::<u8>()?
+                    .into_iter()
+                    .map(|v| v > 0)
+                    .collect())
+            })
+            .collect()
+    }
+}

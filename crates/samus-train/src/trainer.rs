@@ -1,0 +1,307 @@
+//! The optimiser loop: seeded batches, the reference loss, Adam/AdamW with the
+//! learning-rate schedule, optional gradient clipping, evaluation with the best
+//! checkpoint kept by Dice, a checkpoint at the end of every epoch, and exact resume.
+//!
+//! A run folder holds `last.safetensors` (every model tensor, reference names),
+//! `optimizer.safetensors` (the Adam moments), `state.json` (step, next epoch, best
+//! Dice, the loss of every step), `best.safetensors` and `metrics.csv`. Every file is
+//! written atomically, so an interrupted run keeps its last good checkpoint.
+
+use std::collections::HashMap;
+use std::io::Write;
+use std::path::{Path, PathBuf};
+
+use candle_core::Tensor;
+use samus_data::Us30kSplit;
+use samus_model::checkpoint::{read_tensors, save_safetensors_atomic};
+use serde::{Deserialize, Serialize};
+
+use crate::evaluate::evaluate;
+use crate::loss::{bce_dice_loss, LossWeights};
+use crate::model::{BatchTensors, TrainModel};
+use crate::optim::{Adam, AdamConfig};
+use crate::schedule::LrSchedule;
+use crate::TrainError;
+
+/// How a run trains.
+#[derive(Debug, Clone, PartialEq)]
+pub struct TrainOptions {
+    /// Samples per step.
+    pub batch_size: usize,
+    /// Passes over the training split.
+    pub epochs: usize,
+    /// Stop after this many steps (whatever the epochs).
+    pub max_steps: Option<usize>,
+    /// Optimiser (reference: Adam, lr 5e-4).
+    pub adam: AdamConfig,
+    /// Linear warm-up steps followed by poly decay; `None` keeps the rate constant.
+    pub warmup: Option<usize>,
+    /// Largest global gradient norm; larger gradients are scaled down.
+    pub grad_clip: Option<f64>,
+    /// Evaluate on the validation split every this many epochs.
+    pub eval_every: usize,
+}
+
+impl Default for TrainOptions {
+    /// The reference recipe: batch 8, 200 epochs, Adam lr 5e-4, constant rate.
+    fn default() -> Self {
+        Self {
+            batch_size: 8,
+            epochs: 200,
+            max_steps: None,
+            adam: AdamConfig::default(),
+            warmup: None,
+            grad_clip: None,
+            eval_every: 1,
+        }
+    }
+}
+
+/// Progress of a run, saved in `state.json`.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct RunState {
+    /// Optimiser steps taken.
+    pub step: usize,
+    /// The next epoch to run.
+    pub epoch: usize,
+    /// Best validation Dice so far.
+    pub best_dice: Option<f64>,
+    /// The loss of every step.
+    pub losses: Vec<f32>,
+}
+
+/// What a step reports to the caller (for progress bars).
+#[derive(Debug, Clone, Copy)]
+pub struct StepInfo {
+    /// Steps taken, this one included.
+    pub step: usize,
+    /// The epoch.
+    pub epoch: usize,
+    /// The loss before the update.
+    pub loss: f32,
+    /// The learning rate used.
+    pub lr: f64,
+    /// Samples in the step.
+    pub samples: usize,
+}
+
+const LAST: &str = "last.safetensors";
+const BEST: &str = "best.safetensors";
+const OPTIMIZER: &str = "optimizer.safetensors";
+const STATE: &str = "state.json";
+const METRICS: &str = "metrics.csv";
+
+/// Trains a [`TrainModel`] into a run folder.
+#[derive(Debug)]
+pub struct Trainer<'m> {
+    model: &'m TrainModel,
+    optimizer: Adam,
+    options: TrainOptions,
+    run_dir: PathBuf,
+    state: RunState,
+}
+
+fn io_error(path: &Path) -> impl FnOnce(std::io::Error) -> TrainError + '_ {
+    move |source| TrainError::Io {
+        path: path.to_path_buf(),
+        source,
+    }
+}
+
+impl<'m> Trainer<'m> {
+    /// A fresh run in `run_dir` (created).
+    pub fn new(
+        model: &'m TrainModel,
+        options: TrainOptions,
+        run_dir: impl AsRef<Path>,
+    ) -> Result<Self, TrainError> {
+        let run_dir = run_dir.as_ref().to_path_buf();
+        std::fs::create_dir_all(&run_dir).map_err(io_error(&run_dir))?;
+        let optimizer = Adam::new(model.vars(), options.adam)?;
+        Ok(Self {
+            model,
+            optimizer,
+            options,
+            run_dir,
+            state: RunState::default(),
+        })
+    }
+
+    /// Continues the run in `run_dir` from its last checkpoint: the trainable
+    /// tensors, the optimiser moments and the progress are restored, so the run goes on
+    /// exactly as if it had not stopped.
+    pub fn resume(
+        model: &'m TrainModel,
+        options: TrainOptions,
+        run_dir: impl AsRef<Path>,
+    ) -> Result<Self, TrainError> {
+        let mut trainer = Self::new(model, options, run_dir)?;
+        let dir = trainer.run_dir.clone();
+        let state_path = dir.join(STATE);
+        let text = std::fs::read_to_string(&state_path).map_err(io_error(&state_path))?;
+        trainer.state = serde_json::from_str(&text)
+            .map_err(|e| TrainError::Resume(format!("{}: {e}", state_path.display())))?;
+        let weights = read_tensors(dir.join(LAST))?;
+        for (name, var) in model.vars() {
+            let t = weights.get(&name).ok_or_else(|| {
+                TrainError::Resume(format!("{} lacks `{name}`", dir.join(LAST).display()))
+            })?;
+            var.set(t)?;
+        }
+        let optimizer_state = read_tensors(dir.join(OPTIMIZER))?;
+        trainer
+            .optimizer
+            .load_state(&optimizer_state)
+            .map_err(|e| TrainError::Resume(format!("{}: {e}", dir.join(OPTIMIZER).display())))?;
+        Ok(trainer)
+    }
+
+    /// The run's progress.
+    pub fn state(&self) -> &RunState {
+        &self.state
+    }
+
+    fn schedule(&self, steps_per_epoch: usize) -> LrSchedule {
+        match self.options.warmup {
+            None => LrSchedule::Constant,
+            Some(warmup) => LrSchedule::WarmupPoly {
+                warmup,
+                total: self
+                    .options
+                    .max_steps
+                    .unwrap_or(self.options.epochs * steps_per_epoch),
+            },
+        }
+    }
+
+    fn clip(&self, grads: &mut candle_core::backprop::GradStore) -> Result<(), TrainError> {
+        let Some(max_norm) = self.options.grad_clip else {
+            return Ok(());
+        };
+        let vars = self.model.vars();
+        let mut total = 0f64;
+        for (_, var) in &vars {
+            if let Some(g) = grads.get(var.as_tensor()) {
+                total += g
+                    .sqr()?
+                    .sum_all()?
+                    .to_dtype(candle_core::DType::F64)?
+                    .to_scalar::<f64>()?;
+            }
+        }
+        let norm = total.sqrt();
+        if norm > max_norm {
+            let scale = max_norm / (norm + 1e-6);
+            for (_, var) in &vars {
+                if let Some(g) = grads.remove(var.as_tensor()) {
+                    grads.insert(var.as_tensor(), (g * scale)?);
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Runs the remaining epochs (or until `max_steps`), calling `on_step` after every
+    /// step. Stops with [`TrainError::NonFinite`] on a NaN or infinite loss, keeping
+    /// the last good checkpoint.
+    pub fn run(
+        &mut self,
+        train: &Us30kSplit,
+        val: Option<&Us30kSplit>,
+        mut on_step: impl FnMut(&StepInfo),
+    ) -> Result<RunState, TrainError> {
+        let device = self.model.samus().device().clone();
+        let steps_per_epoch = train.len().div_ceil(self.options.batch_size.max(1));
+        let schedule = self.schedule(steps_per_epoch);
+        let weights = LossWeights::default();
+        while self.state.epoch < self.options.epochs {
+            let epoch = self.state.epoch;
+            for batch in train.batches(self.options.batch_size, epoch as u64) {
+                if self.options.max_steps.is_some_and(|m| self.state.step >= m) {
+                    break;
+                }
+                let batch = batch?;
+                if batch.samples.is_empty() {
+                    continue;
+                }
+                let tensors = BatchTensors::new(&batch.samples, &device)?;
+                let logits = self.model.low_res_logits(&tensors)?;
+                let loss = bce_dice_loss(&logits, &tensors.low_targets, weights)?;
+                let value = loss.to_scalar::<f32>()?;
+                if !value.is_finite() {
+                    return Err(TrainError::NonFinite {
+                        step: self.state.step,
+                        loss: value,
+                    });
+                }
+                let lr = schedule.rate(self.options.adam.lr, self.state.step);
+                self.optimizer.config.lr = lr;
+                let mut grads = loss.backward()?;
+                self.clip(&mut grads)?;
+                self.optimizer.step(&grads)?;
+                self.state.step += 1;
+                self.state.losses.push(value);
+                self.append_metrics(&format!("{},{epoch},{value},{lr},", self.state.step))?;
+                on_step(&StepInfo {
+                    step: self.state.step,
+                    epoch,
+                    loss: value,
+                    lr,
+                    samples: batch.samples.len(),
+                });
+            }
+            self.state.epoch += 1;
+            if let Some(val) = val {
+                if self.state.epoch % self.options.eval_every.max(1) == 0 {
+                    let dice = evaluate(self.model, val, self.options.batch_size)?
+                        .overall
+                        .dice;
+                    self.append_metrics(&format!("{},{epoch},,,{dice}", self.state.step))?;
+                    if self.state.best_dice.is_none_or(|best| dice > best) {
+                        self.state.best_dice = Some(dice);
+                        self.save_model(BEST)?;
+                    }
+                }
+            }
+            self.checkpoint()?;
+            if self.options.max_steps.is_some_and(|m| self.state.step >= m) {
+                break;
+            }
+        }
+        Ok(self.state.clone())
+    }
+
+    fn save_model(&self, name: &str) -> Result<(), TrainError> {
+        save_safetensors_atomic(&self.run_dir.join(name), &self.model.tensors(), None)?;
+        Ok(())
+    }
+
+    /// Writes `last.safetensors`, `optimizer.safetensors` and `state.json`.
+    pub fn checkpoint(&self) -> Result<(), TrainError> {
+        self.save_model(LAST)?;
+        let state: HashMap<String, Tensor> = self.optimizer.state()?;
+        save_safetensors_atomic(&self.run_dir.join(OPTIMIZER), &state, None)?;
+        let path = self.run_dir.join(STATE);
+        let tmp = self.run_dir.join(format!(".{STATE}.tmp"));
+        let json = serde_json::to_string_pretty(&self.state)
+            .map_err(|e| TrainError::Resume(e.to_string()))?;
+        std::fs::write(&tmp, json).map_err(io_error(&tmp))?;
+        std::fs::rename(&tmp, &path).map_err(io_error(&path))?;
+        Ok(())
+    }
+
+    fn append_metrics(&self, row: &str) -> Result<(), TrainError> {
+        let path = self.run_dir.join(METRICS);
+        let fresh = !path.exists();
+        let mut file = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&path)
+            .map_err(io_error(&path))?;
+        if fresh {
+            writeln!(file, "step,epoch,loss,lr,val_dice").map_err(io_error(&path))?;
+        }
+        writeln!(file, "{row}").map_err(io_error(&path))?;
+        Ok(())
+    }
+}
