@@ -10,6 +10,7 @@ mod output;
 mod prompts;
 mod segment;
 mod synth;
+mod train;
 
 use std::process::ExitCode;
 
@@ -42,6 +43,12 @@ enum Command {
     /// US30K layout: the offline test bed for training and evaluation.
     #[command(after_help = synth::EXAMPLES)]
     Synth(synth::SynthArgs),
+    /// Train SAMUS or AutoSAMUS on a dataset in the US30K layout.
+    #[command(after_help = train::TRAIN_EXAMPLES)]
+    Train(train::TrainArgs),
+    /// Evaluate a checkpoint on a split: per-dataset Dice, IoU, accuracy, SE, SP, HD, HD95.
+    #[command(after_help = train::EVAL_EXAMPLES)]
+    Eval(train::EvalArgs),
 }
 
 fn main() -> ExitCode {
@@ -52,6 +59,8 @@ fn main() -> ExitCode {
         Command::Data(args) => data::run(args),
         Command::Metrics(args) => metrics::run(args),
         Command::Synth(args) => synth::run(args),
+        Command::Train(args) => train::run_train(args),
+        Command::Eval(args) => train::run_eval(args),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

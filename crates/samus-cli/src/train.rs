@@ -1,0 +1,318 @@
+//! `samus train` and `samus eval`.
+
+use std::path::PathBuf;
+use std::time::Instant;
+
+use anyhow::{bail, Context, Result};
+use candle_core::Device;
+use clap::{Args, ValueEnum};
+use indicatif::{ProgressBar, ProgressStyle};
+use samus_data::{DatasetOptions, Us30kSplit};
+use samus_model::{Samus, SamusConfig};
+use samus_train::evaluate::{evaluate, EvalReport};
+use samus_train::freeze::TrainableSet;
+use samus_train::model::{ModelKind, TrainModel};
+use samus_train::optim::AdamConfig;
+use samus_train::trainer::{TrainOptions, Trainer};
+
+use crate::model_source::{read_checkpoint, resolve_config};
+
+/// Examples shown by `samus train --help`.
+pub const TRAIN_EXAMPLES: &str = "\
+Examples:
+  # Train the SAMUS adapters from SAM ViT-B weights on US30K
+  samus train --config vit_b --data datasets/US30K --init sam_vit_b_01ec64.pth --out runs/samus
+
+  # A quick run of the tiny model from random weights on synthetic data
+  samus synth --out datasets/synth --per-dataset 60
+  samus train --config tiny --data datasets/synth --split train-Breast-SynthBUSI \\
+      --val-split val-Breast-SynthBUSI --trainable all --batch-size 4 --epochs 5 --out runs/tiny
+
+  # Continue an interrupted run where it stopped
+  samus train --config tiny --data datasets/synth --split train-Breast-SynthBUSI --resume runs/tiny";
+
+/// Examples shown by `samus eval --help`.
+pub const EVAL_EXAMPLES: &str = "\
+Examples:
+  samus eval --checkpoint runs/samus/best.safetensors --data datasets/US30K --split test
+  samus eval --checkpoint runs/auto/best.safetensors --model autosamus --data datasets/US30K --split test --json";
+
+/// Which model to train or evaluate.
+#[derive(Debug, Clone, Copy, ValueEnum)]
+pub enum ModelArg {
+    /// SAMUS with click prompts.
+    Samus,
+    /// AutoSAMUS (SAMUS + auto prompt generator), no prompts.
+    Autosamus,
+}
+
+impl From<ModelArg> for ModelKind {
+    fn from(m: ModelArg) -> Self {
+        match m {
+            ModelArg::Samus => ModelKind::Samus,
+            ModelArg::Autosamus => ModelKind::AutoSamus,
+        }
+    }
+}
+
+/// Which parameters train.
+#[derive(Debug, Clone, Copy, ValueEnum)]
+pub enum TrainableArg {
+    /// The reference set (SAMUS: CNN branch, adapters, global rel-pos; AutoSAMUS: the APG).
+    Reference,
+    /// Every parameter.
+    All,
+}
+
+/// Arguments of `samus train`.
+#[derive(Debug, Args)]
+pub struct TrainArgs {
+    /// Model configuration: a preset (vit_b, vit_l, vit_h, tiny) or a JSON file.
+    /// Default: guessed from --init.
+    #[arg(long, value_name = "PRESET|FILE")]
+    config: Option<String>,
+    /// Model to train.
+    #[arg(long, value_enum, default_value = "samus")]
+    model: ModelArg,
+    /// Dataset root in the US30K layout.
+    #[arg(long, value_name = "DIR")]
+    data: PathBuf,
+    /// Training split (a MainPatient/<split>.txt file).
+    #[arg(long, default_value = "train")]
+    split: String,
+    /// Validation split, evaluated every --eval-every epochs (best checkpoint by Dice).
+    #[arg(long, value_name = "SPLIT")]
+    val_split: Option<String>,
+    /// Starting weights: a SAM or SAMUS checkpoint (AutoSAMUS: may hold APG tensors).
+    /// Without it the model starts from random weights.
+    #[arg(long, value_name = "CHECKPOINT")]
+    init: Option<PathBuf>,
+    /// Which parameters train.
+    #[arg(long, value_enum, default_value = "reference")]
+    trainable: TrainableArg,
+    /// Samples per step.
+    #[arg(long, default_value_t = 8)]
+    batch_size: usize,
+    /// Learning rate.
+    #[arg(long, default_value_t = 5e-4)]
+    lr: f64,
+    /// Passes over the training split.
+    #[arg(long, default_value_t = 200)]
+    epochs: usize,
+    /// Stop after this many steps.
+    #[arg(long)]
+    max_steps: Option<usize>,
+    /// Linear warm-up steps, then poly decay with AdamW (weight decay 0.1), as the
+    /// reference's warm-up mode; without it plain Adam at a constant rate.
+    #[arg(long, value_name = "STEPS")]
+    warmup: Option<usize>,
+    /// Clip the global gradient norm to this value.
+    #[arg(long, value_name = "NORM")]
+    grad_clip: Option<f64>,
+    /// Evaluate every this many epochs.
+    #[arg(long, default_value_t = 1)]
+    eval_every: usize,
+    /// Seed of the data order, augmentations and prompts.
+    #[arg(long, default_value_t = 1234)]
+    seed: u64,
+    /// Run folder (checkpoints, state.json, metrics.csv).
+    #[arg(
+        long,
+        value_name = "DIR",
+        default_value = "runs/samus",
+        conflicts_with = "resume"
+    )]
+    out: PathBuf,
+    /// Continue the run in this folder from its last checkpoint.
+    #[arg(long, value_name = "DIR")]
+    resume: Option<PathBuf>,
+    /// Skip unreadable samples (they are counted and reported) instead of stopping.
+    #[arg(long)]
+    skip_bad: bool,
+}
+
+fn build_model(
+    config: Option<&str>,
+    init: Option<&PathBuf>,
+    kind: ModelKind,
+    set: TrainableSet,
+) -> Result<TrainModel> {
+    let device = Device::Cpu;
+    let (tensors, cfg) = match init {
+        Some(path) => {
+            let tensors = read_checkpoint(path)?;
+            let cfg = resolve_config(config, &tensors, path)?;
+            (tensors, cfg)
+        }
+        None => {
+            let spec = config.context("without --init, pass --config to choose the model size")?;
+            let cfg = SamusConfig::from_name_or_path(spec)?;
+            eprintln!("note: no --init: starting from random weights");
+            (Samus::random_with_tensors(&cfg, 1234, &device)?.1, cfg)
+        }
+    };
+    Ok(TrainModel::from_tensors(tensors, &cfg, kind, set, &device)?)
+}
+
+/// Runs `samus train`.
+pub fn run_train(args: TrainArgs) -> Result<()> {
+    let set = match args.trainable {
+        TrainableArg::Reference => TrainableSet::Reference,
+        TrainableArg::All => TrainableSet::All,
+    };
+    if args.batch_size == 0 {
+        bail!("--batch-size must be at least 1");
+    }
+    let model = build_model(
+        args.config.as_deref(),
+        args.init.as_ref(),
+        args.model.into(),
+        set,
+    )?;
+    let train_options = DatasetOptions {
+        seed: args.seed,
+        skip_bad: args.skip_bad,
+        ..DatasetOptions::training()
+    };
+    let train = Us30kSplit::open(&args.data, &args.split, train_options)?;
+    let val = match &args.val_split {
+        Some(split) => Some(Us30kSplit::open(
+            &args.data,
+            split,
+            DatasetOptions {
+                skip_bad: args.skip_bad,
+                ..DatasetOptions::evaluation()
+            },
+        )?),
+        None => None,
+    };
+    let adam = match args.warmup {
+        Some(_) => AdamConfig {
+            lr: args.lr,
+            ..AdamConfig::adamw()
+        },
+        None => AdamConfig {
+            lr: args.lr,
+            ..AdamConfig::default()
+        },
+    };
+    let options = TrainOptions {
+        batch_size: args.batch_size,
+        epochs: args.epochs,
+        max_steps: args.max_steps,
+        adam,
+        warmup: args.warmup,
+        grad_clip: args.grad_clip,
+        eval_every: args.eval_every,
+    };
+    let mut trainer = match &args.resume {
+        Some(dir) => Trainer::resume(&model, options, dir)?,
+        None => Trainer::new(&model, options, &args.out)?,
+    };
+    let run_dir = args.resume.clone().unwrap_or(args.out.clone());
+    let steps_per_epoch = train.len().div_ceil(args.batch_size);
+    let total = args.max_steps.unwrap_or(args.epochs * steps_per_epoch) as u64;
+    let progress = ProgressBar::new(total);
+    progress.set_style(
+        ProgressStyle::with_template("{bar:30} {pos}/{len} steps {elapsed_precise} {msg}")
+            .context("progress bar template")?,
+    );
+    progress.set_position(trainer.state().step as u64);
+    let start = Instant::now();
+    let mut samples = 0usize;
+    let state = trainer.run(&train, val.as_ref(), |s| {
+        samples += s.samples;
+        let rate = samples as f64 / start.elapsed().as_secs_f64().max(1e-9);
+        progress.set_position(s.step as u64);
+        progress.set_message(format!(
+            "epoch {} loss {:.4} lr {:.2e} {rate:.1} img/s",
+            s.epoch, s.loss, s.lr
+        ));
+    })?;
+    progress.finish_and_clear();
+    println!(
+        "trained {} steps ({} epochs); last loss {:.4}; best validation Dice {}; run folder {}",
+        state.step,
+        state.epoch,
+        state.losses.last().copied().unwrap_or(f32::NAN),
+        state
+            .best_dice
+            .map_or_else(|| "-".to_string(), |d| format!("{d:.4}")),
+        run_dir.display()
+    );
+    Ok(())
+}
+
+/// Arguments of `samus eval`.
+#[derive(Debug, Args)]
+pub struct EvalArgs {
+    /// Checkpoint to evaluate (SAMUS, or AutoSAMUS with --model autosamus).
+    #[arg(long, value_name = "FILE")]
+    checkpoint: PathBuf,
+    /// Model configuration (default: guessed from the checkpoint).
+    #[arg(long, value_name = "PRESET|FILE")]
+    config: Option<String>,
+    /// Model to evaluate.
+    #[arg(long, value_enum, default_value = "samus")]
+    model: ModelArg,
+    /// Dataset root in the US30K layout.
+    #[arg(long, value_name = "DIR")]
+    data: PathBuf,
+    /// Split to evaluate.
+    #[arg(long, default_value = "test")]
+    split: String,
+    /// Images per forward pass.
+    #[arg(long, default_value_t = 8)]
+    batch_size: usize,
+    /// Print the report as one JSON object.
+    #[arg(long)]
+    json: bool,
+}
+
+fn print_report(report: &EvalReport) {
+    let hd = |v: Option<f64>| v.map_or_else(|| "-".to_string(), |v| format!("{v:.2}"));
+    println!(
+        "{:<40} {:>6} {:>7} {:>7} {:>7} {:>7} {:>7} {:>8} {:>8}",
+        "dataset/class", "images", "dice", "iou", "acc", "se", "sp", "hd", "hd95"
+    );
+    let rows = report
+        .datasets
+        .iter()
+        .map(|(k, v)| (k.as_str(), v))
+        .chain(std::iter::once(("all", &report.overall)));
+    for (name, s) in rows {
+        println!(
+            "{name:<40} {:>6} {:>7.4} {:>7.4} {:>7.4} {:>7.4} {:>7.4} {:>8} {:>8}",
+            s.images,
+            s.dice,
+            s.iou,
+            s.acc,
+            s.se,
+            s.sp,
+            hd(s.hd),
+            hd(s.hd95)
+        );
+    }
+    println!("{:.2} images/s", report.images_per_s);
+}
+
+/// Runs `samus eval`.
+pub fn run_eval(args: EvalArgs) -> Result<()> {
+    let tensors = read_checkpoint(&args.checkpoint)?;
+    let cfg = resolve_config(args.config.as_deref(), &tensors, &args.checkpoint)?;
+    let model = TrainModel::from_tensors(
+        tensors,
+        &cfg,
+        args.model.into(),
+        TrainableSet::Reference,
+        &Device::Cpu,
+    )?;
+    let split = Us30kSplit::open(&args.data, &args.split, DatasetOptions::evaluation())?;
+    let report = evaluate(&model, &split, args.batch_size.max(1))?;
+    if args.json {
+        println!("{}", serde_json::to_string(&report)?);
+    } else {
+        print_report(&report);
+    }
+    Ok(())
+}

@@ -1,0 +1,101 @@
+//! `samus train` and `samus eval` on synthetic data, and their errors.
+
+use std::process::{Command, Output};
+
+fn samus(args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_samus"))
+        .args(args)
+        .output()
+        .expect("the samus binary runs")
+}
+
+fn stderr(out: &Output) -> String {
+    String::from_utf8_lossy(&out.stderr).into_owned()
+}
+
+#[test]
+fn train_then_resume_then_eval() {
+    let tmp = tempfile::tempdir().unwrap();
+    let data = tmp.path().join("data");
+    let run = tmp.path().join("run");
+    let (d, r) = (data.to_str().unwrap(), run.to_str().unwrap());
+    assert!(
+        samus(&["synth", "--out", d, "--per-dataset", "4", "--seed", "9"])
+            .status
+            .success()
+    );
+    let common = [
+        "--config",
+        "tiny",
+        "--data",
+        d,
+        "--split",
+        "train-Breast-SynthBUSI",
+        "--batch-size",
+        "2",
+    ];
+    let mut args = vec!["train"];
+    args.extend(common);
+    args.extend(["--epochs", "1", "--out", r]);
+    let out = samus(&args);
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert!(String::from_utf8_lossy(&out.stdout).contains("trained 1 steps (1 epochs)"));
+    // Resume into a second epoch.
+    let mut args = vec!["train"];
+    args.extend(common);
+    args.extend(["--epochs", "2", "--resume", r]);
+    let out = samus(&args);
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert!(String::from_utf8_lossy(&out.stdout).contains("trained 2 steps (2 epochs)"));
+    let ckpt = run.join("last.safetensors");
+    let out = samus(&[
+        "eval",
+        "--checkpoint",
+        ckpt.to_str().unwrap(),
+        "--data",
+        d,
+        "--split",
+        "test-Breast-SynthBUSI",
+        "--json",
+    ]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let report: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(report["overall"]["images"], 1);
+    assert!(report["images_per_s"].as_f64().unwrap() > 0.0);
+}
+
+#[test]
+fn train_errors_are_clear() {
+    let tmp = tempfile::tempdir().unwrap();
+    let data = tmp.path().join("data");
+    let d = data.to_str().unwrap();
+    assert!(samus(&["synth", "--out", d, "--per-dataset", "3"])
+        .status
+        .success());
+    let out = samus(&["train", "--config", "tiny", "--data", d, "--split", "nope"]);
+    let err = stderr(&out);
+    assert!(
+        !out.status.success() && err.contains("nope.txt") && !err.contains("panicked"),
+        "{err}"
+    );
+    let out = samus(&["train", "--data", d]);
+    assert!(
+        !out.status.success() && stderr(&out).contains("--config"),
+        "{}",
+        stderr(&out)
+    );
+    let out = samus(&[
+        "train",
+        "--config",
+        "tiny",
+        "--data",
+        d,
+        "--batch-size",
+        "0",
+    ]);
+    assert!(
+        !out.status.success() && stderr(&out).contains("--batch-size"),
+        "{}",
+        stderr(&out)
+    );
+}
