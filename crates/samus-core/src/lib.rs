@@ -16,6 +16,7 @@
 //! - [`window`]: window partition and unpartition with zero padding.
 //! - [`activation`]: the exact (erf) GELU.
 //! - [`pool`]: 2x2 max pooling whose backward is correct (candle's scales it down).
+//! - [`conv`]: a 3x3 convolution whose backward is made of matrix products.
 //! - [`fixtures`]: locating the reference parity fixtures and comparing with them.
 //!
 //! Every operation is built from candle tensor operations, so gradients flow
@@ -35,6 +36,7 @@
 
 pub mod activation;
 pub mod attention;
+pub mod conv;
 pub mod fixtures;
 pub mod norm;
 pub mod pool;

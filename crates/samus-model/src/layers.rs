@@ -3,6 +3,7 @@
 
 use candle_core::{Module, Result, Tensor};
 use candle_nn::{Conv2d, Conv2dConfig, ConvTranspose2d, ConvTranspose2dConfig, Init, VarBuilder};
+use samus_core::conv::conv3x3_same;
 use samus_core::{gelu, max_pool2x2, LayerNorm, LayerNorm2d};
 
 /// Epsilon of every `LayerNorm2d` in SAM and SAMUS.
@@ -199,9 +200,11 @@ impl ConvNormGelu {
 }
 
 impl Module for ConvNormGelu {
-    /// NCHW in, NCHW out.
+    /// NCHW in, NCHW out. The convolution runs through `conv3x3_same`, whose backward
+    /// is fast when training.
     fn forward(&self, x: &Tensor) -> Result<Tensor> {
-        gelu(&self.norm.forward(&x.contiguous()?.apply(&self.conv)?)?)
+        let y = conv3x3_same(&x.contiguous()?, self.conv.weight())?;
+        gelu(&self.norm.forward(&y)?)
     }
 }
 

@@ -4,6 +4,7 @@
 
 use candle_core::{Module, Result, Tensor};
 use candle_nn::{ConvTranspose2d, Init, VarBuilder};
+use samus_core::conv::conv_transpose2x2;
 use samus_core::{gelu, LayerNorm2d};
 
 use crate::layers::{conv_transpose_2x2, layer_norm_2d, StackedMlp};
@@ -132,8 +133,13 @@ impl MaskDecoder {
         let (hs, src) = self.transformer.forward(&src, image_pe, &tokens)?;
         let iou_token_out = hs.narrow(1, 0, 1)?.squeeze(1)?;
         let src = src.transpose(1, 2)?.reshape((b, c, h, w))?;
-        let up = gelu(&self.upscale_norm.forward(&src.apply(&self.upscale1)?)?)?;
-        let up = gelu(&up.apply(&self.upscale2)?)?;
+        let up = conv_transpose2x2(&src, self.upscale1.weight(), self.upscale1.bias())?;
+        let up = gelu(&self.upscale_norm.forward(&up)?)?;
+        let up = gelu(&conv_transpose2x2(
+            &up,
+            self.upscale2.weight(),
+            self.upscale2.bias(),
+        )?)?;
         let (_, uc, uh, uw) = up.dims4()?;
         let hyper_in = self
             .hypernetworks

@@ -2,6 +2,7 @@
 
 use candle_core::{Module, Result, Tensor};
 use candle_nn::{Conv2d, VarBuilder};
+use samus_core::conv::{conv1x1, conv3x3_same};
 use samus_core::LayerNorm2d;
 
 use crate::layers::{conv2d, layer_norm_2d, ConvSpec};
@@ -30,7 +31,9 @@ impl Neck {
 impl Module for Neck {
     /// NCHW `B x D x G x G` in, `B x 256 x G x G` out.
     fn forward(&self, x: &Tensor) -> Result<Tensor> {
-        let x = self.norm1.forward(&x.contiguous()?.apply(&self.conv1)?)?;
-        self.norm2.forward(&x.apply(&self.conv2)?)
+        // Written with samus-core's convolutions so that gradients flowing to the
+        // encoder during training go through matrix products.
+        let x = self.norm1.forward(&conv1x1(x, self.conv1.weight())?)?;
+        self.norm2.forward(&conv3x3_same(&x, self.conv2.weight())?)
     }
 }
