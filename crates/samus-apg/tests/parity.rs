@@ -4,7 +4,7 @@
 
 use candle_core::{Device, Tensor};
 use samus_apg::AutoSamus;
-use samus_core::fixtures::{fixtures_dir, relative_error, sign_agreement};
+use samus_core::fixtures::{fixtures_or_skip, relative_error, sign_agreement};
 use samus_model::SamusConfig;
 use std::collections::HashMap;
 
@@ -16,8 +16,7 @@ fn check(io: &HashMap<String, Tensor>, name: &str, ours: &Tensor) {
 
 #[test]
 fn autosamus_matches_reference() {
-    let Some(dir) = fixtures_dir(env!("CARGO_MANIFEST_DIR")) else {
-        eprintln!("skipped: fixtures not found (set SAMUS_FIXTURES or provide ../shared/fixtures)");
+    let Some(dir) = fixtures_or_skip(env!("CARGO_MANIFEST_DIR")) else {
         return;
     };
     let cfg = SamusConfig::from_json_file(dir.join("samus_tiny.json")).unwrap();
@@ -51,8 +50,7 @@ fn autosamus_matches_reference() {
 
 #[test]
 fn one_file_and_two_files_load_the_same_model() {
-    let Some(dir) = fixtures_dir(env!("CARGO_MANIFEST_DIR")) else {
-        eprintln!("skipped: fixtures not found (set SAMUS_FIXTURES or provide ../shared/fixtures)");
+    let Some(dir) = fixtures_or_skip(env!("CARGO_MANIFEST_DIR")) else {
         return;
     };
     let cfg = SamusConfig::from_json_file(dir.join("samus_tiny.json")).unwrap();

@@ -1,46 +1,13 @@
 //! End-to-end tests of `samus auto`: parity with the reference AutoSAMUS through the
 //! binary, batches of many images, and clear errors.
 
-use std::path::{Path, PathBuf};
-use std::process::{Command, Output};
+mod common;
+
+use common::{assert_clean_failure, fixtures, p, samus, stderr};
+
 
 use candle_core::Device;
-use samus_core::fixtures::{fixtures_dir, relative_error};
-
-fn samus(args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_samus"))
-        .args(args)
-        .output()
-        .expect("the samus binary runs")
-}
-
-fn stderr(out: &Output) -> String {
-    String::from_utf8_lossy(&out.stderr).into_owned()
-}
-
-fn p(path: &Path) -> &str {
-    path.to_str().expect("utf-8 temp path")
-}
-
-fn fixtures() -> Option<PathBuf> {
-    let dir = fixtures_dir(env!("CARGO_MANIFEST_DIR"));
-    if dir.is_none() {
-        eprintln!("skipped: fixtures not found (set SAMUS_FIXTURES or provide ../shared/fixtures)");
-    }
-    dir
-}
-
-fn assert_clean_failure(out: &Output, needle: &str) {
-    let err = stderr(out);
-    assert!(!out.status.success(), "expected failure; stderr: {err}");
-    assert!(!err.contains("panicked"), "panic: {err}");
-    let lines: Vec<&str> = err.lines().filter(|l| !l.starts_with("warning:")).collect();
-    assert_eq!(lines.len(), 1, "expected one error line, got: {err}");
-    assert!(
-        lines[0].starts_with("error: ") && lines[0].contains(needle),
-        "`{needle}` not in: {err}"
-    );
-}
+use samus_core::fixtures::relative_error;
 
 #[test]
 fn auto_reproduces_reference_logits_on_busi() {

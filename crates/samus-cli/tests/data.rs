@@ -1,13 +1,8 @@
 //! `samus data check` on a good and a broken dataset folder.
 
-use std::process::{Command, Output};
+mod common;
 
-fn samus(args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_samus"))
-        .args(args)
-        .output()
-        .expect("the samus binary runs")
-}
+use common::samus;
 
 #[test]
 fn data_check_reports_counts_and_problems() {

@@ -1,15 +1,10 @@
 //! `samus metrics` on two folders of masks.
 
-use std::process::{Command, Output};
+mod common;
+
+use common::samus;
 
 use image::{GrayImage, Luma};
-
-fn samus(args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_samus"))
-        .args(args)
-        .output()
-        .expect("the samus binary runs")
-}
 
 fn square(x0: u32, x1: u32) -> GrayImage {
     GrayImage::from_fn(32, 32, |x, y| {

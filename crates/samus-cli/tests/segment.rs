@@ -1,53 +1,16 @@
 //! End-to-end tests of `samus segment`: parity with the reference through the binary,
 //! any configuration of the family, and clear one-line errors.
 
+mod common;
+
+use common::{assert_clean_failure, fixtures, p, samus, stderr};
+
 use std::collections::HashMap;
-use std::path::{Path, PathBuf};
-use std::process::{Command, Output};
+use std::path::Path;
 
 use candle_core::{Device, Tensor};
-use samus_core::fixtures::{fixtures_dir, relative_error};
+use samus_core::fixtures::relative_error;
 use samus_model::{Point, Predictor, PromptSet, Samus, SamusConfig};
-
-fn samus(args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_samus"))
-        .args(args)
-        .output()
-        .expect("the samus binary runs")
-}
-
-fn stderr(out: &Output) -> String {
-    String::from_utf8_lossy(&out.stderr).into_owned()
-}
-
-/// A failure must be a non-zero exit with one `error:` line naming `needle`, no panic.
-fn assert_clean_failure(out: &Output, needle: &str) {
-    let err = stderr(out);
-    assert!(
-        !out.status.success(),
-        "expected failure, got success; stderr: {err}"
-    );
-    assert!(!err.contains("panicked"), "panic: {err}");
-    let lines: Vec<&str> = err.lines().filter(|l| !l.starts_with("warning:")).collect();
-    assert_eq!(lines.len(), 1, "expected one error line, got: {err}");
-    assert!(lines[0].starts_with("error: "), "{err}");
-    assert!(
-        lines[0].contains(needle),
-        "error does not mention `{needle}`: {err}"
-    );
-}
-
-fn fixtures() -> Option<PathBuf> {
-    let dir = fixtures_dir(env!("CARGO_MANIFEST_DIR"));
-    if dir.is_none() {
-        eprintln!("skipped: fixtures not found (set SAMUS_FIXTURES or provide ../shared/fixtures)");
-    }
-    dir
-}
-
-fn p(path: &Path) -> &str {
-    path.to_str().expect("utf-8 temp path")
-}
 
 #[test]
 fn segment_reproduces_reference_logits() {

@@ -1,17 +1,8 @@
 //! `samus train` and `samus eval` on synthetic data, and their errors.
 
-use std::process::{Command, Output};
+mod common;
 
-fn samus(args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_samus"))
-        .args(args)
-        .output()
-        .expect("the samus binary runs")
-}
-
-fn stderr(out: &Output) -> String {
-    String::from_utf8_lossy(&out.stderr).into_owned()
-}
+use common::{samus, stderr};
 
 #[test]
 fn train_then_resume_then_eval() {

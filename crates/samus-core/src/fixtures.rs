@@ -30,6 +30,16 @@ pub fn fixtures_dir(manifest_dir: &str) -> Option<PathBuf> {
     }
 }
 
+/// [`fixtures_dir`] for tests: prints `skipped: fixtures not found ...` when there
+/// are none, so that a skipped parity test says so.
+pub fn fixtures_or_skip(manifest_dir: &str) -> Option<PathBuf> {
+    let dir = fixtures_dir(manifest_dir);
+    if dir.is_none() {
+        eprintln!("skipped: fixtures not found (set {FIXTURES_ENV} or provide ../shared/fixtures)");
+    }
+    dir
+}
+
 /// `||a - b|| / ||b||` over the whole tensors (b is the reference).
 pub fn relative_error(ours: &Tensor, reference: &Tensor) -> Result<f64> {
     if ours.dims() != reference.dims() {

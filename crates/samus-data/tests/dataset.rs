@@ -4,7 +4,7 @@
 use std::path::Path;
 
 use image::{GrayImage, ImageBuffer, Luma, Rgb, RgbImage, Rgba, RgbaImage};
-use samus_core::fixtures::fixtures_dir;
+use samus_core::fixtures::fixtures_or_skip;
 use samus_data::{DataError, DatasetOptions, Us30kSplit};
 
 fn write_split(root: &Path, name: &str, lines: &[&str]) {
@@ -273,8 +273,7 @@ fn bad_data_is_named_and_can_be_skipped() {
 
 #[test]
 fn real_busi_sample_reads_with_its_lesion() {
-    let Some(dir) = fixtures_dir(env!("CARGO_MANIFEST_DIR")) else {
-        eprintln!("skipped: fixtures not found (set SAMUS_FIXTURES or provide ../shared/fixtures)");
+    let Some(dir) = fixtures_or_skip(env!("CARGO_MANIFEST_DIR")) else {
         return;
     };
     let tmp = tempfile::tempdir().unwrap();

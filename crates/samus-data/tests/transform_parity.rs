@@ -3,15 +3,14 @@
 
 use candle_core::Device;
 use image::GrayImage;
-use samus_core::fixtures::fixtures_dir;
+use samus_core::fixtures::fixtures_or_skip;
 use samus_data::io::{read_image_grey8, read_label};
 use samus_data::prompt::{fixed_box, fixed_click};
 use samus_data::transform::validation_transform;
 
 #[test]
 fn validation_transform_matches_reference() {
-    let Some(dir) = fixtures_dir(env!("CARGO_MANIFEST_DIR")) else {
-        eprintln!("skipped: fixtures not found (set SAMUS_FIXTURES or provide ../shared/fixtures)");
+    let Some(dir) = fixtures_or_skip(env!("CARGO_MANIFEST_DIR")) else {
         return;
     };
     let io = candle_core::safetensors::load(dir.join("transform_val_io.safetensors"), &Device::Cpu)

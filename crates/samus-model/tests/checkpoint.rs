@@ -3,7 +3,7 @@
 use std::collections::HashMap;
 
 use candle_core::{Device, Tensor};
-use samus_core::fixtures::{fixtures_dir, relative_error};
+use samus_core::fixtures::{fixtures_or_skip, relative_error};
 use samus_model::checkpoint::{infer_config, read_tensors};
 use samus_model::{CheckpointKind, Samus, SamusConfig};
 
@@ -13,8 +13,7 @@ fn is_samus_only(name: &str) -> bool {
 
 #[test]
 fn sam_checkpoint_converts_like_the_reference() {
-    let Some(dir) = fixtures_dir(env!("CARGO_MANIFEST_DIR")) else {
-        eprintln!("skipped: fixtures not found (set SAMUS_FIXTURES or provide ../shared/fixtures)");
+    let Some(dir) = fixtures_or_skip(env!("CARGO_MANIFEST_DIR")) else {
         return;
     };
     let cfg = SamusConfig::from_json_file(dir.join("samus_tiny.json")).unwrap();

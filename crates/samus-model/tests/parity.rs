@@ -7,7 +7,7 @@ use std::collections::HashMap;
 use std::path::PathBuf;
 
 use candle_core::{Device, Tensor};
-use samus_core::fixtures::{fixtures_dir, relative_error, sign_agreement};
+use samus_core::fixtures::{fixtures_or_skip, relative_error, sign_agreement};
 use samus_model::checkpoint::resample_rel_pos;
 use samus_model::{PromptBatch, Samus, SamusConfig};
 
@@ -20,10 +20,7 @@ struct Fixture {
 }
 
 fn fixture() -> Option<Fixture> {
-    let Some(dir) = fixtures_dir(env!("CARGO_MANIFEST_DIR")) else {
-        eprintln!("skipped: fixtures not found (set SAMUS_FIXTURES or provide ../shared/fixtures)");
-        return None;
-    };
+    let dir = fixtures_or_skip(env!("CARGO_MANIFEST_DIR"))?;
     let dir: PathBuf = dir;
     let cfg = SamusConfig::from_json_file(dir.join("samus_tiny.json")).expect("fixture config");
     let (model, report) =

@@ -4,7 +4,7 @@
 
 use candle_core::Device;
 use samus_apg::AutoSamus;
-use samus_core::fixtures::{fixtures_dir, relative_error};
+use samus_core::fixtures::{fixtures_or_skip, relative_error};
 use samus_model::checkpoint::read_tensors;
 use samus_model::{MissingTensors, Samus, SamusConfig, WeightStore};
 use samus_train::freeze::{autosamus_trainable, TrainableSet};
@@ -23,8 +23,7 @@ fn names(meta: &serde_json::Value, key: &str) -> Vec<String> {
 
 #[test]
 fn apg_loss_and_gradients_match() {
-    let Some(dir) = fixtures_dir(env!("CARGO_MANIFEST_DIR")) else {
-        eprintln!("skipped: fixtures not found (set SAMUS_FIXTURES or provide ../shared/fixtures)");
+    let Some(dir) = fixtures_or_skip(env!("CARGO_MANIFEST_DIR")) else {
         return;
     };
     let cfg = SamusConfig::from_json_file(dir.join("samus_tiny.json")).unwrap();

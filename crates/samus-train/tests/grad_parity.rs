@@ -5,7 +5,7 @@
 use std::collections::HashMap;
 
 use candle_core::{Device, Tensor};
-use samus_core::fixtures::{fixtures_dir, relative_error};
+use samus_core::fixtures::{fixtures_or_skip, relative_error};
 use samus_model::checkpoint::read_tensors;
 use samus_model::{MissingTensors, PromptBatch, Samus, SamusConfig, WeightStore};
 use samus_train::freeze::{samus_trainable, TrainableSet};
@@ -24,10 +24,7 @@ struct Setup {
 }
 
 fn setup() -> Option<Setup> {
-    let Some(dir) = fixtures_dir(env!("CARGO_MANIFEST_DIR")) else {
-        eprintln!("skipped: fixtures not found (set SAMUS_FIXTURES or provide ../shared/fixtures)");
-        return None;
-    };
+    let dir = fixtures_or_skip(env!("CARGO_MANIFEST_DIR"))?;
     let cfg = SamusConfig::from_json_file(dir.join("samus_tiny.json")).unwrap();
     let tensors = read_tensors(dir.join("samus_tiny.safetensors")).unwrap();
     let store = WeightStore::with_trainable(

@@ -1,13 +1,12 @@
 //! The reference loss on the fixture logits equals `train.loss0`.
 
 use candle_core::Device;
-use samus_core::fixtures::fixtures_dir;
+use samus_core::fixtures::fixtures_or_skip;
 use samus_train::loss::{bce_dice_loss, LossWeights};
 
 #[test]
 fn loss_matches_reference_loss0() {
-    let Some(dir) = fixtures_dir(env!("CARGO_MANIFEST_DIR")) else {
-        eprintln!("skipped: fixtures not found (set SAMUS_FIXTURES or provide ../shared/fixtures)");
+    let Some(dir) = fixtures_or_skip(env!("CARGO_MANIFEST_DIR")) else {
         return;
     };
     let io = candle_core::safetensors::load(dir.join("samus_tiny_io.safetensors"), &Device::Cpu)

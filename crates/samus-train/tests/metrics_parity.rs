@@ -1,13 +1,12 @@
 //! Metrics against `metrics_cases.json`: Dice, IoU, accuracy, sensitivity,
 //! specificity, HD and HD95 (null when a mask is empty).
 
-use samus_core::fixtures::fixtures_dir;
+use samus_core::fixtures::fixtures_or_skip;
 use samus_train::metrics::mask_metrics;
 
 #[test]
 fn metrics_match_reference_cases() {
-    let Some(dir) = fixtures_dir(env!("CARGO_MANIFEST_DIR")) else {
-        eprintln!("skipped: fixtures not found (set SAMUS_FIXTURES or provide ../shared/fixtures)");
+    let Some(dir) = fixtures_or_skip(env!("CARGO_MANIFEST_DIR")) else {
         return;
     };
     let cases: serde_json::Value =
