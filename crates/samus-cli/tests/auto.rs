@@ -5,7 +5,6 @@ mod common;
 
 use common::{assert_clean_failure, fixtures, p, samus, stderr};
 
-
 use candle_core::Device;
 use samus_core::fixtures::relative_error;
 
