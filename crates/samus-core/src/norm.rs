@@ -1,10 +1,12 @@
 //! Layer normalisation: over the last axis ([`LayerNorm`]) and over the channel axis
 //! of an NCHW tensor ([`LayerNorm2d`]).
 //!
-//! The normalisation is composed of elementary candle operations, so gradients flow
-//! through it (candle's fused kernel has no backward pass).
+//! On the CPU the normalisation is one fused operation with a hand-written backward
+//! pass (candle's fused kernel has none and loses precision); elsewhere it is composed
+//! of elementary candle operations, so gradients flow through it either way.
 
-use candle_core::{Result, Tensor, D};
+use candle_core::{CpuStorage, CustomOp3, DType, Layout, Result, Shape, Tensor, D};
+use rayon::prelude::*;
 
 /// Layer normalisation over the last axis with an affine weight and bias
 /// (PyTorch's `nn.LayerNorm(dim, eps)`).
@@ -69,10 +71,23 @@ impl LayerNorm2d {
 
 /// `(x - mean) / sqrt(var + eps) * weight + bias` over the last axis.
 ///
-/// The mean and the biased variance are computed in two passes, as PyTorch does;
-/// candle's fused kernel derives the variance from `E[x^2] - E[x]^2`, which loses
-/// precision when the mean is large next to the spread.
+/// The mean and the biased variance are computed in two passes (in f64), as
+/// precisely as PyTorch; candle's fused kernel derives the variance from
+/// `E[x^2] - E[x]^2`, which loses precision when the mean is large next to the spread.
+/// On the CPU in f32 this is one fused operation with its own backward pass (candle's
+/// has none); elsewhere it is composed of elementary operations.
 pub fn layer_norm_last_dim(x: &Tensor, weight: &Tensor, bias: &Tensor, eps: f64) -> Result<Tensor> {
+    let fused = x.device().is_cpu()
+        && [x.dtype(), weight.dtype(), bias.dtype()]
+            .iter()
+            .all(|d| *d == DType::F32);
+    if fused {
+        return x.contiguous()?.apply_op3(
+            &weight.contiguous()?,
+            &bias.contiguous()?,
+            FusedLayerNorm { eps },
+        );
+    }
     let mean = x.mean_keepdim(D::Minus1)?;
     let centred = x.broadcast_sub(&mean)?;
     let var = centred.sqr()?.mean_keepdim(D::Minus1)?;
@@ -80,6 +95,123 @@ pub fn layer_norm_last_dim(x: &Tensor, weight: &Tensor, bias: &Tensor, eps: f64)
         .broadcast_div(&(var + eps)?.sqrt()?)?
         .broadcast_mul(weight)?
         .broadcast_add(bias)
+}
+
+/// Rows of `c` values: mean and `1 / sqrt(var + eps)` of each, in f64.
+fn row_stats(x: &[f32], c: usize, eps: f64) -> Vec<(f64, f64)> {
+    x.par_chunks(c)
+        .map(|row| {
+            let mean = row.iter().map(|&v| v as f64).sum::<f64>() / c as f64;
+            let var = row.iter().map(|&v| (v as f64 - mean).powi(2)).sum::<f64>() / c as f64;
+            (mean, 1.0 / (var + eps).sqrt())
+        })
+        .collect()
+}
+
+/// LayerNorm over the last axis as one CPU operation with a hand-written backward.
+#[derive(Debug, Clone, Copy)]
+struct FusedLayerNorm {
+    eps: f64,
+}
+
+fn f32_slice<'a>(storage: &'a CpuStorage, layout: &Layout, what: &str) -> Result<&'a [f32]> {
+    let (start, end) = layout
+        .contiguous_offsets()
+        .ok_or_else(|| candle_core::Error::Msg(format!("layer norm: {what} must be contiguous")))?;
+    Ok(&storage.as_slice::<f32>()?[start..end])
+}
+
+impl CustomOp3 for FusedLayerNorm {
+    fn name(&self) -> &'static str {
+        "samus-layer-norm"
+    }
+
+    fn cpu_fwd(
+        &self,
+        s1: &CpuStorage,
+        l1: &Layout,
+        s2: &CpuStorage,
+        l2: &Layout,
+        s3: &CpuStorage,
+        l3: &Layout,
+    ) -> Result<(CpuStorage, Shape)> {
+        let x = f32_slice(s1, l1, "input")?;
+        let w = f32_slice(s2, l2, "weight")?;
+        let b = f32_slice(s3, l3, "bias")?;
+        let c = l1.dims().last().copied().unwrap_or(0);
+        if c == 0 || w.len() != c || b.len() != c {
+            candle_core::bail!(
+                "layer norm over {c} channels with weight {} and bias {}",
+                w.len(),
+                b.len()
+            )
+        }
+        let stats = row_stats(x, c, self.eps);
+        let mut out = vec![0f32; x.len()];
+        out.par_chunks_mut(c)
+            .zip(x.par_chunks(c))
+            .zip(stats.par_iter())
+            .for_each(|((o, row), &(mean, rstd))| {
+                for i in 0..c {
+                    o[i] = (((row[i] as f64 - mean) * rstd) as f32) * w[i] + b[i];
+                }
+            });
+        Ok((CpuStorage::F32(out), l1.shape().clone()))
+    }
+
+    fn bwd(
+        &self,
+        x: &Tensor,
+        weight: &Tensor,
+        _bias: &Tensor,
+        _res: &Tensor,
+        grad: &Tensor,
+    ) -> Result<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
+        let c = x.dim(D::Minus1)?;
+        let xs = x.flatten_all()?.to_vec1::<f32>()?;
+        let gs = grad.contiguous()?.flatten_all()?.to_vec1::<f32>()?;
+        let w = weight.to_vec1::<f32>()?;
+        let stats = row_stats(&xs, c, self.eps);
+        // Per row: xhat = (x - mean) rstd, dxhat = g w,
+        // dx = rstd (dxhat - mean(dxhat) - xhat mean(dxhat xhat)); dw = sum g xhat; db = sum g.
+        let mut dx = vec![0f32; xs.len()];
+        let partial: Vec<(Vec<f64>, Vec<f64>)> = dx
+            .par_chunks_mut(c)
+            .zip(xs.par_chunks(c).zip(gs.par_chunks(c)))
+            .zip(stats.par_iter())
+            .map(|((d, (row, g)), &(mean, rstd))| {
+                let xhat: Vec<f64> = row.iter().map(|&v| (v as f64 - mean) * rstd).collect();
+                let dxhat: Vec<f64> = g
+                    .iter()
+                    .zip(&w)
+                    .map(|(&g, &w)| g as f64 * w as f64)
+                    .collect();
+                let m1 = dxhat.iter().sum::<f64>() / c as f64;
+                let m2 = dxhat.iter().zip(&xhat).map(|(a, b)| a * b).sum::<f64>() / c as f64;
+                for i in 0..c {
+                    d[i] = (rstd * (dxhat[i] - m1 - xhat[i] * m2)) as f32;
+                }
+                let dw: Vec<f64> = g.iter().zip(&xhat).map(|(&g, h)| g as f64 * h).collect();
+                let db: Vec<f64> = g.iter().map(|&g| g as f64).collect();
+                (dw, db)
+            })
+            .collect();
+        let mut dw = vec![0f64; c];
+        let mut db = vec![0f64; c];
+        for (pw, pb) in &partial {
+            for i in 0..c {
+                dw[i] += pw[i];
+                db[i] += pb[i];
+            }
+        }
+        let dev = x.device();
+        let to_f32 = |v: Vec<f64>| v.into_iter().map(|v| v as f32).collect::<Vec<f32>>();
+        Ok((
+            Some(Tensor::from_vec(dx, x.shape(), dev)?),
+            Some(Tensor::from_vec(to_f32(dw), c, dev)?),
+            Some(Tensor::from_vec(to_f32(db), c, dev)?),
+        ))
+    }
 }
 
 #[cfg(test)]
@@ -133,6 +265,40 @@ mod tests {
         let grads = (y.sqr()?.sum_all()?).backward()?;
         assert!(grads.get(x.as_tensor()).is_some());
         Ok(())
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(16))]
+
+        /// The fused backward equals the composed one (which candle differentiates).
+        #[test]
+        fn fused_gradients_match_composed(rows in 1usize..5, c in 2usize..12, seed in 0u64..100) {
+            let dev = Device::Cpu;
+            let vals = |n: usize, salt: u64| -> Vec<f32> {
+                (0..n).map(|i| ((((i as u64 + 1) * (seed + salt) * 2_654_435_761) >> 9) % 2000) as f32 / 500.0 - 2.0).collect()
+            };
+            let x = Tensor::from_vec(vals(rows * c, 1), (rows, c), &dev).unwrap();
+            let w = Tensor::from_vec(vals(c, 2), c, &dev).unwrap();
+            let b = Tensor::from_vec(vals(c, 3), c, &dev).unwrap();
+            let r = Tensor::from_vec(vals(rows * c, 4), (rows, c), &dev).unwrap();
+            let (xv, wv, bv) = (Var::from_tensor(&x).unwrap(), Var::from_tensor(&w).unwrap(), Var::from_tensor(&b).unwrap());
+            let fused = layer_norm_last_dim(xv.as_tensor(), wv.as_tensor(), bv.as_tensor(), 1e-5).unwrap();
+            let g1 = (fused.clone() * &r).unwrap().sum_all().unwrap().backward().unwrap();
+            // The composed formula, differentiated by candle.
+            let (xc, wc, bc) = (Var::from_tensor(&x).unwrap(), Var::from_tensor(&w).unwrap(), Var::from_tensor(&b).unwrap());
+            let mean = xc.as_tensor().mean_keepdim(D::Minus1).unwrap();
+            let centred = xc.as_tensor().broadcast_sub(&mean).unwrap();
+            let var = centred.sqr().unwrap().mean_keepdim(D::Minus1).unwrap();
+            let composed = centred.broadcast_div(&(var + 1e-5).unwrap().sqrt().unwrap()).unwrap()
+                .broadcast_mul(wc.as_tensor()).unwrap().broadcast_add(bc.as_tensor()).unwrap();
+            let diff = (&fused - &composed).unwrap().abs().unwrap().max_all().unwrap().to_scalar::<f32>().unwrap();
+            prop_assert!(diff < 1e-4, "forward differs by {diff}");
+            let g2 = (composed * &r).unwrap().sum_all().unwrap().backward().unwrap();
+            for (a, b) in [(xv.as_tensor(), xc.as_tensor()), (wv.as_tensor(), wc.as_tensor()), (bv.as_tensor(), bc.as_tensor())] {
+                let d = (g1.get(a).unwrap() - g2.get(b).unwrap()).unwrap().abs().unwrap().max_all().unwrap().to_scalar::<f32>().unwrap();
+                prop_assert!(d < 1e-3, "gradient differs by {d}");
+            }
+        }
     }
 
     #[test]
