@@ -27,7 +27,7 @@ fn train_then_resume_then_eval() {
     ];
     let mut args = vec!["train"];
     args.extend(common);
-    args.extend(["--epochs", "1", "--out", r]);
+    args.extend(["--epochs", "1", "--loss", "focal", "--out", r]);
     let out = samus(&args);
     assert!(out.status.success(), "{}", stderr(&out));
     assert!(String::from_utf8_lossy(&out.stdout).contains("trained 1 steps (1 epochs)"));
@@ -39,6 +39,7 @@ fn train_then_resume_then_eval() {
     assert!(out.status.success(), "{}", stderr(&out));
     assert!(String::from_utf8_lossy(&out.stdout).contains("trained 2 steps (2 epochs)"));
     let ckpt = run.join("last.safetensors");
+    let csv = tmp.path().join("eval.csv");
     let out = samus(&[
         "eval",
         "--checkpoint",
@@ -48,11 +49,18 @@ fn train_then_resume_then_eval() {
         "--split",
         "test-Breast-SynthBUSI",
         "--json",
+        "--csv",
+        csv.to_str().unwrap(),
     ]);
     assert!(out.status.success(), "{}", stderr(&out));
     let report: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
     assert_eq!(report["overall"]["images"], 1);
     assert!(report["images_per_s"].as_f64().unwrap() > 0.0);
+    let table = std::fs::read_to_string(&csv).unwrap();
+    assert!(
+        table.starts_with("dataset,images,dice") && table.contains("\nall,1,"),
+        "{table}"
+    );
 }
 
 #[test]

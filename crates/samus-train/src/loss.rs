@@ -57,6 +57,58 @@ pub fn bce_dice_loss(logits: &Tensor, target: &Tensor, weights: LossWeights) -> 
     (bce * weights.bce)? + (dice_loss * weights.dice)?
 }
 
+/// Plain soft Dice loss: `1 - Dice(sigmoid(logits), target)` over the whole batch.
+pub fn dice_loss(logits: &Tensor, target: &Tensor) -> Result<Tensor> {
+    soft_dice(logits, target)?.affine(-1.0, 1.0)
+}
+
+/// Binary focal loss (Lin et al. 2017), mean over elements:
+/// `-alpha_t (1 - p_t)^gamma log(p_t)` with `p_t = p` on the target and `1 - p` off it,
+/// `alpha_t = alpha` on the target and `1 - alpha` off it.
+pub fn focal_loss(logits: &Tensor, target: &Tensor, alpha: f64, gamma: f64) -> Result<Tensor> {
+    let p = candle_nn::ops::sigmoid(logits)?;
+    // -log(p_t) = t softplus(-x) + (1 - t) softplus(x), stable for large |x|.
+    let off = target.affine(-1.0, 1.0)?;
+    let nll = ((target * softplus(&logits.neg()?)?)? + (&off * softplus(logits)?)?)?;
+    let p_t = ((target * &p)? + (&off * p.affine(-1.0, 1.0)?)?)?;
+    let modulating = p_t.affine(-1.0, 1.0)?.powf(gamma)?;
+    let alpha_t = ((target * alpha)? + (off * (1.0 - alpha))?)?;
+    (alpha_t * modulating)?.mul(&nll)?.mean_all()
+}
+
+/// The segmentation losses a run can optimise.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum SegmentationLoss {
+    /// The reference objective, [`bce_dice_loss`].
+    BceDice(LossWeights),
+    /// [`dice_loss`].
+    Dice,
+    /// [`focal_loss`] with `alpha` and `gamma`.
+    Focal {
+        /// Weight of the target class.
+        alpha: f64,
+        /// Focusing exponent.
+        gamma: f64,
+    },
+}
+
+impl Default for SegmentationLoss {
+    fn default() -> Self {
+        Self::BceDice(LossWeights::default())
+    }
+}
+
+impl SegmentationLoss {
+    /// The loss of `logits` against the 0/1 `target`.
+    pub fn compute(&self, logits: &Tensor, target: &Tensor) -> Result<Tensor> {
+        match *self {
+            Self::BceDice(w) => bce_dice_loss(logits, target, w),
+            Self::Dice => dice_loss(logits, target),
+            Self::Focal { alpha, gamma } => focal_loss(logits, target, alpha, gamma),
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -81,6 +133,45 @@ mod tests {
             }).sum::<f64>() / n as f64;
             prop_assert!((got - want).abs() <= 1e-4 * (1.0 + want.abs()), "got {got}, want {want}");
         }
+    }
+
+    proptest! {
+        #[test]
+        fn focal_matches_naive(values in proptest::collection::vec((-20f32..20.0, 0u8..2), 1..40), gamma in 0.0f64..3.0) {
+            let n = values.len();
+            let x: Vec<f32> = values.iter().map(|v| v.0).collect();
+            let t: Vec<f32> = values.iter().map(|v| v.1 as f32).collect();
+            let got = focal_loss(
+                &Tensor::from_vec(x.clone(), n, &Device::Cpu).unwrap(),
+                &Tensor::from_vec(t.clone(), n, &Device::Cpu).unwrap(),
+                0.25,
+                gamma,
+            ).unwrap().to_scalar::<f32>().unwrap() as f64;
+            let want: f64 = x.iter().zip(&t).map(|(&x, &t)| {
+                let (x, t) = (x as f64, t as f64);
+                let p = 1.0 / (1.0 + (-x).exp());
+                let (pt, at) = if t == 1.0 { (p, 0.25) } else { (1.0 - p, 0.75) };
+                // -log(p_t) computed stably, as softplus.
+                let nll = if t == 1.0 { (-x).max(0.0) + (-x.abs()).exp().ln_1p() } else { x.max(0.0) + (-x.abs()).exp().ln_1p() };
+                at * (1.0 - pt).powf(gamma) * nll
+            }).sum::<f64>() / n as f64;
+            prop_assert!((got - want).abs() <= 1e-4 * (1.0 + want.abs()), "got {got}, want {want}");
+        }
+    }
+
+    #[test]
+    fn dice_loss_is_zero_for_a_perfect_prediction() -> Result<()> {
+        let target = Tensor::new(&[[1f32, 0.0, 1.0, 0.0]], &Device::Cpu)?;
+        let logits = ((&target * 40.0)? - 20.0)?;
+        let loss = SegmentationLoss::Dice
+            .compute(&logits, &target)?
+            .to_scalar::<f32>()?;
+        assert!(loss.abs() < 1e-6, "{loss}");
+        let bce = SegmentationLoss::default()
+            .compute(&logits, &target)?
+            .to_scalar::<f32>()?;
+        assert!(bce < 1e-6, "{bce}");
+        Ok(())
     }
 
     #[test]

@@ -17,7 +17,7 @@ use samus_model::checkpoint::{read_tensors, save_safetensors_atomic};
 use serde::{Deserialize, Serialize};
 
 use crate::evaluate::evaluate;
-use crate::loss::{bce_dice_loss, LossWeights};
+use crate::loss::SegmentationLoss;
 use crate::model::{BatchTensors, TrainModel};
 use crate::optim::{Adam, AdamConfig};
 use crate::schedule::LrSchedule;
@@ -40,6 +40,8 @@ pub struct TrainOptions {
     pub grad_clip: Option<f64>,
     /// Evaluate on the validation split every this many epochs.
     pub eval_every: usize,
+    /// The objective (reference: 0.2 BCE + 0.8 Dice).
+    pub loss: SegmentationLoss,
 }
 
 impl Default for TrainOptions {
@@ -53,6 +55,7 @@ impl Default for TrainOptions {
             warmup: None,
             grad_clip: None,
             eval_every: 1,
+            loss: SegmentationLoss::default(),
         }
     }
 }
@@ -213,7 +216,6 @@ impl<'m> Trainer<'m> {
         let device = self.model.samus().device().clone();
         let steps_per_epoch = train.len().div_ceil(self.options.batch_size.max(1));
         let schedule = self.schedule(steps_per_epoch);
-        let weights = LossWeights::default();
         while self.state.epoch < self.options.epochs {
             let epoch = self.state.epoch;
             for batch in train.batches(self.options.batch_size, epoch as u64) {
@@ -226,7 +228,7 @@ impl<'m> Trainer<'m> {
                 }
                 let tensors = BatchTensors::new(&batch.samples, &device)?;
                 let logits = self.model.low_res_logits(&tensors)?;
-                let loss = bce_dice_loss(&logits, &tensors.low_targets, weights)?;
+                let loss = self.options.loss.compute(&logits, &tensors.low_targets)?;
                 let value = loss.to_scalar::<f32>()?;
                 if !value.is_finite() {
                     return Err(TrainError::NonFinite {
