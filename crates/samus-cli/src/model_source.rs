@@ -9,9 +9,9 @@ use samus_model::checkpoint::{infer_config, read_tensors};
 use samus_model::SamusConfig;
 
 /// What to do without a checkpoint.
-pub const NO_CHECKPOINT: &str = "no --checkpoint given. Get SAM ViT-B weights with `cargo xtask download` and \
-pass the printed path with --checkpoint (or pass a trained SAMUS checkpoint); to try the pipeline without \
-weights run `samus segment --demo`";
+pub const NO_CHECKPOINT: &str = "no --checkpoint given. Get SAM ViT-B weights with `cargo xtask download` \
+(or any copy of sam_vit_b_01ec64.pth from the SAM release) and pass the path with --checkpoint, or pass a \
+trained SAMUS checkpoint; to try the pipeline without weights run `samus segment --demo`";
 
 /// Reads a checkpoint's tensors, saying how to get one when the file is absent.
 pub fn read_checkpoint(path: &Path) -> Result<HashMap<String, Tensor>> {
