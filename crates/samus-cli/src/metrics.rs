@@ -5,6 +5,7 @@ use std::path::{Path, PathBuf};
 
 use anyhow::{bail, Context, Result};
 use clap::Args;
+use samus_train::evaluate::Scores;
 use samus_train::metrics::{mask_metrics, MaskMetrics};
 use serde::Serialize;
 
@@ -38,21 +39,6 @@ struct ImageEntry {
     metrics: MaskMetrics,
 }
 
-#[derive(Debug, Default, Serialize)]
-struct Means {
-    images: usize,
-    dice: f64,
-    iou: f64,
-    acc: f64,
-    se: f64,
-    sp: f64,
-    /// Means over the images where the distance is defined.
-    hd: Option<f64>,
-    hd95: Option<f64>,
-    /// Images where HD is undefined (an empty mask).
-    hd_undefined: usize,
-}
-
 fn png_files(dir: &Path) -> Result<BTreeMap<String, PathBuf>> {
     if !dir.is_dir() {
         bail!("{} is not a folder", dir.display());
@@ -80,11 +66,6 @@ fn read_mask(path: &Path) -> Result<(Vec<bool>, u32, u32)> {
         .to_luma8();
     let (w, h) = img.dimensions();
     Ok((img.pixels().map(|p| p[0] > 0).collect(), w, h))
-}
-
-fn mean_of(values: impl Iterator<Item = f64>) -> (f64, usize) {
-    let (sum, n) = values.fold((0.0, 0usize), |(s, n), v| (s + v, n + 1));
-    (if n == 0 { f64::NAN } else { sum / n as f64 }, n)
 }
 
 /// Runs `samus metrics`.
@@ -118,20 +99,8 @@ pub fn run(args: MetricsArgs) -> Result<()> {
             metrics: mask_metrics(&pred, &gt, w as usize, h as usize),
         });
     }
-    let m = |f: fn(&MaskMetrics) -> f64| mean_of(entries.iter().map(|e| f(&e.metrics))).0;
-    let (hd, defined) = mean_of(entries.iter().filter_map(|e| e.metrics.hd));
-    let (hd95, _) = mean_of(entries.iter().filter_map(|e| e.metrics.hd95));
-    let means = Means {
-        images: entries.len(),
-        dice: m(|x| x.dice),
-        iou: m(|x| x.iou),
-        acc: m(|x| x.acc),
-        se: m(|x| x.se),
-        sp: m(|x| x.sp),
-        hd: (defined > 0).then_some(hd),
-        hd95: (defined > 0).then_some(hd95),
-        hd_undefined: entries.len() - defined,
-    };
+    let metrics: Vec<MaskMetrics> = entries.iter().map(|e| e.metrics).collect();
+    let means = Scores::from_metrics(&metrics);
     if args.json {
         println!(
             "{}",
