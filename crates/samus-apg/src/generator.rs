@@ -127,11 +127,12 @@ impl DenseFeatureAdapter {
 }
 
 impl Module for DenseFeatureAdapter {
+    /// NCHW in, NCHW out; the stages run channels-last.
     fn forward(&self, x: &Tensor) -> Result<Tensor> {
-        let mut x = x.clone();
+        let mut x = x.permute((0, 2, 3, 1))?.contiguous()?;
         for stage in &self.stages {
-            x = stage.forward(&x)?;
+            x = stage.forward_nhwc(&x)?;
         }
-        Ok(x)
+        x.permute((0, 3, 1, 2))?.contiguous()
     }
 }

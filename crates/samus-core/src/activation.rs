@@ -1,10 +1,142 @@
 //! Activation functions.
+//!
+//! The exact GELU is, on the CPU in f32, one operation whose backward pass is one
+//! more (candle's backward composes about ten element-wise operations, each a fresh
+//! buffer the size of the input: costly on the full-resolution maps of the CNN
+//! branch).
 
-use candle_core::{Result, Tensor};
+use candle_core::{CpuStorage, CustomOp1, CustomOp2, DType, Layout, Result, Shape, Tensor};
+use rayon::prelude::*;
+
+use crate::special::{erf, exp};
+
+/// Elements per parallel task of the element-wise kernels.
+const CHUNK: usize = 1 << 14;
 
 /// The exact GELU, `x * 0.5 * (1 + erf(x / sqrt(2)))`, as PyTorch's `nn.GELU()`.
 pub fn gelu(x: &Tensor) -> Result<Tensor> {
-    x.gelu_erf()
+    if x.device().is_cpu() && x.dtype() == DType::F32 {
+        x.contiguous()?.apply_op1(GeluErf)
+    } else {
+        x.gelu_erf()
+    }
+}
+
+/// The contiguous f32 data of a CPU operand.
+fn f32_data<'a>(storage: &'a CpuStorage, layout: &Layout) -> Result<&'a [f32]> {
+    let (start, end) = layout
+        .contiguous_offsets()
+        .ok_or_else(|| candle_core::Error::Msg("gelu: the input must be contiguous".into()))?;
+    Ok(&storage.as_slice::<f32>()?[start..end])
+}
+
+/// GELU of one value.
+#[inline(always)]
+fn gelu_value(v: f32) -> f32 {
+    (erf(v * std::f32::consts::FRAC_1_SQRT_2) + 1.) * 0.5 * v
+}
+
+/// d GELU / dx = Phi(x) + x phi(x).
+#[inline(always)]
+fn gelu_slope(v: f32) -> f32 {
+    const FRAC_1_SQRT_2PI: f32 = 0.398_942_3;
+    let cdf = (erf(v * std::f32::consts::FRAC_1_SQRT_2) + 1.) * 0.5;
+    cdf + v * FRAC_1_SQRT_2PI * exp(-0.5 * v * v)
+}
+
+/// `dst = gelu(src)`, vectorised by `pulp` for the CPU it runs on.
+struct GeluKernel<'a> {
+    src: &'a [f32],
+    dst: &'a mut [f32],
+}
+
+impl pulp::WithSimd for GeluKernel<'_> {
+    type Output = ();
+
+    #[inline(always)]
+    fn with_simd<S: pulp::Simd>(self, _simd: S) {
+        for (o, &v) in self.dst.iter_mut().zip(self.src) {
+            *o = gelu_value(v);
+        }
+    }
+}
+
+/// `dst = grad * gelu'(x)`, vectorised like [`GeluKernel`].
+struct GeluBackwardKernel<'a> {
+    x: &'a [f32],
+    grad: &'a [f32],
+    dst: &'a mut [f32],
+}
+
+impl pulp::WithSimd for GeluBackwardKernel<'_> {
+    type Output = ();
+
+    #[inline(always)]
+    fn with_simd<S: pulp::Simd>(self, _simd: S) {
+        for ((o, &v), &g) in self.dst.iter_mut().zip(self.x).zip(self.grad) {
+            *o = g * gelu_slope(v);
+        }
+    }
+}
+
+/// The exact GELU as one CPU operation; its backward is [`GeluErfBackward`].
+#[derive(Debug, Clone, Copy)]
+struct GeluErf;
+
+impl CustomOp1 for GeluErf {
+    fn name(&self) -> &'static str {
+        "samus-gelu-erf"
+    }
+
+    fn cpu_fwd(&self, storage: &CpuStorage, layout: &Layout) -> Result<(CpuStorage, Shape)> {
+        let x = f32_data(storage, layout)?;
+        let mut y = vec![0f32; x.len()];
+        y.par_chunks_mut(CHUNK)
+            .zip(x.par_chunks(CHUNK))
+            .for_each(|(dst, src)| pulp::Arch::new().dispatch(GeluKernel { src, dst }));
+        Ok((CpuStorage::F32(y), layout.shape().clone()))
+    }
+
+    fn bwd(&self, arg: &Tensor, _res: &Tensor, grad: &Tensor) -> Result<Option<Tensor>> {
+        Ok(Some(
+            arg.apply_op2_no_bwd(&grad.contiguous()?, &GeluErfBackward)?,
+        ))
+    }
+}
+
+/// `grad * gelu'(x)` in one pass.
+#[derive(Debug, Clone, Copy)]
+struct GeluErfBackward;
+
+impl CustomOp2 for GeluErfBackward {
+    fn name(&self) -> &'static str {
+        "samus-gelu-erf-backward"
+    }
+
+    fn cpu_fwd(
+        &self,
+        s1: &CpuStorage,
+        l1: &Layout,
+        s2: &CpuStorage,
+        l2: &Layout,
+    ) -> Result<(CpuStorage, Shape)> {
+        let x = f32_data(s1, l1)?;
+        let g = f32_data(s2, l2)?;
+        if x.len() != g.len() {
+            candle_core::bail!(
+                "gelu backward: gradient {:?} for input {:?}",
+                l2.shape(),
+                l1.shape()
+            )
+        }
+        let mut dx = vec![0f32; x.len()];
+        dx.par_chunks_mut(CHUNK)
+            .zip(x.par_chunks(CHUNK).zip(g.par_chunks(CHUNK)))
+            .for_each(|(dst, (x, grad))| {
+                pulp::Arch::new().dispatch(GeluBackwardKernel { x, grad, dst })
+            });
+        Ok((CpuStorage::F32(dx), l1.shape().clone()))
+    }
 }
 
 #[cfg(test)]
@@ -37,6 +169,47 @@ mod tests {
                 (got as f64 - want).abs() < 1e-6,
                 "gelu({v}) = {got}, want {want}"
             );
+        }
+        Ok(())
+    }
+
+    #[test]
+    fn fused_gelu_matches_candle_forward_and_backward() -> Result<()> {
+        let dev = Device::Cpu;
+        let x = Tensor::randn(0f32, 2.0, (3, 257), &dev)?;
+        let var = candle_core::Var::from_tensor(&x)?;
+        let r = Tensor::randn(0f32, 1.0, (3, 257), &dev)?;
+        let ours = gelu(var.as_tensor())?;
+        let theirs = x.gelu_erf()?;
+        let diff = (&ours - &theirs)?.abs()?.max_all()?.to_scalar::<f32>()?;
+        assert!(
+            diff < 1e-6,
+            "forward differs from candle's gelu_erf by {diff}"
+        );
+        let grad = (ours * &r)?.sum_all()?.backward()?;
+        let grad = grad.get(var.as_tensor()).map(|g| g.to_vec2::<f32>());
+        let Some(grad) = grad else {
+            panic!("no gradient reached the input")
+        };
+        // Central differences in f64 of sum(r * gelu(x)).
+        let xs = x.to_dtype(DType::F64)?.to_vec2::<f64>()?;
+        let rs = r.to_dtype(DType::F64)?.to_vec2::<f64>()?;
+        let erf = |v: f64| -> f64 {
+            let t = Tensor::new(&[v], &Device::Cpu)
+                .and_then(|t| t.erf())
+                .and_then(|t| t.to_vec1::<f64>());
+            t.map(|v| v[0]).unwrap_or(f64::NAN)
+        };
+        let g64 = |v: f64| 0.5 * v * (1.0 + erf(v / std::f64::consts::SQRT_2));
+        for (i, row) in grad?.iter().enumerate() {
+            for (j, &got) in row.iter().enumerate() {
+                let (v, h) = (xs[i][j], 1e-4);
+                let want = rs[i][j] * (g64(v + h) - g64(v - h)) / (2.0 * h);
+                assert!(
+                    (got as f64 - want).abs() < 1e-4 * (1.0 + want.abs()),
+                    "x = {v}: {got} vs {want}"
+                );
+            }
         }
         Ok(())
     }

@@ -45,15 +45,7 @@ pub fn merge_heads(x: &Tensor) -> Result<Tensor> {
     x.transpose(1, 2)?.contiguous()?.reshape((b, n, h * d))
 }
 
-/// Softmax over the last axis: candle's fused kernel when no gradient is needed, the
-/// differentiable composition otherwise.
-pub fn softmax_last_dim(x: &Tensor) -> Result<Tensor> {
-    if x.track_op() {
-        candle_nn::ops::softmax(x, candle_core::D::Minus1)
-    } else {
-        candle_nn::ops::softmax_last_dim(x)
-    }
-}
+pub use crate::softmax::softmax_last_dim;
 
 /// `softmax(scale * q k^T + bias) v` for every head.
 ///
@@ -100,11 +92,11 @@ pub fn multi_head_attention(
         let qc = q.narrow(0, start, len)?.contiguous()?;
         let kc = k.narrow(0, start, len)?.contiguous()?;
         let vc = v.narrow(0, start, len)?.contiguous()?;
-        let mut scores = (&qc * scale)?.matmul(&kc.t()?)?;
-        if let Some(rel) = rel_pos {
-            scores = rel.add_to_scores(&scores, &qc)?;
-        }
-        let probs = softmax_last_dim(&scores)?;
+        let scores = (&qc * scale)?.matmul(&kc.t()?)?;
+        let probs = match rel_pos {
+            Some(rel) => rel.softmax_with_bias(&scores, &qc)?,
+            None => softmax_last_dim(&scores)?,
+        };
         outputs.push(probs.matmul(&vc)?);
         start += len;
     }

@@ -1,12 +1,21 @@
-//! 3x3 "same" convolution written as shifted copies and one matrix product when a
-//! gradient is needed.
+//! Convolutions written as one unfolding and one matrix product, so that their
+//! backward pass is matrix products too.
 //!
 //! candle's convolution backward goes through its transposed convolution, which is
-//! slow on the CPU; as an unfolding (nine shifted views of the padded input) and a
-//! matrix product, the backward pass is matrix products too. Without a gradient,
-//! candle's own kernel runs.
+//! slow on the CPU. Here a 3x3 "same" convolution unfolds its input into columns
+//! (`im2col`, one fused CPU operation whose backward is the matching fold,
+//! `col2im`) and multiplies them with the kernel. The channels-last form
+//! ([`conv3x3_same_nhwc`]) needs no layout copies at all: the CNN branch of SAMUS
+//! runs in it. Without a gradient, the channels-first form ([`conv3x3_same`]) runs
+//! candle's own kernel.
 
-use candle_core::{Result, Tensor};
+use candle_core::{CpuStorage, CustomOp1, DType, Layout, Result, Shape, Tensor};
+use rayon::prelude::*;
+
+/// Side of the kernels of [`conv3x3_same`] and [`conv3x3_same_nhwc`].
+const KERNEL: usize = 3;
+/// Number of taps of a 3x3 kernel.
+const TAPS: usize = KERNEL * KERNEL;
 
 /// Conv2d with a `O x C x 3 x 3` kernel, stride 1, padding 1, no bias, on an NCHW
 /// tensor.
@@ -14,28 +23,166 @@ pub fn conv3x3_same(x: &Tensor, weight: &Tensor) -> Result<Tensor> {
     if !x.track_op() && !weight.track_op() {
         return x.conv2d(weight, 1, 1, 1, 1);
     }
-    let (n, c, h, w) = x.dims4()?;
+    let nhwc = x.permute((0, 2, 3, 1))?.contiguous()?;
+    conv3x3_same_nhwc(&nhwc, weight)?
+        .permute((0, 3, 1, 2))?
+        .contiguous()
+}
+
+/// Conv2d with a `O x C x 3 x 3` kernel (PyTorch's layout), stride 1, padding 1, no
+/// bias, on a channels-last `N x H x W x C` tensor; returns `N x H x W x O`.
+///
+/// The input is unfolded into `(N H W) x (9 C)` columns and multiplied with the
+/// kernel rearranged to `(9 C) x O`: one matrix product forward, two backward.
+pub fn conv3x3_same_nhwc(x: &Tensor, weight: &Tensor) -> Result<Tensor> {
+    let (n, h, w, c) = x.dims4()?;
     let (o, wc, kh, kw) = weight.dims4()?;
-    if (wc, kh, kw) != (c, 3, 3) {
+    if (wc, kh, kw) != (c, KERNEL, KERNEL) {
         candle_core::bail!(
-            "conv3x3_same: kernel {:?} does not fit input {:?}",
+            "conv3x3_same_nhwc: kernel {:?} does not fit channels-last input {:?}",
             weight.dims(),
             x.dims()
         )
     }
-    let padded = x.pad_with_zeros(2, 1, 1)?.pad_with_zeros(3, 1, 1)?;
-    let mut shifts = Vec::with_capacity(9);
-    for dy in 0..3 {
-        for dx in 0..3 {
-            shifts.push(padded.narrow(2, dy, h)?.narrow(3, dx, w)?);
+    // Column index (ky * 3 + kx) * C + c, matching the unfolding below.
+    let kernel = weight.permute((0, 2, 3, 1))?.reshape((o, TAPS * c))?;
+    im2col3x3_nhwc(x)?
+        .matmul(&kernel.t()?)?
+        .reshape((n, h, w, o))
+}
+
+/// Unfolds the 3x3 neighbourhoods (zero padded) of a channels-last `N x H x W x C`
+/// tensor into `(N H W) x (9 C)` columns, tap-major: column `(ky * 3 + kx) * C + c`
+/// of row `(n, y, x)` holds `x[n, y + ky - 1, x + kx - 1, c]`.
+pub fn im2col3x3_nhwc(x: &Tensor) -> Result<Tensor> {
+    let (n, h, w, c) = x.dims4()?;
+    if x.device().is_cpu() && x.dtype() == DType::F32 {
+        return x.contiguous()?.apply_op1(Im2Col3x3);
+    }
+    // Elsewhere: nine shifted views of the padded input (differentiable as well).
+    let padded = x.pad_with_zeros(1, 1, 1)?.pad_with_zeros(2, 1, 1)?;
+    let mut shifts = Vec::with_capacity(TAPS);
+    for dy in 0..KERNEL {
+        for dx in 0..KERNEL {
+            shifts.push(padded.narrow(1, dy, h)?.narrow(2, dx, w)?);
         }
     }
-    // (N, C, 9, H, W): column index c * 9 + ky * 3 + kx, as the kernel is laid out.
-    let columns = Tensor::stack(&shifts, 2)?.reshape((n, c * 9, h * w))?;
-    weight
-        .reshape((o, c * 9))?
-        .broadcast_matmul(&columns)?
-        .reshape((n, o, h, w))
+    Tensor::stack(&shifts, 3)?.reshape((n * h * w, TAPS * c))
+}
+
+/// The contiguous f32 data of a CPU operand.
+fn f32_data<'a>(storage: &'a CpuStorage, layout: &Layout, op: &str) -> Result<&'a [f32]> {
+    let (start, end) = layout
+        .contiguous_offsets()
+        .ok_or_else(|| candle_core::Error::Msg(format!("{op}: the input must be contiguous")))?;
+    Ok(&storage.as_slice::<f32>()?[start..end])
+}
+
+/// Source row/column of tap `k` (0, 1, 2) for output position `p`, if inside `0..len`.
+fn tap_source(p: usize, k: usize, len: usize) -> Option<usize> {
+    (p + k).checked_sub(1).filter(|&s| s < len)
+}
+
+/// The unfolding of [`im2col3x3_nhwc`] as one CPU operation; its backward is
+/// [`Col2Im3x3`].
+#[derive(Debug, Clone, Copy)]
+struct Im2Col3x3;
+
+impl CustomOp1 for Im2Col3x3 {
+    fn name(&self) -> &'static str {
+        "samus-im2col-3x3"
+    }
+
+    fn cpu_fwd(&self, storage: &CpuStorage, layout: &Layout) -> Result<(CpuStorage, Shape)> {
+        let x = f32_data(storage, layout, "im2col")?;
+        let (n, h, w, c) = layout.shape().dims4()?;
+        let mut cols = vec![0f32; n * h * w * TAPS * c];
+        if !cols.is_empty() {
+            cols.par_chunks_mut(w * TAPS * c)
+                .enumerate()
+                .for_each(|(row, out)| {
+                    let (b, y) = (row / h, row % h);
+                    for xo in 0..w {
+                        for ky in 0..KERNEL {
+                            let Some(sy) = tap_source(y, ky, h) else {
+                                continue;
+                            };
+                            for kx in 0..KERNEL {
+                                let Some(sx) = tap_source(xo, kx, w) else {
+                                    continue;
+                                };
+                                let src = ((b * h + sy) * w + sx) * c;
+                                let dst = (xo * TAPS + ky * KERNEL + kx) * c;
+                                out[dst..dst + c].copy_from_slice(&x[src..src + c]);
+                            }
+                        }
+                    }
+                });
+        }
+        Ok((CpuStorage::F32(cols), Shape::from((n * h * w, TAPS * c))))
+    }
+
+    fn bwd(&self, arg: &Tensor, _res: &Tensor, grad: &Tensor) -> Result<Option<Tensor>> {
+        let (n, h, w, c) = arg.dims4()?;
+        let fold = Col2Im3x3 { n, h, w, c };
+        Ok(Some(grad.contiguous()?.apply_op1(fold)?))
+    }
+}
+
+/// The adjoint of [`Im2Col3x3`]: sums every column entry back onto the input pixel
+/// it was copied from.
+#[derive(Debug, Clone, Copy)]
+struct Col2Im3x3 {
+    n: usize,
+    h: usize,
+    w: usize,
+    c: usize,
+}
+
+impl CustomOp1 for Col2Im3x3 {
+    fn name(&self) -> &'static str {
+        "samus-col2im-3x3"
+    }
+
+    fn cpu_fwd(&self, storage: &CpuStorage, layout: &Layout) -> Result<(CpuStorage, Shape)> {
+        let cols = f32_data(storage, layout, "col2im")?;
+        let Self { n, h, w, c } = *self;
+        if layout.shape().dims() != [n * h * w, TAPS * c] {
+            candle_core::bail!(
+                "col2im: columns {:?} do not unfold a {n}x{h}x{w}x{c} tensor",
+                layout.shape()
+            )
+        }
+        let mut x = vec![0f32; n * h * w * c];
+        if !x.is_empty() {
+            x.par_chunks_mut(w * c).enumerate().for_each(|(row, out)| {
+                let (b, y) = (row / h, row % h);
+                for xo in 0..w {
+                    let dst = &mut out[xo * c..(xo + 1) * c];
+                    // Pixel (y, x) was copied by tap (ky, kx) of output (y + 1 - ky, x + 1 - kx).
+                    for ky in 0..KERNEL {
+                        let Some(oy) = (y + 1).checked_sub(ky).filter(|&v| v < h) else {
+                            continue;
+                        };
+                        for kx in 0..KERNEL {
+                            let Some(ox) = (xo + 1).checked_sub(kx).filter(|&v| v < w) else {
+                                continue;
+                            };
+                            let src = (((b * h + oy) * w + ox) * TAPS + ky * KERNEL + kx) * c;
+                            for (d, s) in dst.iter_mut().zip(&cols[src..src + c]) {
+                                *d += s;
+                            }
+                        }
+                    }
+                }
+            });
+        }
+        Ok((CpuStorage::F32(x), Shape::from((n, h, w, c))))
+    }
+
+    fn bwd(&self, _arg: &Tensor, _res: &Tensor, grad: &Tensor) -> Result<Option<Tensor>> {
+        Ok(Some(grad.contiguous()?.apply_op1(Im2Col3x3)?))
+    }
 }
 
 /// Conv2d with a `O x C x 1 x 1` kernel (no bias): a matrix product over the channels.
@@ -131,6 +278,45 @@ mod tests {
                 let d = (a.unwrap() - b.unwrap()).unwrap().abs().unwrap().max_all().unwrap().to_scalar::<f32>().unwrap();
                 prop_assert!(d < 1e-3, "gradient differs by {d}");
             }
+        }
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(12))]
+
+        /// The channels-last form equals candle's NCHW convolution, forward and
+        /// backward, also for odd sizes and a single pixel.
+        #[test]
+        fn channels_last_matches_candle(n in 1usize..3, c in 1usize..5, o in 1usize..4, h in 1usize..8, w in 1usize..8) {
+            let dev = Device::Cpu;
+            let x = Tensor::randn(0f32, 1.0, (n, c, h, w), &dev).unwrap();
+            let k = Tensor::randn(0f32, 1.0, (o, c, 3, 3), &dev).unwrap();
+            let nhwc = Var::from_tensor(&x.permute((0, 2, 3, 1)).unwrap().contiguous().unwrap()).unwrap();
+            let kv = Var::from_tensor(&k).unwrap();
+            let ours = conv3x3_same_nhwc(nhwc.as_tensor(), kv.as_tensor()).unwrap();
+            let theirs = x.conv2d(&k, 1, 1, 1, 1).unwrap().permute((0, 2, 3, 1)).unwrap();
+            let diff = (&ours - &theirs).unwrap().abs().unwrap().max_all().unwrap().to_scalar::<f32>().unwrap();
+            prop_assert!(diff < 1e-4, "forward differs by {diff}");
+            let r = Tensor::randn(0f32, 1.0, ours.dims(), &dev).unwrap();
+            let g1 = (ours * &r).unwrap().sum_all().unwrap().backward().unwrap();
+            let (xv2, kv2) = (Var::from_tensor(&x).unwrap(), Var::from_tensor(&k).unwrap());
+            let out2 = xv2.as_tensor().conv2d(kv2.as_tensor(), 1, 1, 1, 1).unwrap().permute((0, 2, 3, 1)).unwrap();
+            let g2 = (out2 * &r).unwrap().sum_all().unwrap().backward().unwrap();
+            let gx2 = g2.get(xv2.as_tensor()).unwrap().permute((0, 2, 3, 1)).unwrap();
+            for (a, b) in [(g1.get(nhwc.as_tensor()).unwrap().clone(), gx2), (g1.get(kv.as_tensor()).unwrap().clone(), g2.get(kv2.as_tensor()).unwrap().clone())] {
+                let d = (a - b).unwrap().abs().unwrap().max_all().unwrap().to_scalar::<f32>().unwrap();
+                prop_assert!(d < 1e-3, "gradient differs by {d}");
+            }
+        }
+
+        /// The f64 fallback (composed of candle operations) unfolds like the fused one.
+        #[test]
+        fn fallback_unfolding_equals_the_fused_one(n in 1usize..3, c in 1usize..4, h in 1usize..6, w in 1usize..6) {
+            let x = Tensor::randn(0f32, 1.0, (n, h, w, c), &Device::Cpu).unwrap();
+            let fused = im2col3x3_nhwc(&x).unwrap();
+            let composed = im2col3x3_nhwc(&x.to_dtype(candle_core::DType::F64).unwrap()).unwrap();
+            let diff = (fused.to_dtype(candle_core::DType::F64).unwrap() - composed).unwrap().abs().unwrap().max_all().unwrap().to_scalar::<f64>().unwrap();
+            prop_assert_eq!(diff, 0.0);
         }
     }
 }

@@ -17,10 +17,15 @@
 //! - [`activation`]: the exact (erf) GELU.
 //! - [`pool`]: 2x2 max pooling whose backward is correct (candle's scales it down).
 //! - [`conv`]: a 3x3 convolution whose backward is made of matrix products.
+//! - [`softmax`]: softmax, alone or with the decomposed relative-position bias, as
+//!   one operation with its own backward.
+//! - [`special`]: vectorisable f32 `exp` and `erf` for the element-wise kernels.
 //! - [`fixtures`]: locating the reference parity fixtures and comparing with them.
 //!
-//! Every operation is built from candle tensor operations, so gradients flow
-//! through it when its inputs are variables.
+//! Every operation is differentiable: it is either composed of candle operations
+//! or, on the CPU in f32, one fused operation with a hand-written backward pass
+//! (tested against candle's or finite differences), so gradients flow through it
+//! when its inputs are variables.
 //!
 //! ```
 //! use candle_core::{Device, Tensor};
@@ -42,6 +47,8 @@ pub mod norm;
 pub mod pool;
 pub mod rel_pos;
 pub mod resize;
+pub mod softmax;
+pub mod special;
 pub mod window;
 
 pub use activation::gelu;

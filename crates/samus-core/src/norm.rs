@@ -295,8 +295,12 @@ mod tests {
             prop_assert!(diff < 1e-4, "forward differs by {diff}");
             let g2 = (composed * &r).unwrap().sum_all().unwrap().backward().unwrap();
             for (a, b) in [(xv.as_tensor(), xc.as_tensor()), (wv.as_tensor(), wc.as_tensor()), (bv.as_tensor(), bc.as_tensor())] {
+                // Relative to the gradient's size: with two nearly equal channels the
+                // variance is tiny and the gradients large, and the composed f32
+                // formula is the imprecise side.
+                let scale = g2.get(b).unwrap().abs().unwrap().max_all().unwrap().to_scalar::<f32>().unwrap();
                 let d = (g1.get(a).unwrap() - g2.get(b).unwrap()).unwrap().abs().unwrap().max_all().unwrap().to_scalar::<f32>().unwrap();
-                prop_assert!(d < 1e-3, "gradient differs by {d}");
+                prop_assert!(d < 1e-3 * (1.0 + scale), "gradient differs by {d} (largest {scale})");
             }
         }
     }

@@ -2,30 +2,166 @@
 //!
 //! candle 0.11's `max_pool2d` backward multiplies the upsampled gradient by the
 //! fraction of maxima in each window instead of dividing by their count, so a window
-//! with one maximum passes back a quarter of its gradient. When a gradient is needed,
-//! [`max_pool2x2`] is therefore written as a reshape and a max reduction, whose
-//! backward sends the whole gradient to the maximum (as PyTorch does for a unique
-//! maximum).
+//! with one maximum passes back a quarter of its gradient. Here the whole gradient
+//! goes to the maximum, the first one in scan order when several are equal, as
+//! PyTorch does. On the CPU in f32 the channels-last form is one operation with its
+//! own backward; elsewhere it is a reshape and a max reduction.
 
-use candle_core::{Result, Tensor, D};
+use candle_core::{CpuStorage, CustomOp1, CustomOp2, DType, Layout, Result, Shape, Tensor, D};
+use rayon::prelude::*;
 
 /// `MaxPool2d(2)` on an NCHW tensor (odd trailing rows and columns are dropped).
 pub fn max_pool2x2(x: &Tensor) -> Result<Tensor> {
     if !x.track_op() {
         return x.max_pool2d(2);
     }
-    let (n, c, h, w) = x.dims4()?;
+    let nhwc = x.permute((0, 2, 3, 1))?;
+    max_pool2x2_nhwc(&nhwc)?.permute((0, 3, 1, 2))?.contiguous()
+}
+
+/// `MaxPool2d(2)` on a channels-last `N x H x W x C` tensor (odd trailing rows and
+/// columns are dropped).
+pub fn max_pool2x2_nhwc(x: &Tensor) -> Result<Tensor> {
+    if x.device().is_cpu() && x.dtype() == DType::F32 {
+        return x.contiguous()?.apply_op1(MaxPool2x2Nhwc);
+    }
+    let (n, h, w, c) = x.dims4()?;
     let (oh, ow) = (h / 2, w / 2);
-    let x = if h % 2 != 0 || w % 2 != 0 {
-        x.narrow(2, 0, 2 * oh)?.narrow(3, 0, 2 * ow)?
-    } else {
-        x.clone()
-    };
-    x.reshape((n, c, oh, 2, ow, 2))?
-        .permute((0, 1, 2, 4, 3, 5))?
+    x.narrow(1, 0, 2 * oh)?
+        .narrow(2, 0, 2 * ow)?
+        .reshape((n, oh, 2, ow, 2, c))?
+        .permute((0, 1, 3, 5, 2, 4))?
         .contiguous()?
-        .reshape((n, c, oh, ow, 4))?
+        .reshape((n, oh, ow, c, 4))?
         .max(D::Minus1)
+}
+
+/// The contiguous f32 data of a CPU operand.
+fn f32_data<'a>(storage: &'a CpuStorage, layout: &Layout) -> Result<&'a [f32]> {
+    let (start, end) = layout
+        .contiguous_offsets()
+        .ok_or_else(|| candle_core::Error::Msg("max pool: the input must be contiguous".into()))?;
+    Ok(&storage.as_slice::<f32>()?[start..end])
+}
+
+/// Offsets (in elements) of the four pixels of each window, in PyTorch's scan order.
+fn window_offsets(w: usize, c: usize) -> [usize; 4] {
+    [0, c, w * c, w * c + c]
+}
+
+/// Index (0..4) of the window's maximum: the first in scan order, NaN winning as in
+/// PyTorch.
+fn arg_max4(values: [f32; 4]) -> usize {
+    let mut best = 0;
+    for (i, &v) in values.iter().enumerate().skip(1) {
+        if v > values[best] || v.is_nan() {
+            best = i;
+            if v.is_nan() {
+                break;
+            }
+        }
+    }
+    best
+}
+
+/// Start of window `(b, oy, ox)` in an `N x H x W x C` buffer.
+fn window_start(b: usize, oy: usize, ox: usize, (h, w, c): (usize, usize, usize)) -> usize {
+    ((b * h + 2 * oy) * w + 2 * ox) * c
+}
+
+/// Channels-last 2x2 max pooling as one CPU operation; its backward is
+/// [`MaxPool2x2NhwcBackward`].
+#[derive(Debug, Clone, Copy)]
+struct MaxPool2x2Nhwc;
+
+impl CustomOp1 for MaxPool2x2Nhwc {
+    fn name(&self) -> &'static str {
+        "samus-max-pool-2x2"
+    }
+
+    fn cpu_fwd(&self, storage: &CpuStorage, layout: &Layout) -> Result<(CpuStorage, Shape)> {
+        let x = f32_data(storage, layout)?;
+        let (n, h, w, c) = layout.shape().dims4()?;
+        let (oh, ow) = (h / 2, w / 2);
+        let offsets = window_offsets(w, c);
+        let mut out = vec![0f32; n * oh * ow * c];
+        if !out.is_empty() {
+            out.par_chunks_mut(ow * c).enumerate().for_each(|(row, o)| {
+                let (b, oy) = (row / oh, row % oh);
+                for ox in 0..ow {
+                    let start = window_start(b, oy, ox, (h, w, c));
+                    for ch in 0..c {
+                        let values = offsets.map(|d| x[start + d + ch]);
+                        o[ox * c + ch] = values[arg_max4(values)];
+                    }
+                }
+            });
+        }
+        Ok((CpuStorage::F32(out), Shape::from((n, oh, ow, c))))
+    }
+
+    fn bwd(&self, arg: &Tensor, _res: &Tensor, grad: &Tensor) -> Result<Option<Tensor>> {
+        Ok(Some(arg.apply_op2_no_bwd(
+            &grad.contiguous()?,
+            &MaxPool2x2NhwcBackward,
+        )?))
+    }
+}
+
+/// Sends each window's gradient to the pixel that won the forward pass.
+#[derive(Debug, Clone, Copy)]
+struct MaxPool2x2NhwcBackward;
+
+impl CustomOp2 for MaxPool2x2NhwcBackward {
+    fn name(&self) -> &'static str {
+        "samus-max-pool-2x2-backward"
+    }
+
+    fn cpu_fwd(
+        &self,
+        s1: &CpuStorage,
+        l1: &Layout,
+        s2: &CpuStorage,
+        l2: &Layout,
+    ) -> Result<(CpuStorage, Shape)> {
+        let x = f32_data(s1, l1)?;
+        let g = f32_data(s2, l2)?;
+        let (n, h, w, c) = l1.shape().dims4()?;
+        let (oh, ow) = (h / 2, w / 2);
+        if l2.shape().dims() != [n, oh, ow, c] {
+            candle_core::bail!(
+                "max pool backward: gradient {:?} for input {:?}",
+                l2.shape(),
+                l1.shape()
+            )
+        }
+        let offsets = window_offsets(w, c);
+        let mut dx = vec![0f32; x.len()];
+        if oh > 0 && ow > 0 && c > 0 {
+            dx.par_chunks_mut(h * w * c)
+                .enumerate()
+                .for_each(|(b, image)| {
+                    // Each chunk is two input rows: the rows of one row of windows.
+                    image
+                        .par_chunks_mut(2 * w * c)
+                        .take(oh)
+                        .enumerate()
+                        .for_each(|(oy, d)| {
+                            let row_start = window_start(b, oy, 0, (h, w, c));
+                            for ox in 0..ow {
+                                let start = window_start(b, oy, ox, (h, w, c));
+                                for ch in 0..c {
+                                    let values = offsets.map(|o| x[start + o + ch]);
+                                    let won = offsets[arg_max4(values)];
+                                    d[start - row_start + won + ch] =
+                                        g[((b * oh + oy) * ow + ox) * c + ch];
+                                }
+                            }
+                        });
+                });
+        }
+        Ok((CpuStorage::F32(dx), l1.shape().clone()))
+    }
 }
 
 #[cfg(test)]
@@ -57,6 +193,17 @@ mod tests {
             prop_assert_eq!(diff, 0.0);
             let loss = (pooled * &weights).unwrap().sum_all().unwrap();
             let grad = loss.backward().unwrap().get(var.as_tensor()).unwrap().flatten_all().unwrap().to_vec1::<f64>().unwrap();
+            // The fused f32 operation: the same maxima and the same gradient.
+            let var32 = Var::from_tensor(&x.to_dtype(DType::F32).unwrap()).unwrap();
+            let pooled32 = max_pool2x2(var32.as_tensor()).unwrap();
+            let plain32 = plain.to_dtype(DType::F32).unwrap();
+            let diff32 = (&pooled32 - &plain32).unwrap().abs().unwrap().max_all().unwrap().to_scalar::<f32>().unwrap();
+            prop_assert_eq!(diff32, 0.0);
+            let loss32 = (pooled32 * weights.to_dtype(DType::F32).unwrap()).unwrap().sum_all().unwrap();
+            let grad32 = loss32.backward().unwrap().get(var32.as_tensor()).unwrap().flatten_all().unwrap().to_vec1::<f32>().unwrap();
+            for (a, b) in grad32.iter().zip(&grad) {
+                prop_assert_eq!(*a as f64, *b);
+            }
             let objective = |v: &[f64]| -> f64 {
                 let t = Tensor::from_vec(v.to_vec(), (n, c, h, w), &dev).unwrap();
                 (t.max_pool2d(2).unwrap() * &weights).unwrap().sum_all().unwrap().to_scalar::<f64>().unwrap()
@@ -71,5 +218,17 @@ mod tests {
                 prop_assert!((grad[i] - numeric).abs() < 1e-6, "element {i}: analytic {}, numeric {numeric}", grad[i]);
             }
         }
+    }
+
+    #[test]
+    fn ties_send_the_gradient_to_the_first_maximum() -> Result<()> {
+        let dev = Device::Cpu;
+        let x = Var::from_tensor(&Tensor::ones((1, 2, 2, 1), DType::F32, &dev)?)?;
+        let grad = max_pool2x2_nhwc(x.as_tensor())?.sum_all()?.backward()?;
+        let got = grad
+            .get(x.as_tensor())
+            .map(|g| g.flatten_all()?.to_vec1::<f32>());
+        assert_eq!(got.transpose()?, Some(vec![1.0, 0.0, 0.0, 0.0]));
+        Ok(())
     }
 }

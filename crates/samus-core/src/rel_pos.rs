@@ -77,9 +77,10 @@ impl DecomposedRelPos {
         self.k_size.0 * self.k_size.1
     }
 
-    /// Adds the bias to attention scores `(G, Nq, Nk)` computed for the queries
-    /// `q` `(G, Nq, C)` (G = batch x heads, unscaled queries).
-    pub fn add_to_scores(&self, scores: &Tensor, q: &Tensor) -> Result<Tensor> {
+    /// The two bias terms for the queries `q` `(G, Nq, C)` (G = batch x heads,
+    /// unscaled queries): `rel_h` `(G, Nq, kh)` and `rel_w` `(G, Nq, kw)`, both
+    /// contiguous. The bias of key `(a, b)` is `rel_h[.., a] + rel_w[.., b]`.
+    pub fn bias_terms(&self, q: &Tensor) -> Result<(Tensor, Tensor)> {
         let (g, nq, c) = q.dims3()?;
         let (qh, qw) = self.q_size;
         let (kh, kw) = self.k_size;
@@ -97,7 +98,9 @@ impl DecomposedRelPos {
             .reshape((qh, g * qw, c))?
             .matmul(&self.rh.transpose(1, 2)?.contiguous()?)?
             .reshape((qh, g, qw, kh))?
-            .permute((1, 0, 2, 3))?;
+            .permute((1, 0, 2, 3))?
+            .contiguous()?
+            .reshape((g, nq, kh))?;
         // rel_w[g, y, x, k] = sum_c r_q[g, y, x, c] * rw[x, k, c]
         let rel_w = r_q
             .permute((2, 0, 1, 3))?
@@ -105,12 +108,30 @@ impl DecomposedRelPos {
             .reshape((qw, g * qh, c))?
             .matmul(&self.rw.transpose(1, 2)?.contiguous()?)?
             .reshape((qw, g, qh, kw))?
-            .permute((1, 2, 0, 3))?;
+            .permute((1, 2, 0, 3))?
+            .contiguous()?
+            .reshape((g, nq, kw))?;
+        Ok((rel_h, rel_w))
+    }
+
+    /// Adds the bias to attention scores `(G, Nq, Nk)` computed for the queries
+    /// `q` `(G, Nq, C)` (G = batch x heads, unscaled queries).
+    pub fn add_to_scores(&self, scores: &Tensor, q: &Tensor) -> Result<Tensor> {
+        let (g, nq, _) = q.dims3()?;
+        let (kh, kw) = self.k_size;
+        let (rel_h, rel_w) = self.bias_terms(q)?;
         scores
-            .reshape((g, qh, qw, kh, kw))?
-            .broadcast_add(&rel_h.unsqueeze(4)?)?
-            .broadcast_add(&rel_w.unsqueeze(3)?)?
+            .reshape((g, nq, kh, kw))?
+            .broadcast_add(&rel_h.unsqueeze(3)?)?
+            .broadcast_add(&rel_w.unsqueeze(2)?)?
             .reshape((g, nq, kh * kw))
+    }
+
+    /// `softmax(scores + bias)` over the keys in one fused step (see
+    /// [`crate::softmax::softmax_with_decomposed_bias`]).
+    pub fn softmax_with_bias(&self, scores: &Tensor, q: &Tensor) -> Result<Tensor> {
+        let (rel_h, rel_w) = self.bias_terms(q)?;
+        crate::softmax::softmax_with_decomposed_bias(scores, &rel_h, &rel_w)
     }
 }
 

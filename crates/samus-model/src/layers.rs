@@ -3,8 +3,9 @@
 
 use candle_core::{Module, Result, Tensor};
 use candle_nn::{Conv2d, Conv2dConfig, ConvTranspose2d, ConvTranspose2dConfig, Init, VarBuilder};
-use samus_core::conv::conv3x3_same;
-use samus_core::{gelu, max_pool2x2, LayerNorm, LayerNorm2d};
+use samus_core::conv::conv3x3_same_nhwc;
+use samus_core::pool::max_pool2x2_nhwc;
+use samus_core::{gelu, LayerNorm, LayerNorm2d};
 
 /// Epsilon of every `LayerNorm2d` in SAM and SAMUS.
 pub const LAYER_NORM_2D_EPS: f64 = 1e-6;
@@ -199,12 +200,22 @@ impl ConvNormGelu {
     }
 }
 
+impl ConvNormGelu {
+    /// Channels-last `N x H x W x C` in, `N x H x W x O` out: the layout the whole
+    /// CNN branch runs in, with no copies between the three operations.
+    pub fn forward_nhwc(&self, x: &Tensor) -> Result<Tensor> {
+        let y = conv3x3_same_nhwc(x, self.conv.weight())?;
+        gelu(&self.norm.forward_nhwc(&y)?)
+    }
+}
+
 impl Module for ConvNormGelu {
-    /// NCHW in, NCHW out. The convolution runs through `conv3x3_same`, whose backward
-    /// is fast when training.
+    /// NCHW in, NCHW out (through [`ConvNormGelu::forward_nhwc`]).
     fn forward(&self, x: &Tensor) -> Result<Tensor> {
-        let y = conv3x3_same(&x.contiguous()?, self.conv.weight())?;
-        gelu(&self.norm.forward(&y)?)
+        let nhwc = x.permute((0, 2, 3, 1))?.contiguous()?;
+        self.forward_nhwc(&nhwc)?
+            .permute((0, 3, 1, 2))?
+            .contiguous()
     }
 }
 
@@ -223,15 +234,22 @@ impl DownConvNormGelu {
             inner: ConvNormGelu::load(vb.pp("1"), vb.pp("2"), in_channels, out_channels)?,
         })
     }
+
+    /// Channels-last in, channels-last out at half the resolution.
+    pub fn forward_nhwc(&self, x: &Tensor) -> Result<Tensor> {
+        self.inner.forward_nhwc(&max_pool2x2_nhwc(x)?)
+    }
 }
 
 impl Module for DownConvNormGelu {
     /// NCHW in, NCHW out at half the resolution.
     fn forward(&self, x: &Tensor) -> Result<Tensor> {
-        self.inner.forward(&max_pool2x2(x)?)
+        let nhwc = x.permute((0, 2, 3, 1))?.contiguous()?;
+        self.forward_nhwc(&nhwc)?
+            .permute((0, 3, 1, 2))?
+            .contiguous()
     }
 }
-
 /// SAM's `MLP`: `num_layers` linears (`layers.{i}`) with ReLU between them.
 #[derive(Debug, Clone)]
 pub struct StackedMlp {

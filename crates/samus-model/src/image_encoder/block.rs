@@ -125,12 +125,7 @@ impl EncoderBlock {
             }
             BlockKind::Global(adapters) => {
                 x = (&x + adapters.space.forward(&x, &cnnx)?)?;
-                let nchw = cnnx.permute((0, 3, 1, 2))?;
-                cnnx = adapters
-                    .refine
-                    .forward(&nchw)?
-                    .permute((0, 2, 3, 1))?
-                    .contiguous()?;
+                cnnx = adapters.refine.forward_nhwc(&cnnx.contiguous()?)?;
                 self.attn.forward(&x)?
             }
         };

@@ -39,12 +39,14 @@ impl CnnEmbed {
 }
 
 impl Module for CnnEmbed {
-    /// `B x 3 x S x S` in, BHWC `B x G x G x D` out.
+    /// `B x 3 x S x S` in, BHWC `B x G x G x D` out. The stages run channels-last.
     fn forward(&self, x: &Tensor) -> Result<Tensor> {
-        let mut x = self.inc.forward(x)?;
+        let mut x = self
+            .inc
+            .forward_nhwc(&x.permute((0, 2, 3, 1))?.contiguous()?)?;
         for down in &self.downs {
-            x = down.forward(&x)?;
+            x = down.forward_nhwc(&x)?;
         }
-        x.permute((0, 2, 3, 1))?.contiguous()
+        Ok(x)
     }
 }

@@ -26,12 +26,13 @@ impl PositionAdapter {
 }
 
 impl Module for PositionAdapter {
-    /// BHWC `1 x 64 x 64 x D` in, BHWC `1 x G x G x D` out.
+    /// BHWC `1 x 64 x 64 x D` in, BHWC `1 x G x G x D` out (the stages run
+    /// channels-last).
     fn forward(&self, pos_embed: &Tensor) -> Result<Tensor> {
-        let mut x = pos_embed.permute((0, 3, 1, 2))?.contiguous()?;
+        let mut x = pos_embed.contiguous()?;
         for down in &self.downs {
-            x = down.forward(&x)?;
+            x = down.forward_nhwc(&x)?;
         }
-        x.permute((0, 2, 3, 1))?.contiguous()
+        Ok(x)
     }
 }
