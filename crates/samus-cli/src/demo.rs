@@ -1,7 +1,22 @@
-//! A generated B-mode-like ultrasound image for the demo: speckle over a bright
-//! tissue background with a dark, round lesion.
+//! `samus demo`: the whole workflow offline in a few minutes (a synthetic dataset,
+//! training the tiny model, evaluation, overlays), and the generated B-mode-like
+//! image that `samus segment --demo` uses.
 
-use image::{GrayImage, Luma};
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, Result};
+use candle_core::Device;
+use clap::Args;
+use image::{DynamicImage, GrayImage, Luma};
+use indicatif::{ProgressBar, ProgressStyle};
+use samus_data::{DatasetOptions, Us30kSplit};
+use samus_model::checkpoint::read_tensors;
+use samus_model::{Point, Samus, SamusConfig};
+use samus_train::evaluate::evaluate;
+use samus_train::freeze::TrainableSet;
+use samus_train::model::{BatchTensors, ModelKind, TrainModel};
+use samus_train::trainer::{TrainOptions, Trainer};
 
 /// Side of the demo image.
 pub const DEMO_SIZE: u32 = 256;
@@ -29,6 +44,196 @@ pub fn demo_image(seed: u64) -> (GrayImage, (f32, f32)) {
         Luma([(base * speckle * 0.8).clamp(0.0, 255.0) as u8])
     });
     (image, centre)
+}
+
+/// The synthetic source the demo trains on.
+const DEMO_DATASET: &str = "Breast-SynthBUSI";
+/// Images per step while the demo trains.
+const DEMO_BATCH: usize = 4;
+/// Test images drawn as overlays.
+const DEMO_OVERLAYS: usize = 8;
+/// More epochs than the time limit allows: the limit ends the demo run.
+const DEMO_MAX_EPOCHS: usize = 10_000;
+
+/// Examples printed by `samus demo --help`.
+pub const EXAMPLES: &str = "Examples:
+  # Everything offline in about four minutes: data, training, evaluation, overlays
+  samus demo
+
+  # A longer run into another folder
+  samus demo --out my-demo --minutes 10 --images 120";
+
+/// Arguments of `samus demo`.
+#[derive(Debug, Args)]
+pub struct DemoArgs {
+    /// Folder for the dataset, the run and the overlays (created).
+    #[arg(long, value_name = "DIR", default_value = "samus-demo")]
+    out: PathBuf,
+    /// Minutes of training.
+    #[arg(long, default_value_t = 3.0, value_parser = crate::train::parse_minutes)]
+    minutes: f64,
+    /// Synthetic images per kind (70% train, 15% validation, 15% test).
+    #[arg(long, default_value_t = 60, value_parser = clap::value_parser!(u64).range(8..=5000))]
+    images: u64,
+    /// Seed of the data, the initial weights and the training order.
+    #[arg(long, default_value_t = 7)]
+    seed: u64,
+}
+
+fn split(root: &Path, part: &str, options: DatasetOptions) -> Result<Us30kSplit> {
+    Ok(Us30kSplit::open(
+        root,
+        &format!("{part}-{DEMO_DATASET}"),
+        options,
+    )?)
+}
+
+/// Loads the run's best weights into the model's variables.
+fn load_best(model: &TrainModel, run: &Path) -> Result<()> {
+    let path = run.join("best.safetensors");
+    let best = read_tensors(&path).with_context(|| format!("reading {}", path.display()))?;
+    for (name, var) in model.vars() {
+        if let Some(t) = best.get(&name) {
+            var.set(t)?;
+        }
+    }
+    Ok(())
+}
+
+/// Writes overlays (prediction tinted, the click drawn) of the first test images.
+fn write_overlays(model: &TrainModel, test: &Us30kSplit, dir: &Path) -> Result<usize> {
+    std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+    let count = test.len().min(DEMO_OVERLAYS);
+    let samples = (0..count)
+        .map(|i| test.get(i))
+        .collect::<std::result::Result<Vec<_>, _>>()?;
+    let masks = model.predict_masks(&BatchTensors::new(&samples, &Device::Cpu)?)?;
+    let side = samples
+        .first()
+        .map_or(0, |s| (s.image.len() as f64).sqrt() as u32);
+    for (sample, mask) in samples.iter().zip(masks) {
+        let grey = GrayImage::from_raw(
+            side,
+            side,
+            sample
+                .image
+                .iter()
+                .map(|&v| (v * 255.0).round() as u8)
+                .collect(),
+        )
+        .context("sample image size")?;
+        let mask: Vec<u8> = mask.into_iter().map(u8::from).collect();
+        let click = Point {
+            x: sample.click.x as f32,
+            y: sample.click.y as f32,
+            label: sample.click.label,
+        };
+        let picture = crate::images::overlay(
+            &DynamicImage::ImageLuma8(grey),
+            &crate::images::mask_image(&mask, side, side)?,
+            &[click],
+            None,
+        );
+        let stem = Path::new(&sample.name)
+            .file_stem()
+            .map_or_else(|| sample.name.clone(), |s| s.to_string_lossy().into_owned());
+        crate::images::save_png(
+            &DynamicImage::ImageRgb8(picture),
+            &dir.join(format!("{stem}.png")),
+        )?;
+    }
+    Ok(count)
+}
+
+/// What to do after the demo: train on real data from SAM's weights.
+fn next_steps(train_images: usize) -> String {
+    format!(
+        "\nThis model saw {train_images} synthetic images. To train on real data:\n\
+         \x20 1. assemble US30K as datasets/README.md explains;\n\
+         \x20 2. get SAM ViT-B weights (sam_vit_b_01ec64.pth from the SAM release);\n\
+         \x20 3. samus train --config vit_b --init sam_vit_b_01ec64.pth --data datasets/US30K --out runs/samus\n\
+         docs/TRAINING.md has the recipe and what to expect."
+    )
+}
+
+/// Runs `samus demo`.
+pub fn run(args: DemoArgs) -> Result<()> {
+    let data = args.out.join("data");
+    let run_dir = args.out.join("run");
+    let overlays = args.out.join("overlays");
+    println!(
+        "1/4  writing {} synthetic ultrasound images per kind to {}",
+        args.images,
+        data.display()
+    );
+    samus_data::synth::write_dataset(&data, args.images as usize, args.seed)
+        .with_context(|| format!("writing the synthetic dataset to {}", data.display()))?;
+    let train_options = DatasetOptions {
+        seed: args.seed,
+        ..DatasetOptions::training()
+    };
+    let train = split(&data, "train", train_options)?;
+    let val = split(&data, "val", DatasetOptions::evaluation())?;
+    let test = split(&data, "test", DatasetOptions::evaluation())?;
+
+    let cfg = SamusConfig::tiny();
+    let device = Device::Cpu;
+    let (_, tensors) = Samus::random_with_tensors(&cfg, args.seed, &device)?;
+    let model =
+        TrainModel::from_tensors(tensors, &cfg, ModelKind::Samus, TrainableSet::All, &device)?;
+    println!(
+        "2/4  training the tiny SAMUS from random weights on {} images for {} min \
+         (the same loop as `samus train`)",
+        train.len(),
+        args.minutes
+    );
+    let options = TrainOptions {
+        batch_size: DEMO_BATCH,
+        epochs: DEMO_MAX_EPOCHS,
+        time_limit: Some(Duration::from_secs_f64(args.minutes * 60.0)),
+        ..TrainOptions::default()
+    };
+    let mut trainer = Trainer::new(&model, options, &run_dir)?;
+    let progress = ProgressBar::new((args.minutes * 60.0).round() as u64);
+    progress.set_style(
+        ProgressStyle::with_template("{bar:30} {elapsed_precise} {msg}")
+            .context("progress bar template")?,
+    );
+    let start = Instant::now();
+    let state = trainer.run(&train, Some(&val), |s| {
+        progress.set_position(start.elapsed().as_secs());
+        progress.set_message(format!(
+            "step {} epoch {} loss {:.4}",
+            s.step,
+            s.epoch + 1,
+            s.loss
+        ));
+    })?;
+    progress.finish_and_clear();
+    println!(
+        "     {} steps, best validation Dice {}",
+        state.step,
+        state
+            .best_dice
+            .map_or_else(|| "-".into(), |d| format!("{d:.3}"))
+    );
+
+    println!(
+        "3/4  evaluating the best checkpoint on {} held-out test images",
+        test.len()
+    );
+    load_best(&model, &run_dir)?;
+    let report = evaluate(&model, &test, DEMO_BATCH)?;
+    crate::train::print_report(&report);
+
+    let written = write_overlays(&model, &test, &overlays)?;
+    println!(
+        "4/4  wrote {written} overlays to {}; the run (checkpoints, metrics.csv, curve.png) is in {}",
+        overlays.display(),
+        run_dir.display()
+    );
+    println!("{}", next_steps(train.len()));
+    Ok(())
 }
 
 #[cfg(test)]

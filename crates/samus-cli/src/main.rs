@@ -1,6 +1,7 @@
 //! `samus`: segment ultrasound images with SAMUS from the command line.
 
 mod auto;
+mod checkpoint_tools;
 mod data;
 mod demo;
 mod images;
@@ -26,6 +27,10 @@ struct Cli {
 
 #[derive(Debug, Subcommand)]
 enum Command {
+    /// Everything offline in a few minutes: generate synthetic data, train the tiny
+    /// model, evaluate it and draw overlays.
+    #[command(after_help = demo::EXAMPLES)]
+    Demo(demo::DemoArgs),
     /// Segment one image from point and/or box prompts.
     #[command(after_help = segment::EXAMPLES)]
     Segment(segment::SegmentArgs),
@@ -49,7 +54,26 @@ enum Command {
     /// Evaluate a checkpoint on a split: per-dataset Dice, IoU, accuracy, SE, SP, HD, HD95.
     #[command(after_help = train::EVAL_EXAMPLES)]
     Eval(train::EvalArgs),
+    /// Convert a SAM or SAMUS checkpoint (.pth or safetensors) to a SAMUS safetensors file.
+    #[command(after_help = checkpoint_tools::CONVERT_EXAMPLES)]
+    Convert(checkpoint_tools::ConvertArgs),
+    /// Describe a checkpoint: kind, configuration, parameter counts, missing and
+    /// unexpected tensors.
+    #[command(after_help = checkpoint_tools::INFO_EXAMPLES)]
+    Info(checkpoint_tools::InfoArgs),
+    /// Print a shell completion script (bash, zsh, fish, elvish, powershell).
+    #[command(after_help = COMPLETIONS_EXAMPLES)]
+    Completions {
+        /// The shell.
+        #[arg(value_enum)]
+        shell: clap_complete::Shell,
+    },
 }
+
+/// Examples printed by `samus completions --help`.
+const COMPLETIONS_EXAMPLES: &str = "Examples:
+  samus completions bash > ~/.local/share/bash-completion/completions/samus
+  samus completions zsh > ~/.zfunc/_samus";
 
 /// Keeps large tensor buffers in the heap instead of mapping fresh pages for each
 /// (glibc maps every allocation above its threshold anew, and the page faults on
@@ -75,6 +99,7 @@ fn main() -> ExitCode {
     tune_allocator();
     let cli = Cli::parse();
     let result = match cli.command {
+        Command::Demo(args) => demo::run(args),
         Command::Segment(args) => segment::run(args),
         Command::Auto(args) => auto::run(args),
         Command::Data(args) => data::run(args),
@@ -82,6 +107,13 @@ fn main() -> ExitCode {
         Command::Synth(args) => synth::run(args),
         Command::Train(args) => train::run_train(args),
         Command::Eval(args) => train::run_eval(args),
+        Command::Convert(args) => checkpoint_tools::run_convert(args),
+        Command::Info(args) => checkpoint_tools::run_info(args),
+        Command::Completions { shell } => {
+            use clap::CommandFactory;
+            clap_complete::generate(shell, &mut Cli::command(), "samus", &mut std::io::stdout());
+            Ok(())
+        }
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

@@ -127,6 +127,10 @@ pub struct TrainArgs {
     /// Stop after this many steps.
     #[arg(long)]
     max_steps: Option<usize>,
+    /// Stop after this many minutes of training (the run's sessions together); the
+    /// epoch in progress is cut short, evaluated and checkpointed.
+    #[arg(long, value_name = "MINUTES", value_parser = parse_minutes)]
+    max_minutes: Option<f64>,
     /// Linear warm-up steps, then poly decay with AdamW (weight decay 0.1), as the
     /// reference's warm-up mode; without it plain Adam at a constant rate.
     #[arg(long, value_name = "STEPS")]
@@ -234,6 +238,9 @@ pub fn run_train(args: TrainArgs) -> Result<()> {
         grad_clip: args.grad_clip,
         eval_every: args.eval_every,
         loss: args.loss.into(),
+        time_limit: args
+            .max_minutes
+            .map(|m| std::time::Duration::from_secs_f64(m * 60.0)),
     };
     let mut trainer = match &args.resume {
         Some(dir) => Trainer::resume(&model, options, dir)?,
@@ -271,6 +278,14 @@ pub fn run_train(args: TrainArgs) -> Result<()> {
         run_dir.display()
     );
     Ok(())
+}
+
+/// A positive, finite number of minutes.
+pub(crate) fn parse_minutes(text: &str) -> Result<f64, String> {
+    match text.parse::<f64>() {
+        Ok(m) if m.is_finite() && m > 0.0 && m < 1e6 => Ok(m),
+        _ => Err(format!("`{text}` is not a positive number of minutes")),
+    }
 }
 
 /// Arguments of `samus eval`.
@@ -328,7 +343,7 @@ fn report_csv(report: &EvalReport) -> String {
     out
 }
 
-fn print_report(report: &EvalReport) {
+pub(crate) fn print_report(report: &EvalReport) {
     let hd = |v: Option<f64>| v.map_or_else(|| "-".to_string(), |v| format!("{v:.2}"));
     println!(
         "{:<40} {:>6} {:>7} {:>7} {:>7} {:>7} {:>7} {:>8} {:>8}",

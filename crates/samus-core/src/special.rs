@@ -33,7 +33,7 @@ pub fn exp(x: f32) -> f32 {
     let p = p * r + 8.333_452e-3;
     let p = p * r + 4.166_579_6e-2;
     let p = p * r + 1.666_666_5e-1;
-    let p = p * r + 5.000_000_1e-1;
+    let p = p * r + 0.5;
     let er = p * r * r + r + 1.0;
     // 2^n in two factors, so that n = 128 (x near EXP_MAX) does not overflow the
     // exponent field.
@@ -73,7 +73,7 @@ pub fn erf(x: f32) -> f32 {
     let poly = ((((A5 * t + A4) * t + A3) * t + A2) * t + A1) * t;
     let tail = (1.0 - poly * exp(-a * a)).copysign(x);
     // 2/sqrt(pi) * sum (-1)^k x^(2k+1) / (k! (2k+1)), k = 0..5.
-    const S0: f32 = 1.128_379_2;
+    const S0: f32 = std::f32::consts::FRAC_2_SQRT_PI;
     const S1: f32 = -0.376_126_4;
     const S2: f32 = 0.112_837_92;
     const S3: f32 = -0.026_866_17;

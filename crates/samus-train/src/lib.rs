@@ -19,6 +19,7 @@
 //! # }
 //! ```
 
+pub mod curve;
 pub mod evaluate;
 pub mod freeze;
 pub mod loss;
@@ -59,4 +60,7 @@ pub enum TrainError {
     /// A run cannot be resumed.
     #[error("cannot resume: {0}")]
     Resume(String),
+    /// The training curve could not be read or drawn.
+    #[error("training curve: {0}")]
+    Curve(String),
 }

@@ -4,18 +4,22 @@
 //!
 //! A run folder holds `last.safetensors` (every model tensor, reference names),
 //! `optimizer.safetensors` (the Adam moments), `state.json` (step, next epoch, best
-//! Dice, the loss of every step), `best.safetensors` and `metrics.csv`. Every file is
+//! Dice, the loss of every step, the time spent), `best.safetensors` and
+//! `metrics.csv` (one row per step and per evaluation, with the elapsed seconds) and
+//! `curve.png` (loss and validation Dice against the step, redrawn every epoch). Every file is
 //! written atomically, so an interrupted run keeps its last good checkpoint.
 
 use std::collections::HashMap;
 use std::io::Write;
 use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
 
 use candle_core::Tensor;
 use samus_data::Us30kSplit;
 use samus_model::checkpoint::{read_tensors, save_safetensors_atomic};
 use serde::{Deserialize, Serialize};
 
+use crate::curve::{write_curve_png, Metrics};
 use crate::evaluate::evaluate;
 use crate::loss::SegmentationLoss;
 use crate::model::{BatchTensors, TrainModel};
@@ -42,6 +46,9 @@ pub struct TrainOptions {
     pub eval_every: usize,
     /// The objective (reference: 0.2 BCE + 0.8 Dice).
     pub loss: SegmentationLoss,
+    /// Stop once the run (all its sessions together) has trained this long; the
+    /// epoch in progress is cut short, evaluated and checkpointed.
+    pub time_limit: Option<Duration>,
 }
 
 impl Default for TrainOptions {
@@ -56,6 +63,7 @@ impl Default for TrainOptions {
             grad_clip: None,
             eval_every: 1,
             loss: SegmentationLoss::default(),
+            time_limit: None,
         }
     }
 }
@@ -71,6 +79,9 @@ pub struct RunState {
     pub best_dice: Option<f64>,
     /// The loss of every step.
     pub losses: Vec<f32>,
+    /// Seconds spent training and evaluating, over every session of the run.
+    #[serde(default)]
+    pub elapsed_s: f64,
 }
 
 /// What a step reports to the caller (for progress bars).
@@ -93,6 +104,7 @@ const BEST: &str = "best.safetensors";
 const OPTIMIZER: &str = "optimizer.safetensors";
 const STATE: &str = "state.json";
 const METRICS: &str = "metrics.csv";
+const CURVE: &str = "curve.png";
 
 /// Trains a [`TrainModel`] into a run folder.
 #[derive(Debug)]
@@ -216,10 +228,15 @@ impl<'m> Trainer<'m> {
         let device = self.model.samus().device().clone();
         let steps_per_epoch = train.len().div_ceil(self.options.batch_size.max(1));
         let schedule = self.schedule(steps_per_epoch);
-        while self.state.epoch < self.options.epochs {
+        let session = Instant::now();
+        let before = self.state.elapsed_s;
+        let elapsed = move || before + session.elapsed().as_secs_f64();
+        let limit = self.options.time_limit.map(|d| d.as_secs_f64());
+        let out_of_time = move |elapsed: f64| limit.is_some_and(|limit| elapsed >= limit);
+        while self.state.epoch < self.options.epochs && !out_of_time(self.state.elapsed_s) {
             let epoch = self.state.epoch;
             for batch in train.batches(self.options.batch_size, epoch as u64) {
-                if self.options.max_steps.is_some_and(|m| self.state.step >= m) {
+                if self.steps_done() || out_of_time(elapsed()) {
                     break;
                 }
                 let batch = batch?;
@@ -243,7 +260,11 @@ impl<'m> Trainer<'m> {
                 self.optimizer.step(&grads)?;
                 self.state.step += 1;
                 self.state.losses.push(value);
-                self.append_metrics(&format!("{},{epoch},{value},{lr},", self.state.step))?;
+                self.append_metrics(&format!(
+                    "{},{epoch},{:.1},{value},{lr},",
+                    self.state.step,
+                    elapsed()
+                ))?;
                 on_step(&StepInfo {
                     step: self.state.step,
                     epoch,
@@ -253,24 +274,36 @@ impl<'m> Trainer<'m> {
                 });
             }
             self.state.epoch += 1;
+            let stopping = self.steps_done() || out_of_time(elapsed());
             if let Some(val) = val {
-                if self.state.epoch % self.options.eval_every.max(1) == 0 {
+                if self.state.epoch % self.options.eval_every.max(1) == 0 || stopping {
                     let dice = evaluate(self.model, val, self.options.batch_size)?
                         .overall
                         .dice;
-                    self.append_metrics(&format!("{},{epoch},,,{dice}", self.state.step))?;
+                    self.append_metrics(&format!(
+                        "{},{epoch},{:.1},,,{dice}",
+                        self.state.step,
+                        elapsed()
+                    ))?;
                     if self.state.best_dice.is_none_or(|best| dice > best) {
                         self.state.best_dice = Some(dice);
                         self.save_model(BEST)?;
                     }
                 }
             }
+            self.state.elapsed_s = elapsed();
             self.checkpoint()?;
-            if self.options.max_steps.is_some_and(|m| self.state.step >= m) {
+            self.draw_curve()?;
+            if stopping {
                 break;
             }
         }
         Ok(self.state.clone())
+    }
+
+    /// Whether `max_steps` is reached.
+    fn steps_done(&self) -> bool {
+        self.options.max_steps.is_some_and(|m| self.state.step >= m)
     }
 
     fn save_model(&self, name: &str) -> Result<(), TrainError> {
@@ -292,6 +325,12 @@ impl<'m> Trainer<'m> {
         Ok(())
     }
 
+    /// Redraws `curve.png` from `metrics.csv`.
+    fn draw_curve(&self) -> Result<(), TrainError> {
+        let metrics = Metrics::read(&self.run_dir.join(METRICS))?;
+        write_curve_png(&metrics, &self.run_dir.join(CURVE))
+    }
+
     fn append_metrics(&self, row: &str) -> Result<(), TrainError> {
         let path = self.run_dir.join(METRICS);
         let fresh = !path.exists();
@@ -301,7 +340,7 @@ impl<'m> Trainer<'m> {
             .open(&path)
             .map_err(io_error(&path))?;
         if fresh {
-            writeln!(file, "step,epoch,loss,lr,val_dice").map_err(io_error(&path))?;
+            writeln!(file, "step,epoch,elapsed_s,loss,lr,val_dice").map_err(io_error(&path))?;
         }
         writeln!(file, "{row}").map_err(io_error(&path))?;
         Ok(())

@@ -66,6 +66,7 @@ fn interrupted_and_resumed_run_equals_uninterrupted_run() {
         "optimizer.safetensors",
         "state.json",
         "metrics.csv",
+        "curve.png",
     ] {
         assert!(straight_dir.join(f).exists(), "{f}");
     }
@@ -89,5 +90,72 @@ fn interrupted_and_resumed_run_equals_uninterrupted_run() {
         "resuming continues exactly"
     );
     let csv = std::fs::read_to_string(straight_dir.join("metrics.csv")).unwrap();
-    assert!(csv.starts_with("step,epoch,loss,lr,val_dice"));
+    assert!(csv.starts_with("step,epoch,elapsed_s,loss,lr,val_dice"));
+}
+
+#[test]
+fn time_limit_stops_the_run_with_an_evaluated_checkpoint() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (train, val) = data(&tmp.path().join("data"));
+    let options = TrainOptions {
+        batch_size: 2,
+        epochs: 5,
+        time_limit: Some(std::time::Duration::from_nanos(1)),
+        ..Default::default()
+    };
+    let m = model();
+    let dir = tmp.path().join("limited");
+    let state = Trainer::new(&m, options, &dir)
+        .unwrap()
+        .run(&train, Some(&val), |_| {})
+        .unwrap();
+    assert_eq!(state.step, 0, "no step fits in the limit");
+    assert_eq!(state.epoch, 1, "the cut epoch is closed");
+    assert!(state.best_dice.is_some(), "the stopped run is evaluated");
+    assert!(dir.join("last.safetensors").exists());
+    assert!(state.elapsed_s > 0.0);
+}
+
+/// The smoke test of convergence: a few dozen steps on one image lower the loss
+/// clearly (the 20-minute synthetic run of docs/TRAINING.md is not a test).
+#[test]
+fn loss_falls_over_a_few_dozen_steps() {
+    let tmp = tempfile::tempdir().unwrap();
+    let root = tmp.path().join("data");
+    samus_data::synth::write_dataset(&root, 6, 5).unwrap();
+    let first = std::fs::read_to_string(root.join("MainPatient/train-Breast-SynthBUSI.txt"))
+        .unwrap()
+        .lines()
+        .next()
+        .unwrap()
+        .to_string();
+    std::fs::write(root.join("MainPatient/one.txt"), first).unwrap();
+    let train = Us30kSplit::open(&root, "one", DatasetOptions::training()).unwrap();
+    let cfg = SamusConfig::tiny();
+    let (_, tensors) = Samus::random_with_tensors(&cfg, 11, &Device::Cpu).unwrap();
+    let m = TrainModel::from_tensors(
+        tensors,
+        &cfg,
+        ModelKind::Samus,
+        TrainableSet::All,
+        &Device::Cpu,
+    )
+    .unwrap();
+    let options = TrainOptions {
+        batch_size: 1,
+        epochs: 1000,
+        max_steps: Some(24),
+        ..Default::default()
+    };
+    let state = Trainer::new(&m, options, tmp.path().join("run"))
+        .unwrap()
+        .run(&train, None, |_| {})
+        .unwrap();
+    let mean = |l: &[f32]| l.iter().sum::<f32>() / l.len() as f32;
+    let (head, tail) = (mean(&state.losses[..4]), mean(&state.losses[20..]));
+    assert!(
+        tail < 0.6 * head,
+        "loss did not fall: first steps {head:.3}, last steps {tail:.3} ({:?})",
+        state.losses
+    );
 }

@@ -1,0 +1,265 @@
+//! `samus convert` (SAM or SAMUS checkpoint -> SAMUS safetensors) and `samus info`
+//! (what a checkpoint holds).
+
+use std::collections::{BTreeMap, HashMap};
+use std::path::PathBuf;
+
+use anyhow::{bail, Context, Result};
+use candle_core::{Device, Tensor};
+use clap::Args;
+use samus_apg::auto_samus::is_apg_tensor;
+use samus_model::checkpoint::{detect_kind, CheckpointKind, DEFAULT_INIT_SEED};
+use samus_model::{Samus, SamusConfig};
+use samus_train::freeze::{autosamus_trainable, samus_trainable, TrainableSet};
+use serde::Serialize;
+
+use crate::model_source::{checkpoint_error, read_checkpoint, resolve_config};
+
+/// Examples printed by `samus convert --help`.
+pub const CONVERT_EXAMPLES: &str = "Examples:
+  # SAM ViT-B (original release, .pth) -> a SAMUS checkpoint (SAMUS parts freshly initialised)
+  samus convert sam_vit_b_01ec64.pth --out samus_vit_b.safetensors
+
+  # A SAMUS or AutoSAMUS .pth from the reference -> safetensors (APG tensors are kept)
+  samus convert SAMUS_US30K.pth --out samus.safetensors";
+
+/// Examples printed by `samus info --help`.
+pub const INFO_EXAMPLES: &str = "Examples:
+  samus info sam_vit_b_01ec64.pth
+  samus info runs/tiny/best.safetensors --json";
+
+/// Arguments of `samus convert`.
+#[derive(Debug, Args)]
+pub struct ConvertArgs {
+    /// SAM or SAMUS checkpoint (.pth zip or safetensors), original parameter names.
+    #[arg(value_name = "CHECKPOINT")]
+    input: PathBuf,
+    /// Output safetensors file (written atomically).
+    #[arg(long, value_name = "FILE")]
+    out: PathBuf,
+    /// Model configuration (default: guessed from the tensor shapes).
+    #[arg(long, value_name = "PRESET|FILE")]
+    config: Option<String>,
+}
+
+/// Arguments of `samus info`.
+#[derive(Debug, Args)]
+pub struct InfoArgs {
+    /// Checkpoint to describe (.pth zip or safetensors).
+    #[arg(value_name = "CHECKPOINT")]
+    input: PathBuf,
+    /// Model configuration to check against (default: guessed from the tensor shapes).
+    #[arg(long, value_name = "PRESET|FILE")]
+    config: Option<String>,
+    /// Print one JSON object.
+    #[arg(long)]
+    json: bool,
+}
+
+/// Runs `samus convert`.
+pub fn run_convert(args: ConvertArgs) -> Result<()> {
+    if args.out.extension().and_then(|e| e.to_str()) != Some("safetensors") {
+        bail!(
+            "--out {}: the output is a safetensors file; name it *.safetensors",
+            args.out.display()
+        );
+    }
+    let tensors = read_checkpoint(&args.input)?;
+    let cfg = resolve_config(args.config.as_deref(), &tensors, &args.input)?;
+    let (apg, model_tensors): (HashMap<_, _>, HashMap<_, _>) =
+        tensors.into_iter().partition(|(k, _)| is_apg_tensor(k));
+    let (_, report) = Samus::from_tensors(model_tensors, &cfg, &Device::Cpu, DEFAULT_INIT_SEED)
+        .map_err(|e| checkpoint_error(&args.input, e))?;
+    let mut out = report.tensors;
+    let apg_count = apg.len();
+    out.extend(apg);
+    let metadata = HashMap::from([
+        ("format".to_string(), "samus".to_string()),
+        ("config".to_string(), serde_json::to_string(&cfg)?),
+        (
+            "source".to_string(),
+            args.input
+                .file_name()
+                .map_or_else(String::new, |n| n.to_string_lossy().into_owned()),
+        ),
+    ]);
+    samus_model::checkpoint::save_safetensors_atomic(&args.out, &out, Some(metadata))
+        .with_context(|| format!("cannot write {}", args.out.display()))?;
+    let kind = match report.kind {
+        CheckpointKind::Sam => "SAM",
+        CheckpointKind::Samus => "SAMUS",
+    };
+    println!(
+        "converted a {kind} checkpoint ({} wide, {} blocks) to {}: {} tensors{}{}",
+        cfg.embed_dim,
+        cfg.depth,
+        args.out.display(),
+        out.len(),
+        if apg_count > 0 {
+            format!(", {apg_count} of them APG")
+        } else {
+            String::new()
+        },
+        if report.initialised.is_empty() {
+            String::new()
+        } else {
+            format!(
+                "; {} SAMUS tensors are freshly initialised (UNTRAINED until you train them)",
+                report.initialised.len()
+            )
+        }
+    );
+    if !report.unused.is_empty() {
+        eprintln!(
+            "note: {} tensors of the input are not part of SAMUS and were dropped (e.g. `{}`)",
+            report.unused.len(),
+            report.unused[0]
+        );
+    }
+    Ok(())
+}
+
+/// What `samus info` reports.
+#[derive(Debug, Serialize)]
+struct CheckpointInfo {
+    file: String,
+    kind: &'static str,
+    config: Option<SamusConfig>,
+    tensors: usize,
+    parameters: usize,
+    trainable_reference: usize,
+    apg_tensors: usize,
+    dtypes: BTreeMap<String, usize>,
+    missing: Vec<String>,
+    unexpected: Vec<String>,
+    wrong_shape: Vec<String>,
+}
+
+fn kind_name(tensors: &HashMap<String, Tensor>, apg: usize) -> &'static str {
+    match (detect_kind(tensors), apg > 0) {
+        (Some(CheckpointKind::Samus), true) => "AutoSAMUS (SAMUS + APG)",
+        (Some(CheckpointKind::Samus), false) => "SAMUS",
+        (Some(CheckpointKind::Sam), _) => "SAM (SAMUS parts missing)",
+        (None, true) => "APG only",
+        (None, false) => "unknown (neither SAM nor SAMUS)",
+    }
+}
+
+/// Runs `samus info`.
+pub fn run_info(args: InfoArgs) -> Result<()> {
+    let tensors = read_checkpoint(&args.input)?;
+    let apg = tensors.keys().filter(|k| is_apg_tensor(k)).count();
+    let config = match &args.config {
+        Some(_) => Some(resolve_config(
+            args.config.as_deref(),
+            &tensors,
+            &args.input,
+        )?),
+        None => samus_model::checkpoint::infer_config(&tensors),
+    };
+    let mut dtypes = BTreeMap::new();
+    for t in tensors.values() {
+        *dtypes
+            .entry(format!("{:?}", t.dtype()).to_lowercase())
+            .or_insert(0) += 1;
+    }
+    let (mut missing, mut unexpected, mut wrong_shape, mut trainable) =
+        (Vec::new(), Vec::new(), Vec::new(), 0usize);
+    if let Some(cfg) = &config {
+        // The tensors a SAMUS model of this configuration has, with their shapes.
+        let (_, expected) = Samus::random_with_tensors(cfg, 0, &Device::Cpu)?;
+        let is_trainable = samus_trainable(cfg, TrainableSet::Reference);
+        let apg_trainable = autosamus_trainable(TrainableSet::Reference);
+        for (name, t) in &tensors {
+            match expected.get(name) {
+                Some(e) if e.dims() != t.dims() => {
+                    wrong_shape.push(format!("{name}: {:?}, expected {:?}", t.dims(), e.dims()))
+                }
+                Some(_) => trainable += usize::from(is_trainable(name)),
+                None if is_apg_tensor(name) => trainable += usize::from(apg_trainable(name)),
+                None => unexpected.push(name.clone()),
+            }
+        }
+        missing = expected
+            .keys()
+            .filter(|k| !tensors.contains_key(*k))
+            .cloned()
+            .collect();
+    }
+    for list in [&mut missing, &mut unexpected, &mut wrong_shape] {
+        list.sort();
+    }
+    let info = CheckpointInfo {
+        file: args.input.display().to_string(),
+        kind: kind_name(&tensors, apg),
+        parameters: tensors.values().map(|t| t.elem_count()).sum(),
+        tensors: tensors.len(),
+        trainable_reference: trainable,
+        apg_tensors: apg,
+        dtypes,
+        missing,
+        unexpected,
+        wrong_shape,
+        config,
+    };
+    if args.json {
+        println!("{}", serde_json::to_string(&info)?);
+    } else {
+        print_info(&info);
+    }
+    Ok(())
+}
+
+fn print_info(info: &CheckpointInfo) {
+    println!("file        {}", info.file);
+    println!("kind        {}", info.kind);
+    match &info.config {
+        Some(c) => println!(
+            "config      embed_dim {}, depth {}, heads {}, global blocks {:?}, input {}",
+            c.embed_dim, c.depth, c.num_heads, c.global_attn_indexes, c.img_size
+        ),
+        None => println!("config      cannot be guessed from the tensor shapes"),
+    }
+    println!(
+        "tensors     {} ({} parameters; {})",
+        info.tensors,
+        info.parameters,
+        info.dtypes
+            .iter()
+            .map(|(d, n)| format!("{n} {d}"))
+            .collect::<Vec<_>>()
+            .join(", ")
+    );
+    println!(
+        "trainable   {} tensors in the reference recipe{}",
+        info.trainable_reference,
+        if info.apg_tensors > 0 {
+            format!(" ({} APG tensors)", info.apg_tensors)
+        } else {
+            String::new()
+        }
+    );
+    let show = |label: &str, list: &[String]| {
+        if list.is_empty() {
+            println!("{label:<11} none");
+        } else {
+            let head: Vec<&str> = list.iter().take(5).map(String::as_str).collect();
+            let more = list.len().saturating_sub(head.len());
+            println!(
+                "{label:<11} {}: {}{}",
+                list.len(),
+                head.join(", "),
+                if more > 0 {
+                    format!(", ... ({more} more)")
+                } else {
+                    String::new()
+                }
+            );
+        }
+    };
+    if info.config.is_some() {
+        show("missing", &info.missing);
+        show("unexpected", &info.unexpected);
+        show("wrong shape", &info.wrong_shape);
+    }
+}

@@ -1,0 +1,121 @@
+//! `samus convert`, `samus info` and `samus completions`.
+
+mod common;
+
+use std::collections::HashMap;
+
+use candle_core::{Device, Tensor};
+use common::{assert_clean_failure, fixtures, p, samus, stderr};
+
+fn stdout(out: &std::process::Output) -> String {
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+/// A SAM-style checkpoint made from the SAMUS fixture: the SAMUS-only tensors dropped.
+fn sam_from_samus(samus_file: &std::path::Path, out: &std::path::Path) {
+    let tensors: HashMap<String, Tensor> = candle_core::safetensors::load(samus_file, &Device::Cpu)
+        .unwrap()
+        .into_iter()
+        .filter(|(k, _)| {
+            !(k.contains("cnn_embed") || k.contains("post_pos_embed") || k.contains("Adapter"))
+        })
+        .collect();
+    candle_core::safetensors::save(&tensors, out).unwrap();
+}
+
+#[test]
+fn convert_and_info_on_samus_and_sam_checkpoints() {
+    let Some(dir) = fixtures() else { return };
+    let tmp = tempfile::tempdir().unwrap();
+    let samus_file = dir.join("samus_tiny.safetensors");
+
+    // SAMUS -> SAMUS: every tensor kept, unchanged.
+    let converted = tmp.path().join("samus.safetensors");
+    let out = samus(&["convert", p(&samus_file), "--out", p(&converted)]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert!(
+        stdout(&out).contains("SAMUS checkpoint"),
+        "{}",
+        stdout(&out)
+    );
+    let before = candle_core::safetensors::load(&samus_file, &Device::Cpu).unwrap();
+    let after = candle_core::safetensors::load(&converted, &Device::Cpu).unwrap();
+    assert_eq!(before.len(), after.len());
+    for (name, t) in &before {
+        let diff = (t - &after[name])
+            .unwrap()
+            .abs()
+            .unwrap()
+            .max_all()
+            .unwrap();
+        assert_eq!(diff.to_scalar::<f32>().unwrap(), 0.0, "{name} changed");
+    }
+
+    // SAM -> SAMUS: the missing parts are initialised and said to be untrained.
+    let sam = tmp.path().join("sam.safetensors");
+    sam_from_samus(&samus_file, &sam);
+    let info = samus(&["info", p(&sam), "--json"]);
+    assert!(info.status.success(), "{}", stderr(&info));
+    let json: serde_json::Value = serde_json::from_slice(&info.stdout).unwrap();
+    assert_eq!(json["kind"], "SAM (SAMUS parts missing)");
+    assert_eq!(json["config"]["embed_dim"], 128);
+    let missing = json["missing"].as_array().unwrap().len();
+    assert!(
+        missing > 10,
+        "a SAM checkpoint lacks the SAMUS parts: {missing}"
+    );
+    let from_sam = tmp.path().join("from_sam.safetensors");
+    let out = samus(&["convert", p(&sam), "--out", p(&from_sam)]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert!(stdout(&out).contains("UNTRAINED"), "{}", stdout(&out));
+    let full = candle_core::safetensors::load(&from_sam, &Device::Cpu).unwrap();
+    assert_eq!(
+        full.len(),
+        before.len(),
+        "the converted SAM checkpoint is complete"
+    );
+
+    // info on the complete checkpoint: nothing missing, the reference trainable count.
+    let info = samus(&["info", p(&converted), "--json"]);
+    let json: serde_json::Value = serde_json::from_slice(&info.stdout).unwrap();
+    assert_eq!(json["kind"], "SAMUS");
+    assert_eq!(json["missing"].as_array().unwrap().len(), 0);
+    assert_eq!(json["unexpected"].as_array().unwrap().len(), 0);
+    let fixture_meta: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(dir.join("samus_tiny.json")).unwrap())
+            .unwrap();
+    assert_eq!(
+        json["trainable_reference"].as_u64().unwrap() as usize,
+        fixture_meta["trainable"].as_array().unwrap().len()
+    );
+    let text = samus(&["info", p(&converted)]);
+    assert!(
+        stdout(&text).contains("embed_dim 128, depth 4"),
+        "{}",
+        stdout(&text)
+    );
+}
+
+#[test]
+fn convert_and_info_errors_are_one_line() {
+    let tmp = tempfile::tempdir().unwrap();
+    let missing = tmp.path().join("nope.pth");
+    assert_clean_failure(&samus(&["info", p(&missing)]), "nope.pth");
+    let not_ckpt = tmp.path().join("notes.safetensors");
+    std::fs::write(&not_ckpt, b"hello").unwrap();
+    assert_clean_failure(&samus(&["info", p(&not_ckpt)]), "notes.safetensors");
+    let out_png = tmp.path().join("out.png");
+    assert_clean_failure(
+        &samus(&["convert", p(&not_ckpt), "--out", p(&out_png)]),
+        "safetensors",
+    );
+}
+
+#[test]
+fn completions_are_printed() {
+    let out = samus(&["completions", "bash"]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let script = stdout(&out);
+    assert!(script.contains("samus") && script.contains("convert") && script.contains("demo"));
+    assert!(!samus(&["completions", "cmd.exe"]).status.success());
+}
