@@ -6,6 +6,7 @@ use std::process::ExitCode;
 use anyhow::{bail, Result};
 use clap::{Parser, Subcommand};
 use samus_core::fixtures::{fixtures_dir, FIXTURES_ENV};
+use xtask::download::{self, DownloadArgs};
 
 /// Project automation for the SAMUS workspace.
 #[derive(Debug, Parser)]
@@ -21,6 +22,20 @@ enum Task {
     /// (from $SAMUS_FIXTURES or ../shared/fixtures). CI runs this before the tests so
     /// that parity tests can never be skipped there.
     Fixtures,
+    /// Download an original SAM checkpoint (vit_b, vit_l or vit_h) from the Hugging Face
+    /// Hub into the standard HF cache, verify it, and print its local path.
+    Download(DownloadArgs),
+    /// `samus train` with every flag passed through; without --init or --resume, the
+    /// SAM checkpoint of the configuration (vit_b by default) is downloaded first.
+    #[command(
+        disable_help_flag = true,
+        after_help = "Examples:\n  cargo xtask train --data datasets/US30K --out runs/samus\n  cargo xtask train --config vit_l --data datasets/US30K --batch-size 4\n  cargo xtask train --help     # samus train's flags"
+    )]
+    Train {
+        /// Arguments for `samus train`.
+        #[arg(trailing_var_arg = true, allow_hyphen_values = true, num_args = 0..)]
+        args: Vec<String>,
+    },
 }
 
 /// The fixture files the parity tests read.
@@ -54,6 +69,8 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     let result = match cli.task {
         Task::Fixtures => check_fixtures().map(|dir| println!("{}", dir.display())),
+        Task::Download(args) => download::run(&args),
+        Task::Train { args } => xtask::train::run(&args),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

@@ -150,8 +150,9 @@ fn next_steps(train_images: usize) -> String {
     format!(
         "\nThis model saw {train_images} synthetic images. To train on real data:\n\
          \x20 1. assemble US30K as datasets/README.md explains;\n\
-         \x20 2. get SAM ViT-B weights (sam_vit_b_01ec64.pth from the SAM release);\n\
-         \x20 3. samus train --config vit_b --init sam_vit_b_01ec64.pth --data datasets/US30K --out runs/samus\n\
+         \x20 2. cargo xtask download    # SAM ViT-B weights from the Hugging Face hub\n\
+         \x20 3. cargo xtask train --data datasets/US30K --out runs/samus\n\
+         \x20    (downloads the weights itself when needed; the flags are samus train's)\n\
          docs/TRAINING.md has the recipe and what to expect."
     )
 }

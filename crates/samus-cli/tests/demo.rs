@@ -30,7 +30,7 @@ fn demo_runs_end_to_end_offline() {
         "4/4",
         "dice",
         "images/s",
-        "samus train --config vit_b",
+        "cargo xtask train",
     ] {
         assert!(text.contains(needle), "`{needle}` missing from:\n{text}");
     }
