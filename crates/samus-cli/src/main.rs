@@ -8,6 +8,7 @@ mod images;
 mod metrics;
 mod model_source;
 mod output;
+mod prompt_file;
 mod prompts;
 mod segment;
 mod synth;
@@ -23,6 +24,48 @@ use clap::{Parser, Subcommand};
 struct Cli {
     #[command(subcommand)]
     command: Command,
+    /// Worker threads for the tensor kernels and data loading (default: every core;
+    /// RAYON_NUM_THREADS is honoured as well).
+    #[arg(long, global = true, value_name = "N", value_parser = clap::value_parser!(u16).range(1..))]
+    threads: Option<u16>,
+    /// Compute device: `cpu`, or `cuda[:N]` in a build with CUDA support.
+    #[arg(long, global = true, value_name = "cpu|cuda[:N]", default_value = "cpu", value_parser = parse_device)]
+    device: ComputeDevice,
+}
+
+/// The `--device` choice.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum ComputeDevice {
+    Cpu,
+    Cuda(usize),
+}
+
+fn parse_device(text: &str) -> Result<ComputeDevice, String> {
+    match text {
+        "cpu" => Ok(ComputeDevice::Cpu),
+        "cuda" => Ok(ComputeDevice::Cuda(0)),
+        other => match other.strip_prefix("cuda:").map(str::parse::<usize>) {
+            Some(Ok(n)) => Ok(ComputeDevice::Cuda(n)),
+            _ => Err(format!("`{other}` is not `cpu`, `cuda` or `cuda:N`")),
+        },
+    }
+}
+
+/// Applies `--threads` and checks `--device` before any work starts.
+fn configure(cli: &Cli) -> anyhow::Result<()> {
+    if let ComputeDevice::Cuda(n) = cli.device {
+        anyhow::bail!(
+            "--device cuda:{n}: this samus is built for the CPU only (CUDA kernels are not part \
+             of this build); use --device cpu"
+        );
+    }
+    if let Some(n) = cli.threads {
+        // Read by rayon's global pool and by candle's kernels when they first run; no
+        // thread exists yet.
+        std::env::set_var("RAYON_NUM_THREADS", n.to_string());
+        std::env::set_var("CANDLE_NUM_THREADS", n.to_string());
+    }
+    Ok(())
 }
 
 #[derive(Debug, Subcommand)]
@@ -98,7 +141,7 @@ fn tune_allocator() {}
 fn main() -> ExitCode {
     tune_allocator();
     let cli = Cli::parse();
-    let result = match cli.command {
+    let result = configure(&cli).and_then(|()| match cli.command {
         Command::Demo(args) => demo::run(args),
         Command::Segment(args) => segment::run(args),
         Command::Auto(args) => auto::run(args),
@@ -114,7 +157,7 @@ fn main() -> ExitCode {
             clap_complete::generate(shell, &mut Cli::command(), "samus", &mut std::io::stdout());
             Ok(())
         }
-    };
+    });
     match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {

@@ -1,11 +1,11 @@
 //! `samus segment`: one image, point and box prompts, a mask.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
-use anyhow::{bail, Result};
+use anyhow::{bail, Context, Result};
 use candle_core::Device;
 use clap::Args;
-use image::DynamicImage;
+use image::{DynamicImage, GrayImage};
 use samus_model::checkpoint::DEFAULT_INIT_SEED;
 use samus_model::{CheckpointKind, Point, Prediction, Predictor, PromptSet, Samus, SamusConfig};
 use serde::Serialize;
@@ -14,6 +14,7 @@ use crate::demo::demo_image;
 use crate::images::{mask_image, open_image, overlay, save_png};
 use crate::model_source::{checkpoint_error, read_checkpoint, resolve_config, NO_CHECKPOINT};
 use crate::output::write_safetensors;
+use crate::prompt_file::{label_map, read_prompts, PromptEntry};
 use crate::prompts::{parse_box, parse_point};
 
 /// Examples shown by `samus segment --help`.
@@ -26,6 +27,11 @@ Examples:
   # A box, three candidate masks, results as JSON
   samus segment --checkpoint samus_vit_b.safetensors --image scan.png \\
       --box 60,40,180,150 --multimask --json
+
+  # Several structures at once (the image is encoded once): one mask per entry and,
+  # from the class ids, a label map (e.g. CAMUS: LV 1, myocardium 2, LA 3)
+  samus segment --checkpoint samus_camus.safetensors --image a4c.png \\
+      --prompts structures.json --out a4c.png --overlay a4c_overlay.png
 
   # Try it without weights: a generated image and an untrained tiny model
   samus segment --demo --out demo_mask.png --overlay demo_overlay.png
@@ -54,6 +60,15 @@ pub struct SegmentArgs {
     /// Box prompt in image pixels.
     #[arg(long = "box", value_name = "X0,Y0,X1,Y1", value_parser = parse_box)]
     bbox: Option<[f32; 4]>,
+    /// Several prompt sets from a JSON file, one mask each (`<out>_<name>.png`), the
+    /// image encoded once; entries with a `class_id` are also painted into a label map.
+    /// Format: `[{"name": "lv", "class_id": 1, "points": [[x, y], [x, y, 0]], "box": [x0, y0, x1, y1]}, ...]`.
+    #[arg(long, value_name = "FILE", conflicts_with_all = ["points", "bbox"])]
+    prompts: Option<PathBuf>,
+    /// Where to write the label map of a --prompts file (pixel = class id, overlaps to
+    /// the most confident entry). Default: `<out>_labels.png` when an entry has a class id.
+    #[arg(long, value_name = "FILE", requires = "prompts")]
+    label_map: Option<PathBuf>,
     /// Predict three candidate masks; the one with the highest predicted IoU is written.
     #[arg(long)]
     multimask: bool,
@@ -172,8 +187,13 @@ pub fn run(args: SegmentArgs) -> Result<()> {
             )
         }
     };
+    if let Some(path) = &args.prompts {
+        let entries = read_prompts(path)?;
+        let (model, untrained) = load_model(&args, &device)?;
+        return run_prompt_file(&args, &model, untrained, &image, &image_name, &entries);
+    }
     if points.is_empty() && args.bbox.is_none() {
-        bail!("give at least one prompt: --point x,y or --box x0,y0,x1,y1");
+        bail!("give at least one prompt: --point x,y, --box x0,y0,x1,y1 or --prompts FILE.json");
     }
     points.shrink_to_fit();
     let (model, untrained) = load_model(&args, &device)?;
@@ -239,6 +259,136 @@ pub fn run(args: SegmentArgs) -> Result<()> {
         }
         if let Some(p) = &report.logits {
             println!("logits written to {p}");
+        }
+    }
+    Ok(())
+}
+
+/// One entry's result in the `--prompts` report.
+#[derive(Debug, Serialize)]
+struct EntryReport {
+    name: String,
+    class_id: Option<u8>,
+    iou: f32,
+    area: usize,
+    out: String,
+}
+
+/// The `--prompts` report.
+#[derive(Debug, Serialize)]
+struct PromptFileReport {
+    image: String,
+    width: u32,
+    height: u32,
+    checkpoint: Option<String>,
+    untrained: bool,
+    entries: Vec<EntryReport>,
+    label_map: Option<String>,
+    overlay: Option<String>,
+}
+
+/// `<dir>/<stem>_<suffix>.png` beside `out`.
+fn beside(out: &Path, suffix: &str) -> PathBuf {
+    let stem = out
+        .file_stem()
+        .map_or_else(|| "mask".to_string(), |s| s.to_string_lossy().into_owned());
+    out.with_file_name(format!("{stem}_{suffix}.png"))
+}
+
+/// Segments every entry of a prompts file on the image encoded once.
+fn run_prompt_file(
+    args: &SegmentArgs,
+    model: &Samus,
+    untrained: bool,
+    image: &DynamicImage,
+    image_name: &str,
+    entries: &[PromptEntry],
+) -> Result<()> {
+    let (w, h) = (image.width(), image.height());
+    let mut predictor = Predictor::new(model);
+    predictor.set_image(image)?;
+    let mut reports = Vec::with_capacity(entries.len());
+    let mut logits = Vec::with_capacity(entries.len());
+    let mut union = vec![0u8; (w * h) as usize];
+    let mut all_points = Vec::new();
+    for entry in entries {
+        let prediction = predictor
+            .predict(&entry.prompt_set(args.multimask))
+            .with_context(|| format!("prompt entry `{}`", entry.name))?;
+        let (summaries, pixels) = masks_to_summaries(&prediction)?;
+        let best = summaries
+            .iter()
+            .max_by(|a, b| a.iou.total_cmp(&b.iou))
+            .map_or(0, |s| s.index);
+        let path = beside(&args.out, &entry.name);
+        save_png(
+            &DynamicImage::ImageLuma8(mask_image(&pixels[best], w, h)?),
+            &path,
+        )?;
+        for (u, &m) in union.iter_mut().zip(&pixels[best]) {
+            *u |= m;
+        }
+        all_points.extend(entry.points.iter().copied());
+        logits.push(
+            prediction
+                .logits
+                .squeeze(0)?
+                .get(best)?
+                .flatten_all()?
+                .to_vec1::<f32>()?,
+        );
+        reports.push(EntryReport {
+            name: entry.name.clone(),
+            class_id: entry.class_id,
+            iou: summaries[best].iou,
+            area: summaries[best].area,
+            out: path.display().to_string(),
+        });
+    }
+    let label_path = match (
+        &args.label_map,
+        entries.iter().any(|e| e.class_id.is_some()),
+    ) {
+        (Some(path), _) => Some(path.clone()),
+        (None, true) => Some(beside(&args.out, "labels")),
+        (None, false) => None,
+    };
+    if let Some(path) = &label_path {
+        let labels = GrayImage::from_raw(w, h, label_map(entries, &logits))
+            .context("label map size does not match the image")?;
+        save_png(&DynamicImage::ImageLuma8(labels), path)?;
+    }
+    if let Some(path) = &args.overlay {
+        let picture = overlay(image, &mask_image(&union, w, h)?, &all_points, None);
+        save_png(&DynamicImage::ImageRgb8(picture), path)?;
+    }
+    let report = PromptFileReport {
+        image: image_name.to_string(),
+        width: w,
+        height: h,
+        checkpoint: args.checkpoint.as_ref().map(|p| p.display().to_string()),
+        untrained,
+        entries: reports,
+        label_map: label_path.map(|p| p.display().to_string()),
+        overlay: args.overlay.as_ref().map(|p| p.display().to_string()),
+    };
+    if args.json {
+        println!("{}", serde_json::to_string(&report)?);
+    } else {
+        for e in &report.entries {
+            let class = e
+                .class_id
+                .map_or_else(String::new, |c| format!(" class {c}"));
+            println!(
+                "{}{class}: predicted IoU {:.4}, area {} px -> {}",
+                e.name, e.iou, e.area, e.out
+            );
+        }
+        if let Some(p) = &report.label_map {
+            println!("label map written to {p}");
+        }
+        if let Some(p) = &report.overlay {
+            println!("overlay written to {p}");
         }
     }
     Ok(())

@@ -119,3 +119,34 @@ fn completions_are_printed() {
     assert!(script.contains("samus") && script.contains("convert") && script.contains("demo"));
     assert!(!samus(&["completions", "cmd.exe"]).status.success());
 }
+
+#[test]
+fn global_threads_and_device_flags() {
+    let tmp = tempfile::tempdir().unwrap();
+    let mask = tmp.path().join("m.png");
+    let out = samus(&["--threads", "1", "segment", "--demo", "--out", p(&mask)]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let out = samus(&[
+        "segment",
+        "--demo",
+        "--device",
+        "cpu",
+        "--threads",
+        "2",
+        "--out",
+        p(&mask),
+    ]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert_clean_failure(
+        &samus(&["segment", "--demo", "--device", "cuda:0", "--out", p(&mask)]),
+        "--device cuda:0",
+    );
+    for bad in [["--threads", "0"], ["--device", "gpu"]] {
+        let out = samus(&["segment", "--demo", bad[0], bad[1]]);
+        assert!(
+            !out.status.success() && stderr(&out).contains(bad[0]),
+            "{}",
+            stderr(&out)
+        );
+    }
+}

@@ -1,0 +1,208 @@
+//! `samus segment --prompts FILE.json`: several prompt sets for one image, each
+//! giving its own mask, optionally with a class id for a combined label map.
+//!
+//! The file holds a list of entries (or an object with the list under `"prompts"`):
+//!
+//! ```json
+//! [
+//!   {"name": "lv", "class_id": 1, "points": [[120, 88], [60, 40, 0]]},
+//!   {"name": "la", "class_id": 3, "box": [30, 100, 90, 160]}
+//! ]
+//! ```
+//!
+//! A point is `[x, y]` or `[x, y, label]` in image pixels (label 1 foreground, the
+//! default, 0 background); `box` is `[x0, y0, x1, y1]`.
+
+use std::path::Path;
+
+use anyhow::{bail, Context, Result};
+use samus_model::{Point, PromptSet};
+use serde::Deserialize;
+
+/// Largest class id a label map can hold (8-bit PNG).
+pub const MAX_CLASS_ID: u64 = 255;
+
+/// One prompt set of a prompts file.
+#[derive(Debug, Clone, PartialEq)]
+pub struct PromptEntry {
+    /// A name for the output file and the report (default: the entry's index).
+    pub name: String,
+    /// The class id painted into the label map, if any.
+    pub class_id: Option<u8>,
+    /// The prompts.
+    pub points: Vec<Point>,
+    /// The box, if any.
+    pub bbox: Option<[f32; 4]>,
+}
+
+impl PromptEntry {
+    /// The prompts as a [`PromptSet`].
+    pub fn prompt_set(&self, multimask: bool) -> PromptSet {
+        PromptSet {
+            points: self.points.clone(),
+            bbox: self.bbox,
+            mask_input: None,
+            multimask,
+        }
+    }
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawEntry {
+    name: Option<String>,
+    class_id: Option<u64>,
+    #[serde(default)]
+    points: Vec<Vec<f32>>,
+    #[serde(rename = "box")]
+    bbox: Option<[f32; 4]>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(untagged)]
+enum RawFile {
+    List(Vec<RawEntry>),
+    Object { prompts: Vec<RawEntry> },
+}
+
+/// Parses the text of a prompts file; errors name the entry.
+pub fn parse_prompts(text: &str) -> Result<Vec<PromptEntry>> {
+    let raw: RawFile = serde_json::from_str(text)
+        .context("expected a JSON list of {\"name\", \"class_id\", \"points\", \"box\"} entries")?;
+    let entries = match raw {
+        RawFile::List(e) | RawFile::Object { prompts: e } => e,
+    };
+    if entries.is_empty() {
+        bail!("the file holds no prompt entries");
+    }
+    let mut names = std::collections::HashSet::new();
+    entries
+        .into_iter()
+        .enumerate()
+        .map(|(i, raw)| {
+            let name = raw.name.unwrap_or_else(|| i.to_string());
+            let what = format!("entry {i} (`{name}`)");
+            if name.is_empty()
+                || !name
+                    .chars()
+                    .all(|c| c.is_ascii_alphanumeric() || "-_.".contains(c))
+            {
+                bail!("{what}: a name may hold only letters, digits, `-`, `_` and `.`");
+            }
+            if !names.insert(name.clone()) {
+                bail!("{what}: the name is used twice");
+            }
+            let class_id = match raw.class_id {
+                Some(0) => bail!("{what}: class_id 0 is the background; use 1 to {MAX_CLASS_ID}"),
+                Some(c) if c > MAX_CLASS_ID => {
+                    bail!("{what}: class_id {c} does not fit an 8-bit label map (1 to {MAX_CLASS_ID})")
+                }
+                Some(c) => Some(c as u8),
+                None => None,
+            };
+            let points = raw
+                .points
+                .iter()
+                .map(|p| match p.as_slice() {
+                    [x, y] => Ok(Point::foreground(*x, *y)),
+                    [x, y, label] if *label == 0.0 || *label == 1.0 => Ok(Point {
+                        x: *x,
+                        y: *y,
+                        label: *label as i64,
+                    }),
+                    _ => bail!("{what}: point {p:?} is not [x, y] or [x, y, label] with label 0 or 1"),
+                })
+                .collect::<Result<Vec<_>>>()?;
+            if points.is_empty() && raw.bbox.is_none() {
+                bail!("{what}: give at least one point or a box");
+            }
+            Ok(PromptEntry {
+                name,
+                class_id,
+                points,
+                bbox: raw.bbox,
+            })
+        })
+        .collect()
+}
+
+/// Reads and parses a prompts file; errors name the file.
+pub fn read_prompts(path: &Path) -> Result<Vec<PromptEntry>> {
+    let text = std::fs::read_to_string(path)
+        .with_context(|| format!("cannot read the prompts file {}", path.display()))?;
+    parse_prompts(&text).with_context(|| format!("prompts file {}", path.display()))
+}
+
+/// Paints a label map: each pixel gets the class id of the entry with the highest
+/// positive logit there (0 where no entry with a class id claims it).
+///
+/// `logits[i]` are entry `i`'s logits at the image size, row-major.
+pub fn label_map(entries: &[PromptEntry], logits: &[Vec<f32>]) -> Vec<u8> {
+    let len = logits.first().map_or(0, Vec::len);
+    (0..len)
+        .map(|px| {
+            entries
+                .iter()
+                .zip(logits)
+                .filter_map(|(e, l)| Some((e.class_id?, l[px])))
+                .filter(|(_, logit)| *logit > 0.0)
+                .max_by(|a, b| a.1.total_cmp(&b.1))
+                .map_or(0, |(class, _)| class)
+        })
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_lists_and_objects() {
+        let text = r#"[{"name": "lv", "class_id": 1, "points": [[10, 20], [5, 6, 0]]},
+                       {"box": [1, 2, 30, 40]}]"#;
+        let e = parse_prompts(text).unwrap();
+        assert_eq!(e.len(), 2);
+        assert_eq!(e[0].class_id, Some(1));
+        assert_eq!(e[0].points[1].label, 0);
+        assert_eq!(e[1].name, "1");
+        assert_eq!(e[1].bbox, Some([1.0, 2.0, 30.0, 40.0]));
+        let wrapped = parse_prompts(r#"{"prompts": [{"points": [[1, 1]]}]}"#).unwrap();
+        assert_eq!(wrapped.len(), 1);
+    }
+
+    #[test]
+    fn bad_entries_are_named() {
+        for (text, needle) in [
+            ("[]", "no prompt entries"),
+            (r#"[{"name": "a"}]"#, "entry 0 (`a`)"),
+            (r#"[{"points": [[1, 2, 5]]}]"#, "label 0 or 1"),
+            (r#"[{"points": [[1]]}]"#, "[x, y]"),
+            (r#"[{"class_id": 0, "points": [[1, 2]]}]"#, "background"),
+            (r#"[{"class_id": 300, "points": [[1, 2]]}]"#, "8-bit"),
+            (r#"[{"name": "../x", "points": [[1, 2]]}]"#, "letters"),
+            (
+                r#"[{"name": "a", "points": [[1, 2]]}, {"name": "a", "box": [0, 0, 1, 1]}]"#,
+                "twice",
+            ),
+            (r#"[{"pints": [[1, 2]]}]"#, "JSON list"),
+        ] {
+            let err = format!("{:#}", parse_prompts(text).unwrap_err());
+            assert!(err.contains(needle), "{text}: {err}");
+        }
+    }
+
+    #[test]
+    fn label_map_takes_the_most_confident_class() {
+        let entries = parse_prompts(
+            r#"[{"class_id": 1, "points": [[0, 0]]}, {"class_id": 2, "points": [[0, 0]]},
+                {"points": [[0, 0]]}]"#,
+        )
+        .unwrap();
+        let logits = vec![
+            vec![2.0, -1.0, 0.5, -3.0],
+            vec![1.0, 3.0, 0.7, -2.0],
+            vec![9.0, 9.0, 9.0, 9.0], // no class id: never painted
+        ];
+        assert_eq!(label_map(&entries, &logits), vec![1, 2, 2, 0]);
+    }
+}
