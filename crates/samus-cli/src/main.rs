@@ -1,6 +1,7 @@
 //! `samus`: segment ultrasound images with SAMUS from the command line.
 
 mod auto;
+mod bench;
 mod checkpoint_tools;
 mod data;
 mod demo;
@@ -104,6 +105,9 @@ enum Command {
     /// unexpected tensors.
     #[command(after_help = checkpoint_tools::INFO_EXAMPLES)]
     Info(checkpoint_tools::InfoArgs),
+    /// Time SAMUS here: encoder, decoder per prompt, images/s, peak memory.
+    #[command(after_help = bench::EXAMPLES)]
+    Bench(bench::BenchArgs),
     /// Print a shell completion script (bash, zsh, fish, elvish, powershell).
     #[command(after_help = COMPLETIONS_EXAMPLES)]
     Completions {
@@ -151,6 +155,7 @@ fn main() -> ExitCode {
         Command::Train(args) => train::run_train(args),
         Command::Eval(args) => train::run_eval(args),
         Command::Convert(args) => checkpoint_tools::run_convert(args),
+        Command::Bench(args) => bench::run(args),
         Command::Info(args) => checkpoint_tools::run_info(args),
         Command::Completions { shell } => {
             use clap::CommandFactory;

@@ -150,3 +150,49 @@ fn global_threads_and_device_flags() {
         );
     }
 }
+
+#[test]
+fn bench_reports_the_promised_json_keys() {
+    let out = samus(&[
+        "bench",
+        "--config",
+        "tiny",
+        "--random-weights",
+        "--iters",
+        "1",
+        "--json",
+    ]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let json: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    for key in [
+        "full_median_s",
+        "encoder_median_s",
+        "decoder_median_ms",
+        "images_per_s",
+        "peak_rss_mb",
+        "threads",
+    ] {
+        assert!(json[key].as_f64().is_some_and(|v| v > 0.0), "{key}: {json}");
+    }
+    let full = json["full_median_s"].as_f64().unwrap();
+    assert!(full >= json["encoder_median_s"].as_f64().unwrap());
+    let one = samus(&[
+        "--threads",
+        "1",
+        "bench",
+        "--config",
+        "tiny",
+        "--random-weights",
+        "--iters",
+        "1",
+        "--json",
+    ]);
+    let json: serde_json::Value = serde_json::from_slice(&one.stdout).unwrap();
+    assert_eq!(json["threads"], 1, "--threads reaches the kernels");
+    let out = samus(&["bench"]);
+    assert!(
+        !out.status.success() && stderr(&out).contains("--checkpoint"),
+        "{}",
+        stderr(&out)
+    );
+}

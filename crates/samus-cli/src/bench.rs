@@ -1,0 +1,213 @@
+//! `samus bench`: how fast SAMUS runs here: the image encoder, the decoder per prompt
+//! on a cached embedding, images per second and peak memory.
+
+use std::path::PathBuf;
+use std::time::Instant;
+
+use anyhow::{bail, Result};
+use candle_core::Device;
+use clap::Args;
+use image::DynamicImage;
+use samus_model::checkpoint::DEFAULT_INIT_SEED;
+use samus_model::{Point, Predictor, PromptSet, Samus, SamusConfig};
+use serde::Serialize;
+
+use crate::demo::demo_image;
+use crate::model_source::{checkpoint_error, read_checkpoint, resolve_config};
+
+/// Examples printed by `samus bench --help`.
+pub const EXAMPLES: &str = "Examples:
+  # ViT-B with random weights of the right shapes: no download needed
+  samus bench --config vit_b --random-weights --iters 10
+
+  # A real checkpoint, one thread, as JSON
+  samus bench --checkpoint samus_vit_b.safetensors --threads 1 --json";
+
+/// Prompts decoded on each cached embedding to time the decoder.
+const PROMPTS_PER_IMAGE: usize = 10;
+/// Untimed runs before the measurement (allocator and caches warm up).
+const WARMUP_RUNS: usize = 1;
+
+/// Arguments of `samus bench`.
+#[derive(Debug, Args)]
+pub struct BenchArgs {
+    /// Checkpoint to time (SAM or SAMUS); or use --random-weights.
+    #[arg(long, value_name = "FILE", required_unless_present = "random_weights")]
+    checkpoint: Option<PathBuf>,
+    /// Model configuration: a preset (vit_b, vit_l, vit_h, tiny) or a JSON file
+    /// (default with --random-weights: vit_b; else guessed from the checkpoint).
+    #[arg(long, value_name = "PRESET|FILE")]
+    config: Option<String>,
+    /// Time a model with random weights of the configuration's shapes.
+    #[arg(long, conflicts_with = "checkpoint")]
+    random_weights: bool,
+    /// Timed images (each: one encoder pass and 10 prompts).
+    #[arg(long, default_value_t = 5, value_parser = clap::value_parser!(u32).range(1..=10_000))]
+    iters: u32,
+    /// Print one JSON object.
+    #[arg(long)]
+    json: bool,
+}
+
+/// Median, fastest and slowest of a series, in seconds.
+#[derive(Debug, Clone, Copy, Serialize)]
+struct Spread {
+    median: f64,
+    min: f64,
+    max: f64,
+}
+
+fn spread(values: &mut [f64]) -> Spread {
+    values.sort_by(f64::total_cmp);
+    let n = values.len();
+    let median = if n == 0 {
+        f64::NAN
+    } else if n % 2 == 1 {
+        values[n / 2]
+    } else {
+        (values[n / 2 - 1] + values[n / 2]) / 2.0
+    };
+    Spread {
+        median,
+        min: values.first().copied().unwrap_or(f64::NAN),
+        max: values.last().copied().unwrap_or(f64::NAN),
+    }
+}
+
+/// The `--json` report (the keys `samus bench` promises).
+#[derive(Debug, Serialize)]
+struct BenchReport {
+    config: SamusConfig,
+    iters: u32,
+    threads: usize,
+    full_median_s: f64,
+    encoder_median_s: f64,
+    encoder_min_s: f64,
+    encoder_max_s: f64,
+    decoder_median_ms: f64,
+    decoder_min_ms: f64,
+    decoder_max_ms: f64,
+    images_per_s: f64,
+    peak_rss_mb: Option<f64>,
+}
+
+/// Peak resident memory of this process in MiB (Linux: `VmHWM`).
+fn peak_rss_mb() -> Option<f64> {
+    let status = std::fs::read_to_string("/proc/self/status").ok()?;
+    let line = status.lines().find(|l| l.starts_with("VmHWM:"))?;
+    let kb: f64 = line.split_whitespace().nth(1)?.parse().ok()?;
+    Some(kb / 1024.0)
+}
+
+fn load(args: &BenchArgs) -> Result<(Samus, SamusConfig)> {
+    let device = Device::Cpu;
+    if args.random_weights {
+        let cfg = SamusConfig::from_name_or_path(args.config.as_deref().unwrap_or("vit_b"))?;
+        return Ok((Samus::random(&cfg, DEFAULT_INIT_SEED, &device)?, cfg));
+    }
+    let Some(path) = &args.checkpoint else {
+        bail!("give --checkpoint FILE or --random-weights");
+    };
+    let tensors = read_checkpoint(path)?;
+    let cfg = resolve_config(args.config.as_deref(), &tensors, path)?;
+    let (model, _) = Samus::from_tensors(tensors, &cfg, &device, DEFAULT_INIT_SEED)
+        .map_err(|e| checkpoint_error(path, e))?;
+    Ok((model, cfg))
+}
+
+/// Runs `samus bench`.
+pub fn run(args: BenchArgs) -> Result<()> {
+    let (model, cfg) = load(&args)?;
+    let (image, (cx, cy)) = demo_image(7);
+    let image = DynamicImage::ImageLuma8(image);
+    let mut predictor = Predictor::new(&model);
+    let prompts: Vec<PromptSet> = (0..PROMPTS_PER_IMAGE)
+        .map(|i| PromptSet {
+            points: vec![Point::foreground(cx + i as f32, cy)],
+            ..PromptSet::default()
+        })
+        .collect();
+    let (mut encoder, mut decoder, mut full) = (Vec::new(), Vec::new(), Vec::new());
+    for run in 0..WARMUP_RUNS + args.iters as usize {
+        let start = Instant::now();
+        predictor.set_image(&image)?;
+        let encoded = start.elapsed().as_secs_f64();
+        let mut first = None;
+        for prompt in &prompts {
+            let t = Instant::now();
+            predictor.predict(prompt)?;
+            let d = t.elapsed().as_secs_f64();
+            first.get_or_insert(d);
+            if run >= WARMUP_RUNS {
+                decoder.push(d);
+            }
+        }
+        if run >= WARMUP_RUNS {
+            encoder.push(encoded);
+            full.push(encoded + first.unwrap_or(0.0));
+        }
+    }
+    let (enc, dec, all) = (
+        spread(&mut encoder),
+        spread(&mut decoder),
+        spread(&mut full),
+    );
+    let report = BenchReport {
+        config: cfg,
+        iters: args.iters,
+        threads: candle_core::utils::get_num_threads(),
+        full_median_s: all.median,
+        encoder_median_s: enc.median,
+        encoder_min_s: enc.min,
+        encoder_max_s: enc.max,
+        decoder_median_ms: dec.median * 1e3,
+        decoder_min_ms: dec.min * 1e3,
+        decoder_max_ms: dec.max * 1e3,
+        images_per_s: 1.0 / all.median,
+        peak_rss_mb: peak_rss_mb(),
+    };
+    if args.json {
+        println!("{}", serde_json::to_string(&report)?);
+    } else {
+        println!(
+            "model       embed_dim {}, depth {}, {} threads, {} timed images",
+            report.config.embed_dim, report.config.depth, report.threads, report.iters
+        );
+        println!(
+            "encoder     median {:.3} s (min {:.3}, max {:.3})",
+            enc.median, enc.min, enc.max
+        );
+        println!(
+            "decoder     median {:.2} ms per prompt (min {:.2}, max {:.2})",
+            report.decoder_median_ms, report.decoder_min_ms, report.decoder_max_ms
+        );
+        println!(
+            "full        median {:.3} s per image (encoder + one prompt), {:.2} images/s",
+            all.median, report.images_per_s
+        );
+        if let Some(mb) = report.peak_rss_mb {
+            println!("peak RSS    {mb:.0} MiB");
+        }
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn spread_takes_the_median() {
+        let s = spread(&mut [3.0, 1.0, 2.0]);
+        assert_eq!((s.median, s.min, s.max), (2.0, 1.0, 3.0));
+        assert_eq!(spread(&mut [4.0, 1.0, 2.0, 3.0]).median, 2.5);
+        assert!(spread(&mut []).median.is_nan());
+    }
+
+    #[test]
+    fn peak_rss_is_read_on_linux() {
+        if cfg!(target_os = "linux") {
+            assert!(peak_rss_mb().is_some_and(|mb| mb > 0.0));
+        }
+    }
+}
