@@ -83,6 +83,65 @@ fn rows_per_task(len: usize) -> usize {
     (TASK_ELEMENTS / len.max(1)).max(1)
 }
 
+/// Independent accumulators per reduction, so that the compiler can keep them in one
+/// SIMD register (a float sum or maximum in one accumulator is a serial chain).
+const LANES: usize = 16;
+
+/// The largest value of `row` (NaN if it holds one).
+#[inline(always)]
+fn row_max(row: &[f32]) -> f32 {
+    let mut acc = [f32::NEG_INFINITY; LANES];
+    let chunks = row.chunks_exact(LANES);
+    let tail = chunks.remainder();
+    for chunk in chunks {
+        for (a, &v) in acc.iter_mut().zip(chunk) {
+            *a = a.max(v);
+        }
+    }
+    let mut max = acc.iter().fold(f32::NEG_INFINITY, |m, &v| m.max(v));
+    for &v in tail {
+        max = max.max(v);
+    }
+    if row.iter().any(|v| v.is_nan()) {
+        f32::NAN
+    } else {
+        max
+    }
+}
+
+/// Replaces each value by `exp(value - max)` and returns their sum.
+#[inline(always)]
+fn exp_shifted_sum(row: &mut [f32], max: f32) -> f32 {
+    let mut acc = [0f32; LANES];
+    let mut chunks = row.chunks_exact_mut(LANES);
+    for chunk in &mut chunks {
+        for (a, v) in acc.iter_mut().zip(chunk.iter_mut()) {
+            *v = exp(*v - max);
+            *a += *v;
+        }
+    }
+    let mut sum: f32 = acc.iter().sum();
+    for v in chunks.into_remainder() {
+        *v = exp(*v - max);
+        sum += *v;
+    }
+    sum
+}
+
+/// `sum(a * b)` with [`LANES`] accumulators.
+#[inline(always)]
+fn dot(a: &[f32], b: &[f32]) -> f32 {
+    let mut acc = [0f32; LANES];
+    let (ca, cb) = (a.chunks_exact(LANES), b.chunks_exact(LANES));
+    let (ta, tb) = (ca.remainder(), cb.remainder());
+    for (x, y) in ca.zip(cb) {
+        for ((s, &x), &y) in acc.iter_mut().zip(x).zip(y) {
+            *s += x * y;
+        }
+    }
+    acc.iter().sum::<f32>() + ta.iter().zip(tb).map(|(x, y)| x * y).sum::<f32>()
+}
+
 /// Turns each row of `rows` (already holding the logits) into probabilities in
 /// place; vectorised by `pulp`.
 struct SoftmaxRows<'a> {
@@ -96,13 +155,8 @@ impl pulp::WithSimd for SoftmaxRows<'_> {
     #[inline(always)]
     fn with_simd<S: pulp::Simd>(self, _simd: S) {
         for row in self.rows.chunks_mut(self.len) {
-            let max = row.iter().fold(f32::NEG_INFINITY, |m, &v| m.max(v));
-            let mut sum = 0f32;
-            for v in row.iter_mut() {
-                *v = exp(*v - max);
-                sum += *v;
-            }
-            let inv = 1.0 / sum;
+            let max = row_max(row);
+            let inv = 1.0 / exp_shifted_sum(row, max);
             for v in row.iter_mut() {
                 *v *= inv;
             }
@@ -129,7 +183,7 @@ impl pulp::WithSimd for SoftmaxBackwardRows<'_> {
             .chunks_mut(self.len)
             .zip(self.probs.chunks(self.len).zip(self.grad.chunks(self.len)));
         for (d, (p, g)) in rows {
-            let dot: f32 = p.iter().zip(g).map(|(a, b)| a * b).sum();
+            let dot = dot(p, g);
             for ((d, &p), &g) in d.iter_mut().zip(p).zip(g) {
                 *d = p * (g - dot);
             }
