@@ -162,6 +162,10 @@ pub struct TrainArgs {
     /// Skip unreadable samples (they are counted and reported) instead of stopping.
     #[arg(long)]
     skip_bad: bool,
+    /// MiB of decoded training images kept in memory so that later epochs skip the
+    /// PNG decoding (0 turns the cache off).
+    #[arg(long, value_name = "MIB", default_value_t = 1024)]
+    cache_mb: usize,
 }
 
 fn build_model(
@@ -205,6 +209,7 @@ pub fn run_train(args: TrainArgs) -> Result<()> {
     let train_options = DatasetOptions {
         seed: args.seed,
         skip_bad: args.skip_bad,
+        cache_bytes: args.cache_mb.saturating_mul(1 << 20),
         ..DatasetOptions::training()
     };
     let train = Us30kSplit::open(&args.data, &args.split, train_options)?;

@@ -1,5 +1,7 @@
 //! Loading 1000 synthetic training samples (PNG decoding, augmentation, prompts) with
-//! the parallel batch iterator, against the same work on one thread.
+//! the parallel batch iterator, against the same work on one thread, and the parallel
+//! iterator once the decoded images are cached (every epoch after the first of a
+//! training run: only the augmentation and the prompts are left).
 //!
 //! `cargo bench -p samus-data --bench loading`
 
@@ -24,8 +26,14 @@ fn loading(c: &mut Criterion) {
     let dir = tempfile::tempdir().expect("temporary folder");
     // 400 images per kind: 280 + 280 + 3 x 280 training lines, more than SAMPLES.
     samus_data::synth::write_dataset(dir.path(), 400, 5).expect("synthetic dataset");
-    let split =
+    let uncached = DatasetOptions {
+        cache_bytes: 0,
+        ..DatasetOptions::training()
+    };
+    let split = Us30kSplit::open(dir.path(), "train", uncached).expect("train split");
+    let cached =
         Us30kSplit::open(dir.path(), "train", DatasetOptions::training()).expect("train split");
+    load(&cached, 0); // the first epoch fills the cache
     let single = rayon::ThreadPoolBuilder::new()
         .num_threads(1)
         .build()
@@ -36,6 +44,7 @@ fn loading(c: &mut Criterion) {
     group.bench_function("single_thread", |b| {
         b.iter(|| single.install(|| load(&split, 0)))
     });
+    group.bench_function("parallel_cached", |b| b.iter(|| load(&cached, 1)));
     group.finish();
 }
 

@@ -1,7 +1,9 @@
 //! A US30K split as a dataset of transformed samples with prompts, and seeded,
 //! shuffled batches decoded in parallel.
 
+use std::collections::HashMap;
 use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
 
 use image::GrayImage;
 use rand::seq::SliceRandom;
@@ -36,7 +38,14 @@ pub struct DatasetOptions {
     pub skip_bad: bool,
     /// Seed of the shuffling, the augmentations and the random prompts.
     pub seed: u64,
+    /// Bytes of decoded images and labels kept in memory, so that later epochs skip
+    /// the PNG decoding (0: no cache). Samples are cached as they are first read until
+    /// the budget is used up; the cache never evicts, so memory stays within it.
+    pub cache_bytes: usize,
 }
+
+/// The decoded-image cache of [`DatasetOptions::training`]: 1 GiB.
+pub const DEFAULT_TRAINING_CACHE_BYTES: usize = 1 << 30;
 
 impl DatasetOptions {
     /// The reference training setup: augmentations, random prompts, seed 1234.
@@ -47,6 +56,7 @@ impl DatasetOptions {
             test_class_id: 1,
             skip_bad: false,
             seed: 1234,
+            cache_bytes: DEFAULT_TRAINING_CACHE_BYTES,
         }
     }
 
@@ -55,6 +65,7 @@ impl DatasetOptions {
         Self {
             augmentation: None,
             prompts: PromptMode::Fixed,
+            cache_bytes: 0,
             ..Self::training()
         }
     }
@@ -107,6 +118,55 @@ pub struct Us30kSplit {
     entries: Vec<(usize, SplitEntry)>,
     classes: ClassMap,
     options: DatasetOptions,
+    cache: Arc<DecodedCache>,
+}
+
+/// Decoded image/label pairs by sample index, up to a byte budget (shared by clones
+/// of a split).
+#[derive(Debug, Default)]
+struct DecodedCache {
+    budget: usize,
+    state: Mutex<CacheState>,
+}
+
+#[derive(Debug, Default)]
+struct CacheState {
+    pairs: HashMap<usize, Arc<(GrayImage, GrayImage)>>,
+    bytes: usize,
+}
+
+impl DecodedCache {
+    fn new(budget: usize) -> Self {
+        Self {
+            budget,
+            state: Mutex::default(),
+        }
+    }
+
+    fn get(&self, index: usize) -> Option<Arc<(GrayImage, GrayImage)>> {
+        if self.budget == 0 {
+            return None;
+        }
+        let state = self.state.lock().unwrap_or_else(|p| p.into_inner());
+        state.pairs.get(&index).cloned()
+    }
+
+    /// Keeps `pair` if it fits the budget.
+    fn offer(&self, index: usize, pair: &Arc<(GrayImage, GrayImage)>) {
+        let size = pair.0.as_raw().len() + pair.1.as_raw().len();
+        if self.budget == 0 {
+            return;
+        }
+        let mut state = self.state.lock().unwrap_or_else(|p| p.into_inner());
+        if state.bytes + size <= self.budget && !state.pairs.contains_key(&index) {
+            state.bytes += size;
+            state.pairs.insert(index, Arc::clone(pair));
+        }
+    }
+
+    fn bytes(&self) -> usize {
+        self.state.lock().unwrap_or_else(|p| p.into_inner()).bytes
+    }
 }
 
 /// Mixes the seed, the epoch and the sample index into one per-sample seed, so that
@@ -171,6 +231,7 @@ impl Us30kSplit {
             split_path,
             entries,
             classes,
+            cache: Arc::new(DecodedCache::new(options.cache_bytes)),
             options,
         })
     }
@@ -183,6 +244,12 @@ impl Us30kSplit {
     /// Whether the split is empty (never, once opened).
     pub fn is_empty(&self) -> bool {
         self.entries.is_empty()
+    }
+
+    /// Bytes of decoded images and labels held by the cache
+    /// ([`DatasetOptions::cache_bytes`]).
+    pub fn cached_bytes(&self) -> usize {
+        self.cache.bytes()
     }
 
     /// The split's entries with their line numbers.
@@ -211,7 +278,15 @@ impl Us30kSplit {
             line: *line,
             source,
         };
-        let (image, label) = self.read_pair(entry).map_err(in_context)?;
+        let pair = match self.cache.get(index) {
+            Some(pair) => pair,
+            None => {
+                let pair = Arc::new(self.read_pair(entry).map_err(in_context)?);
+                self.cache.offer(index, &pair);
+                pair
+            }
+        };
+        let (image, label) = (&pair.0, &pair.1);
         let classes = self.classes.classes(&entry.dataset).unwrap_or(2);
         let class_id = entry
             .class_id
@@ -222,8 +297,8 @@ impl Us30kSplit {
             label,
             low_label,
         } = match &self.options.augmentation {
-            Some(aug) => aug.apply(&mut rng, &image, &label),
-            None => validation_transform(&image, &label),
+            Some(aug) => aug.apply(&mut rng, image, label),
+            None => validation_transform(image, label),
         };
         let mask = binary_target(&label, classes, class_id);
         let low_mask = binary_target(&low_label, classes, class_id);

@@ -30,12 +30,23 @@ pub fn resize_label_nearest(label: &GrayImage, width: u32, height: u32) -> GrayI
         return label.clone();
     }
     let (w, h) = label.dimensions();
-    let source = |o: u32, inp: u32, out: u32| {
-        (((o as f64 + 0.5) * inp as f64 / out as f64) as u32).min(inp - 1)
+    if w == 0 || h == 0 {
+        return GrayImage::new(width, height);
+    }
+    // The source row and column of every output row and column, computed once.
+    let sources = |inp: u32, out: u32| -> Vec<usize> {
+        (0..out)
+            .map(|o| (((o as f64 + 0.5) * inp as f64 / out as f64) as u32).min(inp - 1) as usize)
+            .collect()
     };
-    GrayImage::from_fn(width, height, |x, y| {
-        *label.get_pixel(source(x, w, width), source(y, h, height))
-    })
+    let (columns, rows) = (sources(w, width), sources(h, height));
+    let data = label.as_raw();
+    let mut out = Vec::with_capacity(width as usize * height as usize);
+    for &y in &rows {
+        let row = &data[y * w as usize..(y + 1) * w as usize];
+        out.extend(columns.iter().map(|&x| row[x]));
+    }
+    GrayImage::from_raw(width, height, out).unwrap_or_else(|| GrayImage::new(width, height))
 }
 
 /// The last step of every transform: image bilinear to 256 (8-bit, as PIL resizes,

@@ -340,3 +340,56 @@ fn synthetic_dataset_loads_with_augmentation_in_batches() {
         .collect();
     assert_eq!(classes.into_iter().collect::<Vec<_>>(), vec![1, 2, 3]);
 }
+
+#[test]
+fn decoded_cache_gives_the_same_samples_and_keeps_to_its_budget() {
+    let tmp = tempfile::tempdir().unwrap();
+    samus_data::synth::write_dataset(tmp.path(), 8, 3).unwrap();
+    let split = "train-Breast-SynthBUSI";
+    let cached = Us30kSplit::open(tmp.path(), split, DatasetOptions::training()).unwrap();
+    let plain = Us30kSplit::open(
+        tmp.path(),
+        split,
+        DatasetOptions {
+            cache_bytes: 0,
+            ..DatasetOptions::training()
+        },
+    )
+    .unwrap();
+    for epoch in 0..2 {
+        for i in 0..cached.len() {
+            let (a, b) = (
+                cached.get_in_epoch(i, epoch).unwrap(),
+                plain.get_in_epoch(i, epoch).unwrap(),
+            );
+            assert_eq!(
+                (a.image, a.mask, a.click),
+                (b.image, b.mask, b.click),
+                "sample {i}"
+            );
+        }
+    }
+    assert!(cached.cached_bytes() > 0);
+    assert_eq!(plain.cached_bytes(), 0);
+    // A budget smaller than one pair caches nothing.
+    let tiny = Us30kSplit::open(
+        tmp.path(),
+        "val-Breast-SynthBUSI",
+        DatasetOptions {
+            cache_bytes: 10,
+            ..DatasetOptions::training()
+        },
+    )
+    .unwrap();
+    assert!(tiny.get(0).is_ok());
+    assert_eq!(tiny.cached_bytes(), 0);
+    // Once cached, the files are no longer read: delete them and load again.
+    for entry in std::fs::read_dir(tmp.path().join("Breast-SynthBUSI/img")).unwrap() {
+        std::fs::remove_file(entry.unwrap().path()).unwrap();
+    }
+    assert!(cached.get_in_epoch(0, 5).is_ok(), "served from the cache");
+    assert!(
+        plain.get_in_epoch(0, 5).is_err(),
+        "without a cache the file is needed"
+    );
+}
