@@ -170,6 +170,9 @@ pub fn download(args: &DownloadArgs) -> Result<PathBuf> {
         HFClientSync::from_inner(client).context("cannot start the Hugging Face Hub client")?;
     let headline =
         format!("cannot download `{file}` from {repo} at revision `{revision}` ({endpoint})");
+    // hf-hub retries a refused connection with back-off; say at once that nothing
+    // answers there.
+    check_reachable(&endpoint).with_context(|| headline.clone())?;
 
     // A run killed mid-transfer leaves `<etag>.incomplete`; hf-hub truncates it when the same
     // etag is fetched again, but one for an etag that has since changed would stay forever.
@@ -210,6 +213,57 @@ pub fn download(args: &DownloadArgs) -> Result<PathBuf> {
     )
     .context(headline)?;
     Ok(path)
+}
+
+/// Seconds to wait for a TCP connection to the hub before giving up.
+const CONNECT_TIMEOUT_S: u64 = 5;
+
+/// Fails quickly, naming the endpoint, when nothing accepts a TCP connection there.
+fn check_reachable(endpoint: &str) -> Result<()> {
+    let url = url::Url::parse(endpoint)
+        .with_context(|| format!("`{endpoint}` is not a URL (check --endpoint / $HF_ENDPOINT)"))?;
+    let addresses = url
+        .socket_addrs(|| None)
+        .with_context(|| format!("cannot resolve the hub address {endpoint}"))?;
+    let timeout = std::time::Duration::from_secs(CONNECT_TIMEOUT_S);
+    let mut last = None;
+    for address in &addresses {
+        match std::net::TcpStream::connect_timeout(address, timeout) {
+            Ok(_) => return Ok(()),
+            Err(e) => last = Some(e),
+        }
+    }
+    match last {
+        Some(e) => bail!(
+            "nothing answers at {endpoint} ({e}); check the network, --endpoint or $HF_ENDPOINT"
+        ),
+        None => bail!("the hub address {endpoint} resolves to no address"),
+    }
+}
+
+/// The file's path in the local cache when an earlier download left it there, found
+/// without any network access (`refs/<revision>` names the snapshot).
+pub fn cached_path(args: &DownloadArgs) -> Result<Option<PathBuf>> {
+    let mut builder = HFClient::builder();
+    if let Some(dir) = &args.cache_dir {
+        builder = builder.cache_dir(dir.as_path());
+    }
+    let client = builder
+        .build()
+        .context("cannot set up the Hugging Face Hub client")?;
+    let folder = client.cache_dir().join(repo_folder_name(args.repo.trim()));
+    let revision = args.revision.as_str();
+    let is_commit = revision.len() == 40 && revision.bytes().all(|b| b.is_ascii_hexdigit());
+    let commit = if is_commit {
+        revision.to_string()
+    } else {
+        match fs::read_to_string(folder.join("refs").join(revision)) {
+            Ok(text) => text.trim().to_string(),
+            Err(_) => return Ok(None),
+        }
+    };
+    let path = folder.join("snapshots").join(commit).join(args.file_path());
+    Ok(path.is_file().then_some(path))
 }
 
 /// The innermost error of a chain (for a failed connection: the OS's reason).

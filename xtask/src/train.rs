@@ -10,7 +10,7 @@ use std::process::Command;
 use anyhow::{bail, Context, Result};
 
 use crate::download::{
-    download, DownloadArgs, SamModel, DEFAULT_REPO, DEFAULT_RETRIES, DEFAULT_REVISION,
+    cached_path, download, DownloadArgs, SamModel, DEFAULT_REPO, DEFAULT_RETRIES, DEFAULT_REVISION,
 };
 
 /// The configuration `samus train` gets when none is given.
@@ -87,11 +87,16 @@ pub fn run(args: &[String]) -> Result<()> {
             no_progress: false,
             no_verify: false,
         };
-        eprintln!(
-            "no --init: using SAM {} weights from the Hugging Face hub ({DEFAULT_REPO})",
-            request.file_path()
-        );
-        let path = download(&request)?;
+        let path = match cached_path(&request)? {
+            Some(path) => path,
+            None => {
+                eprintln!(
+                    "no --init: downloading SAM {} from the Hugging Face hub ({DEFAULT_REPO})",
+                    request.file_path()
+                );
+                download(&request)?
+            }
+        };
         eprintln!("SAM weights: {}", path.display());
         args.extend(["--init".to_string(), path.display().to_string()]);
     }

@@ -17,7 +17,7 @@ use std::thread::JoinHandle;
 use std::time::Duration;
 
 use sha2::{Digest, Sha256};
-use xtask::download::{download, DownloadArgs, SamModel};
+use xtask::download::{cached_path, download, DownloadArgs, SamModel, DEFAULT_RETRIES};
 
 const REPO: &str = "test-org/sam-checkpoints";
 const FILE: &str = "checkpoints/sam_vit_b_01ec64.pth";
@@ -443,4 +443,47 @@ fn an_error_page_is_never_left_in_the_cache() {
         "{message}"
     );
     assert_eq!(payload_files(cache.path()), Vec::<PathBuf>::new());
+}
+
+#[test]
+fn a_cached_file_is_found_without_the_network() {
+    let hub = FakeHub::start(Mode::Healthy, payload(2_000));
+    let cache = tempfile::tempdir().expect("tempdir");
+    let request = args(&hub, cache.path(), FILE);
+    assert_eq!(cached_path(&request).expect("cache lookup"), None);
+    let path = download(&request).expect("download");
+    let requests = hub.requests().len();
+    assert_eq!(cached_path(&request).expect("cache lookup"), Some(path));
+    assert_eq!(
+        hub.requests().len(),
+        requests,
+        "the lookup sends no request"
+    );
+}
+
+#[test]
+fn an_unreachable_endpoint_fails_within_seconds_naming_it() {
+    let cache = tempfile::tempdir().expect("tempdir");
+    let request = DownloadArgs {
+        model: SamModel::VitB,
+        repo: REPO.to_owned(),
+        revision: "main".to_owned(),
+        file: None,
+        token: None,
+        endpoint: Some("http://127.0.0.1:1".to_owned()),
+        cache_dir: Some(cache.path().to_path_buf()),
+        retries: DEFAULT_RETRIES,
+        no_progress: true,
+        no_verify: false,
+    };
+    let start = std::time::Instant::now();
+    let err = download(&request).expect_err("nothing listens on port 1");
+    let message = format!("{err:#}");
+    assert!(
+        start.elapsed() < Duration::from_secs(10),
+        "took {:?}",
+        start.elapsed()
+    );
+    assert!(message.contains("http://127.0.0.1:1"), "{message}");
+    assert!(message.contains("nothing answers"), "{message}");
 }
