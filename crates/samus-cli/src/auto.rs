@@ -228,7 +228,7 @@ pub fn run(args: AutoArgs) -> Result<()> {
             let overlay_path = if args.overlay {
                 let p = args.out_dir.join(format!("{stem}_overlay.png"));
                 save_png(
-                    &DynamicImage::ImageRgb8(overlay(image, &mask_img, &[], None)),
+                    &DynamicImage::ImageRgb8(overlay(image, &mask_img, &[], None, None)),
                     &p,
                 )?;
                 Some(p.display().to_string())

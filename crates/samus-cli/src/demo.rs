@@ -123,6 +123,20 @@ fn write_overlays(model: &TrainModel, test: &Us30kSplit, dir: &Path) -> Result<u
         )
         .context("sample image size")?;
         let mask: Vec<u8> = mask.into_iter().map(u8::from).collect();
+        let both = mask
+            .iter()
+            .zip(&sample.mask)
+            .filter(|(a, b)| **a > 0 && **b > 0)
+            .count();
+        let total = mask.iter().chain(&sample.mask).filter(|v| **v > 0).count();
+        let caption = if total == 0 {
+            "no target, nothing predicted".to_string()
+        } else {
+            format!(
+                "Dice {:.2} against the ground truth",
+                2.0 * both as f64 / total as f64
+            )
+        };
         let click = Point {
             x: sample.click.x as f32,
             y: sample.click.y as f32,
@@ -133,6 +147,7 @@ fn write_overlays(model: &TrainModel, test: &Us30kSplit, dir: &Path) -> Result<u
             &crate::images::mask_image(&mask, side, side)?,
             &[click],
             None,
+            Some(&caption),
         );
         let stem = Path::new(&sample.name)
             .file_stem()

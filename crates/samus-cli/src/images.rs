@@ -3,9 +3,10 @@
 use std::io::Read;
 use std::path::Path;
 
+use ab_glyph::FontRef;
 use anyhow::{bail, Context, Result};
 use image::{DynamicImage, GrayImage, ImageFormat, Rgb, RgbImage};
-use imageproc::drawing::{draw_filled_circle_mut, draw_hollow_rect_mut};
+use imageproc::drawing::{draw_filled_circle_mut, draw_hollow_rect_mut, draw_text_mut};
 use imageproc::rect::Rect;
 use samus_model::{BoxPrompt, Point};
 
@@ -17,6 +18,8 @@ const TINT: [f32; 3] = [255.0, 60.0, 60.0];
 const FOREGROUND_COLOUR: Rgb<u8> = Rgb([60, 220, 60]);
 const BACKGROUND_COLOUR: Rgb<u8> = Rgb([230, 50, 230]);
 const BOX_COLOUR: Rgb<u8> = Rgb([255, 210, 0]);
+const OUTLINE_COLOUR: Rgb<u8> = Rgb([255, 40, 40]);
+const CAPTION_COLOUR: Rgb<u8> = Rgb([255, 255, 255]);
 
 fn is_dicom(path: &Path) -> bool {
     let by_name = path
@@ -83,12 +86,28 @@ pub fn mask_image(mask: &[u8], width: u32, height: u32) -> Result<GrayImage> {
     GrayImage::from_raw(width, height, pixels).context("mask size does not match the image")
 }
 
-/// The image with the mask tinted and the prompts drawn.
+/// Whether mask pixel `(x, y)` is set and touches an unset pixel or the border.
+fn on_outline(mask: &GrayImage, x: u32, y: u32) -> bool {
+    let (w, h) = mask.dimensions();
+    let set = |x: i64, y: i64| {
+        x >= 0
+            && y >= 0
+            && x < w as i64
+            && y < h as i64
+            && mask.get_pixel(x as u32, y as u32)[0] > 0
+    };
+    let (xi, yi) = (x as i64, y as i64);
+    set(xi, yi) && !(set(xi - 1, yi) && set(xi + 1, yi) && set(xi, yi - 1) && set(xi, yi + 1))
+}
+
+/// The image with the mask filled (tinted) and outlined, the prompts drawn (points
+/// coloured by label, the box), and `caption` (e.g. the predicted IoU) in a corner.
 pub fn overlay(
     image: &DynamicImage,
     mask: &GrayImage,
     points: &[Point],
     bbox: Option<BoxPrompt>,
+    caption: Option<&str>,
 ) -> RgbImage {
     let mut out = image.to_rgb8();
     for (pixel, m) in out.pixels_mut().zip(mask.pixels()) {
@@ -96,6 +115,15 @@ pub fn overlay(
             for c in 0..3 {
                 pixel[c] =
                     ((1.0 - TINT_ALPHA) * pixel[c] as f32 + TINT_ALPHA * TINT[c]).round() as u8;
+            }
+        }
+    }
+    if mask.dimensions() == out.dimensions() {
+        for y in 0..mask.height() {
+            for x in 0..mask.width() {
+                if on_outline(mask, x, y) {
+                    out.put_pixel(x, y, OUTLINE_COLOUR);
+                }
             }
         }
     }
@@ -122,5 +150,64 @@ pub fn overlay(
             BOX_COLOUR,
         );
     }
+    if let (Some(text), Ok(font)) = (caption, FontRef::try_from_slice(samus_train::curve::FONT)) {
+        let size = (out.height() as f32 / 20.0).clamp(10.0, 28.0);
+        let margin = (size / 3.0) as i32;
+        // A dark shadow first, so that the text reads on bright and dark images.
+        draw_text_mut(
+            &mut out,
+            Rgb([0, 0, 0]),
+            margin + 1,
+            margin + 1,
+            size,
+            &font,
+            text,
+        );
+        draw_text_mut(&mut out, CAPTION_COLOUR, margin, margin, size, &font, text);
+    }
     out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use image::Luma;
+
+    #[test]
+    fn overlay_fills_outlines_and_captions() {
+        let image = DynamicImage::ImageLuma8(GrayImage::from_pixel(120, 120, Luma([90])));
+        let mask = GrayImage::from_fn(120, 120, |x, y| {
+            Luma([u8::from((40..80).contains(&x) && (40..80).contains(&y)) * 255])
+        });
+        let out = overlay(
+            &image,
+            &mask,
+            &[Point::foreground(60.0, 60.0)],
+            None,
+            Some("IoU 0.9"),
+        );
+        assert_eq!(
+            *out.get_pixel(40, 50),
+            OUTLINE_COLOUR,
+            "the edge is outlined"
+        );
+        let inside = out.get_pixel(50, 50);
+        assert!(inside[0] > inside[1], "the inside is tinted: {inside:?}");
+        assert_eq!(
+            *out.get_pixel(100, 100),
+            Rgb([90, 90, 90]),
+            "outside untouched"
+        );
+        assert_eq!(
+            *out.get_pixel(60, 60),
+            FOREGROUND_COLOUR,
+            "the point is drawn"
+        );
+        // Anti-aliased text: count the bright pixels of the corner it is drawn in.
+        let bright = (0..70)
+            .flat_map(|x| (0..20).map(move |y| (x, y)))
+            .filter(|&(x, y)| out.get_pixel(x, y)[0] > 180)
+            .count();
+        assert!(bright > 10, "the caption is drawn ({bright} bright pixels)");
+    }
 }

@@ -214,7 +214,8 @@ pub fn run(args: SegmentArgs) -> Result<()> {
     let mask = mask_image(&pixels[selected], w, h)?;
     save_png(&DynamicImage::ImageLuma8(mask.clone()), &args.out)?;
     if let Some(path) = &args.overlay {
-        let picture = overlay(&image, &mask, &points, args.bbox);
+        let caption = format!("predicted IoU {:.3}", summaries[selected].iou);
+        let picture = overlay(&image, &mask, &points, args.bbox, Some(&caption));
         save_png(&DynamicImage::ImageRgb8(picture), path)?;
     }
     if let Some(path) = &args.save_logits {
@@ -359,7 +360,18 @@ fn run_prompt_file(
         save_png(&DynamicImage::ImageLuma8(labels), path)?;
     }
     if let Some(path) = &args.overlay {
-        let picture = overlay(image, &mask_image(&union, w, h)?, &all_points, None);
+        let caption = reports
+            .iter()
+            .map(|e| format!("{} {:.2}", e.name, e.iou))
+            .collect::<Vec<_>>()
+            .join("  ");
+        let picture = overlay(
+            image,
+            &mask_image(&union, w, h)?,
+            &all_points,
+            None,
+            Some(&caption),
+        );
         save_png(&DynamicImage::ImageRgb8(picture), path)?;
     }
     let report = PromptFileReport {

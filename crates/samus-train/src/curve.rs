@@ -15,8 +15,8 @@ pub const CURVE_SIZE: (u32, u32) = (960, 420);
 /// Steps averaged by the smoothed loss line.
 const SMOOTHING: usize = 20;
 /// The ASCII subset of DejaVu Sans (licence in `assets/DejaVu-LICENSE.txt`), so that
-/// the labels render without system fonts.
-const FONT: &[u8] = include_bytes!("../assets/DejaVuSans-ascii.ttf");
+/// labels render without system fonts (the CLI's overlays use it too).
+pub const FONT: &[u8] = include_bytes!("../assets/DejaVuSans-ascii.ttf");
 const FONT_NAME: &str = "sans-serif";
 
 /// The rows of a run's `metrics.csv`.
