@@ -11,6 +11,7 @@ mod model_source;
 mod output;
 mod prompt_file;
 mod prompts;
+mod report;
 mod segment;
 mod synth;
 mod train;

@@ -9,7 +9,7 @@ use clap::{Args, ValueEnum};
 use indicatif::{ProgressBar, ProgressStyle};
 use samus_data::{DatasetOptions, Us30kSplit};
 use samus_model::{Samus, SamusConfig};
-use samus_train::evaluate::{evaluate, EvalReport};
+use samus_train::evaluate::{evaluate_with, EvalReport};
 use samus_train::freeze::TrainableSet;
 use samus_train::loss::SegmentationLoss;
 use samus_train::model::{ModelKind, TrainModel};
@@ -320,6 +320,10 @@ pub struct EvalArgs {
     /// Also write the per-dataset table as CSV.
     #[arg(long, value_name = "FILE")]
     csv: Option<PathBuf>,
+    /// Also write an HTML report into this folder (`index.html`: the table and the
+    /// best and worst cases as overlays; opens in a browser without a server).
+    #[arg(long, value_name = "DIR")]
+    report: Option<PathBuf>,
 }
 
 /// The report as CSV: one row per dataset/class and one for all images.
@@ -387,7 +391,21 @@ pub fn run_eval(args: EvalArgs) -> Result<()> {
         &Device::Cpu,
     )?;
     let split = Us30kSplit::open(&args.data, &args.split, DatasetOptions::evaluation())?;
-    let report = evaluate(&model, &split, args.batch_size.max(1))?;
+    let mut cases = crate::report::CaseCollector::default();
+    let report = evaluate_with(&model, &split, args.batch_size.max(1), |sample, pred, m| {
+        if args.report.is_some() {
+            cases.offer(sample, pred, m);
+        }
+    })?;
+    if let Some(dir) = &args.report {
+        let title = format!(
+            "{} on {} / {}",
+            args.checkpoint.display(),
+            args.data.display(),
+            args.split
+        );
+        crate::report::write_report(dir, &title, &report, &cases)?;
+    }
     if let Some(path) = &args.csv {
         let text = report_csv(&report);
         crate::output::write_atomically(path, |file| {

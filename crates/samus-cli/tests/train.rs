@@ -51,8 +51,22 @@ fn train_then_resume_then_eval() {
         "--json",
         "--csv",
         csv.to_str().unwrap(),
+        "--report",
+        tmp.path().join("report").to_str().unwrap(),
     ]);
     assert!(out.status.success(), "{}", stderr(&out));
+    let html = std::fs::read_to_string(tmp.path().join("report/index.html")).unwrap();
+    for needle in [
+        "<table>",
+        "Breast-SynthBUSI/1",
+        "Best cases",
+        "Worst cases",
+        "cases/best_0.png",
+    ] {
+        assert!(html.contains(needle), "`{needle}` missing from the report");
+    }
+    let case = image::open(tmp.path().join("report/cases/worst_0.png")).unwrap();
+    assert_eq!(case.width(), 256);
     let report: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
     assert_eq!(report["overall"]["images"], 1);
     assert!(report["images_per_s"].as_f64().unwrap() > 0.0);

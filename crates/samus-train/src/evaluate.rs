@@ -3,7 +3,7 @@
 use std::collections::BTreeMap;
 use std::time::Instant;
 
-use samus_data::Us30kSplit;
+use samus_data::{Sample, Us30kSplit};
 use serde::Serialize;
 
 use crate::metrics::{mask_metrics, MaskMetrics};
@@ -75,6 +75,17 @@ pub fn evaluate(
     split: &Us30kSplit,
     batch_size: usize,
 ) -> Result<EvalReport, TrainError> {
+    evaluate_with(model, split, batch_size, |_, _, _| {})
+}
+
+/// [`evaluate`] that also hands every sample, its 256 x 256 prediction and its
+/// metrics to `on_sample` (for per-image reports).
+pub fn evaluate_with(
+    model: &TrainModel,
+    split: &Us30kSplit,
+    batch_size: usize,
+    mut on_sample: impl FnMut(&Sample, &[bool], &MaskMetrics),
+) -> Result<EvalReport, TrainError> {
     let start = Instant::now();
     let device = model.samus().device().clone();
     let mut per: BTreeMap<String, Vec<MaskMetrics>> = BTreeMap::new();
@@ -90,6 +101,7 @@ pub fn evaluate(
             let gt: Vec<bool> = sample.mask.iter().map(|&m| m > 0).collect();
             let side = (gt.len() as f64).sqrt() as usize;
             let m = mask_metrics(pred, &gt, side, side);
+            on_sample(sample, pred, &m);
             per.entry(format!("{}/{}", sample.dataset, sample.class_id))
                 .or_default()
                 .push(m);

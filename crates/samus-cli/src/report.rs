@@ -1,0 +1,185 @@
+//! `samus eval --report DIR`: a self-contained HTML page (no server, no scripts) with
+//! the per-dataset table and the best and worst cases drawn as overlays.
+
+use std::fmt::Write as _;
+use std::path::Path;
+
+use anyhow::{Context, Result};
+use image::{DynamicImage, GrayImage};
+use samus_data::Sample;
+use samus_model::Point;
+use samus_train::evaluate::EvalReport;
+use samus_train::metrics::MaskMetrics;
+
+use crate::images::{mask_image, overlay, save_png};
+
+/// Cases shown at each end (best and worst Dice).
+pub const CASES_PER_END: usize = 4;
+
+/// One drawn case.
+#[derive(Debug, Clone)]
+struct Case {
+    name: String,
+    dataset: String,
+    dice: f64,
+    overlay: image::RgbImage,
+}
+
+/// Collects the best and worst cases while the evaluation runs, holding only
+/// `2 * CASES_PER_END` overlays at a time.
+#[derive(Debug, Default)]
+pub struct CaseCollector {
+    best: Vec<Case>,
+    worst: Vec<Case>,
+}
+
+impl CaseCollector {
+    /// Offers one evaluated sample.
+    pub fn offer(&mut self, sample: &Sample, prediction: &[bool], metrics: &MaskMetrics) {
+        let keep_best =
+            self.best.len() < CASES_PER_END || self.best.iter().any(|c| c.dice < metrics.dice);
+        let keep_worst =
+            self.worst.len() < CASES_PER_END || self.worst.iter().any(|c| c.dice > metrics.dice);
+        if !(keep_best || keep_worst) {
+            return;
+        }
+        let Some(case) = draw_case(sample, prediction, metrics.dice) else {
+            return;
+        };
+        if keep_best {
+            self.best.push(case.clone());
+            self.best.sort_by(|a, b| b.dice.total_cmp(&a.dice));
+            self.best.truncate(CASES_PER_END);
+        }
+        if keep_worst {
+            self.worst.push(case);
+            self.worst.sort_by(|a, b| a.dice.total_cmp(&b.dice));
+            self.worst.truncate(CASES_PER_END);
+        }
+    }
+}
+
+fn draw_case(sample: &Sample, prediction: &[bool], dice: f64) -> Option<Case> {
+    let side = (sample.image.len() as f64).sqrt() as u32;
+    let grey = GrayImage::from_raw(
+        side,
+        side,
+        sample
+            .image
+            .iter()
+            .map(|&v| (v * 255.0).round() as u8)
+            .collect(),
+    )?;
+    let mask: Vec<u8> = prediction.iter().map(|&p| u8::from(p)).collect();
+    let mask = mask_image(&mask, side, side).ok()?;
+    let click = Point {
+        x: sample.click.x as f32,
+        y: sample.click.y as f32,
+        label: sample.click.label,
+    };
+    let caption = format!("Dice {dice:.3}");
+    Some(Case {
+        name: sample.name.clone(),
+        dataset: sample.dataset.clone(),
+        dice,
+        overlay: overlay(
+            &DynamicImage::ImageLuma8(grey),
+            &mask,
+            &[click],
+            None,
+            Some(&caption),
+        ),
+    })
+}
+
+/// Escapes text for HTML.
+fn escape(text: &str) -> String {
+    text.replace('&', "&amp;")
+        .replace('<', "&lt;")
+        .replace('>', "&gt;")
+        .replace('"', "&quot;")
+}
+
+/// Writes `DIR/index.html` and `DIR/cases/*.png`.
+pub fn write_report(
+    dir: &Path,
+    title: &str,
+    report: &EvalReport,
+    cases: &CaseCollector,
+) -> Result<()> {
+    let case_dir = dir.join("cases");
+    std::fs::create_dir_all(&case_dir)
+        .with_context(|| format!("cannot create {}", case_dir.display()))?;
+    let opt = |v: Option<f64>| v.map_or_else(|| "-".to_string(), |v| format!("{v:.2}"));
+    let mut html = String::new();
+    let _ = write!(
+        html,
+        "<!doctype html>\n<html><head><meta charset=\"utf-8\"><title>{t}</title>\n<style>\
+         body{{font-family:sans-serif;margin:2em}}table{{border-collapse:collapse}}\
+         td,th{{border:1px solid #ccc;padding:4px 8px;text-align:right}}\
+         th:first-child,td:first-child{{text-align:left}}figure{{display:inline-block;margin:6px}}\
+         figcaption{{font-size:80%;max-width:256px;overflow-wrap:anywhere}}</style></head><body>\n\
+         <h1>{t}</h1>\n<table><tr><th>dataset/class</th><th>images</th><th>Dice</th><th>IoU</th>\
+         <th>acc</th><th>SE</th><th>SP</th><th>HD</th><th>HD95</th></tr>\n",
+        t = escape(title)
+    );
+    let rows = report
+        .datasets
+        .iter()
+        .map(|(k, v)| (k.as_str(), v))
+        .chain(std::iter::once(("all", &report.overall)));
+    for (name, s) in rows {
+        let _ = writeln!(
+            html,
+            "<tr><td>{}</td><td>{}</td><td>{:.4}</td><td>{:.4}</td><td>{:.4}</td><td>{:.4}</td>\
+             <td>{:.4}</td><td>{}</td><td>{}</td></tr>",
+            escape(name),
+            s.images,
+            s.dice,
+            s.iou,
+            s.acc,
+            s.se,
+            s.sp,
+            opt(s.hd),
+            opt(s.hd95)
+        );
+    }
+    let _ = writeln!(html, "</table>\n<p>{:.2} images/s</p>", report.images_per_s);
+    for (heading, list, tag) in [
+        ("Best cases", &cases.best, "best"),
+        ("Worst cases", &cases.worst, "worst"),
+    ] {
+        let _ = writeln!(html, "<h2>{heading}</h2>");
+        for (i, case) in list.iter().enumerate() {
+            let file = format!("{tag}_{i}.png");
+            save_png(
+                &DynamicImage::ImageRgb8(case.overlay.clone()),
+                &case_dir.join(&file),
+            )?;
+            let _ = writeln!(
+                html,
+                "<figure><img src=\"cases/{file}\" width=\"256\" alt=\"{n}\">\
+                 <figcaption>{d} / {n}: Dice {dice:.3}</figcaption></figure>",
+                n = escape(&case.name),
+                d = escape(&case.dataset),
+                dice = case.dice
+            );
+        }
+    }
+    html.push_str("</body></html>\n");
+    crate::output::write_atomically(&dir.join("index.html"), |file| {
+        use std::io::Write;
+        file.write_all(html.as_bytes())?;
+        Ok(())
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn html_is_escaped() {
+        assert_eq!(escape("<a&\"b\">"), "&lt;a&amp;&quot;b&quot;&gt;");
+    }
+}
