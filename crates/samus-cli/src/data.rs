@@ -26,6 +26,7 @@ pub struct DataArgs {
 enum DataCommand {
     /// Check a dataset folder in the US30K layout (class.json, split files, image and
     /// label pairs) and print per-dataset counts and problems.
+    #[command(after_help = EXAMPLES)]
     Check {
         /// The dataset root (holding MainPatient/).
         #[arg(value_name = "DIR")]

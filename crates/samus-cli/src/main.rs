@@ -143,9 +143,50 @@ fn tune_allocator() {
 #[cfg(not(all(target_os = "linux", target_env = "gnu")))]
 fn tune_allocator() {}
 
+/// Exit status of a command line that does not parse (as clap uses).
+const USAGE_EXIT: u8 = 2;
+
+/// Prints a command-line error as one line (clap's message, the usage dropped; the
+/// hint to `--help` kept short); `--help` and `--version` print as usual.
+fn usage_error(error: &clap::Error) -> ExitCode {
+    use clap::error::ErrorKind;
+    if matches!(
+        error.kind(),
+        ErrorKind::DisplayHelp
+            | ErrorKind::DisplayVersion
+            | ErrorKind::DisplayHelpOnMissingArgumentOrSubcommand
+    ) {
+        let _ = error.print();
+        return if error.use_stderr() {
+            ExitCode::from(USAGE_EXIT)
+        } else {
+            ExitCode::SUCCESS
+        };
+    }
+    eprintln!("{} (see --help)", one_line_usage_error(&error.to_string()));
+    ExitCode::from(USAGE_EXIT)
+}
+
+/// clap's error text without the usage block, on one line.
+fn one_line_usage_error(text: &str) -> String {
+    let head = text.split("\n\nUsage:").next().unwrap_or(text);
+    let head = head
+        .split("\n\nFor more information")
+        .next()
+        .unwrap_or(head);
+    head.lines()
+        .map(str::trim)
+        .filter(|l| !l.is_empty())
+        .collect::<Vec<_>>()
+        .join(" ")
+}
+
 fn main() -> ExitCode {
     tune_allocator();
-    let cli = Cli::parse();
+    let cli = match Cli::try_parse() {
+        Ok(cli) => cli,
+        Err(e) => return usage_error(&e),
+    };
     let result = configure(&cli).and_then(|()| match cli.command {
         Command::Demo(args) => demo::run(args),
         Command::Segment(args) => segment::run(args),
