@@ -12,9 +12,10 @@ use image::{DynamicImage, GrayImage, Luma};
 use indicatif::{ProgressBar, ProgressStyle};
 use samus_data::{DatasetOptions, Us30kSplit};
 use samus_model::checkpoint::read_tensors;
-use samus_model::{Point, Samus, SamusConfig};
+use samus_model::{Samus, SamusConfig};
 use samus_train::evaluate::evaluate;
 use samus_train::freeze::TrainableSet;
+use samus_train::metrics::mask_metrics;
 use samus_train::model::{BatchTensors, ModelKind, TrainModel};
 use samus_train::trainer::{TrainOptions, Trainer};
 
@@ -108,47 +109,12 @@ fn write_overlays(model: &TrainModel, test: &Us30kSplit, dir: &Path) -> Result<u
         .map(|i| test.get(i))
         .collect::<std::result::Result<Vec<_>, _>>()?;
     let masks = model.predict_masks(&BatchTensors::new(&samples, &Device::Cpu)?)?;
-    let side = samples
-        .first()
-        .map_or(0, |s| (s.image.len() as f64).sqrt() as u32);
     for (sample, mask) in samples.iter().zip(masks) {
-        let grey = GrayImage::from_raw(
-            side,
-            side,
-            sample
-                .image
-                .iter()
-                .map(|&v| (v * 255.0).round() as u8)
-                .collect(),
-        )
-        .context("sample image size")?;
-        let mask: Vec<u8> = mask.into_iter().map(u8::from).collect();
-        let both = mask
-            .iter()
-            .zip(&sample.mask)
-            .filter(|(a, b)| **a > 0 && **b > 0)
-            .count();
-        let total = mask.iter().chain(&sample.mask).filter(|v| **v > 0).count();
-        let caption = if total == 0 {
-            "no target, nothing predicted".to_string()
-        } else {
-            format!(
-                "Dice {:.2} against the ground truth",
-                2.0 * both as f64 / total as f64
-            )
-        };
-        let click = Point {
-            x: sample.click.x as f32,
-            y: sample.click.y as f32,
-            label: sample.click.label,
-        };
-        let picture = crate::images::overlay(
-            &DynamicImage::ImageLuma8(grey),
-            &crate::images::mask_image(&mask, side, side)?,
-            &[click],
-            None,
-            Some(&caption),
-        );
+        let target: Vec<bool> = sample.mask.iter().map(|&m| m > 0).collect();
+        let side = (target.len() as f64).sqrt() as usize;
+        let dice = mask_metrics(&mask, &target, side, side).dice;
+        let caption = format!("Dice {dice:.2} against the ground truth");
+        let picture = crate::images::sample_overlay(sample, &mask, &caption)?;
         let stem = Path::new(&sample.name)
             .file_stem()
             .map_or_else(|| sample.name.clone(), |s| s.to_string_lossy().into_owned());

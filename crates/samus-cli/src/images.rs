@@ -8,6 +8,7 @@ use anyhow::{bail, Context, Result};
 use image::{DynamicImage, GrayImage, ImageFormat, Rgb, RgbImage};
 use imageproc::drawing::{draw_filled_circle_mut, draw_hollow_rect_mut, draw_text_mut};
 use imageproc::rect::Rect;
+use samus_data::Sample;
 use samus_model::{BoxPrompt, Point};
 
 use crate::output::write_atomically;
@@ -84,6 +85,35 @@ pub fn save_png(image: &DynamicImage, path: &Path) -> Result<()> {
 pub fn mask_image(mask: &[u8], width: u32, height: u32) -> Result<GrayImage> {
     let pixels = mask.iter().map(|&m| if m > 0 { 255 } else { 0 }).collect();
     GrayImage::from_raw(width, height, pixels).context("mask size does not match the image")
+}
+
+/// A dataset sample's (transformed) image with a predicted mask of the same size and
+/// the sample's click drawn, captioned.
+pub fn sample_overlay(sample: &Sample, prediction: &[bool], caption: &str) -> Result<RgbImage> {
+    let side = (sample.image.len() as f64).sqrt() as u32;
+    let grey = GrayImage::from_raw(
+        side,
+        side,
+        sample
+            .image
+            .iter()
+            .map(|&v| (v * 255.0).round() as u8)
+            .collect(),
+    )
+    .context("the sample image is not square")?;
+    let mask: Vec<u8> = prediction.iter().map(|&p| u8::from(p)).collect();
+    let click = Point {
+        x: sample.click.x as f32,
+        y: sample.click.y as f32,
+        label: sample.click.label,
+    };
+    Ok(overlay(
+        &DynamicImage::ImageLuma8(grey),
+        &mask_image(&mask, side, side)?,
+        &[click],
+        None,
+        Some(caption),
+    ))
 }
 
 /// Whether mask pixel `(x, y)` is set and touches an unset pixel or the border.

@@ -5,13 +5,12 @@ use std::fmt::Write as _;
 use std::path::Path;
 
 use anyhow::{Context, Result};
-use image::{DynamicImage, GrayImage};
+use image::DynamicImage;
 use samus_data::Sample;
-use samus_model::Point;
 use samus_train::evaluate::EvalReport;
 use samus_train::metrics::MaskMetrics;
 
-use crate::images::{mask_image, overlay, save_png};
+use crate::images::{sample_overlay, save_png};
 
 /// Cases shown at each end (best and worst Dice).
 pub const CASES_PER_END: usize = 4;
@@ -60,35 +59,12 @@ impl CaseCollector {
 }
 
 fn draw_case(sample: &Sample, prediction: &[bool], dice: f64) -> Option<Case> {
-    let side = (sample.image.len() as f64).sqrt() as u32;
-    let grey = GrayImage::from_raw(
-        side,
-        side,
-        sample
-            .image
-            .iter()
-            .map(|&v| (v * 255.0).round() as u8)
-            .collect(),
-    )?;
-    let mask: Vec<u8> = prediction.iter().map(|&p| u8::from(p)).collect();
-    let mask = mask_image(&mask, side, side).ok()?;
-    let click = Point {
-        x: sample.click.x as f32,
-        y: sample.click.y as f32,
-        label: sample.click.label,
-    };
-    let caption = format!("Dice {dice:.3}");
+    let overlay = sample_overlay(sample, prediction, &format!("Dice {dice:.3}")).ok()?;
     Some(Case {
         name: sample.name.clone(),
         dataset: sample.dataset.clone(),
         dice,
-        overlay: overlay(
-            &DynamicImage::ImageLuma8(grey),
-            &mask,
-            &[click],
-            None,
-            Some(&caption),
-        ),
+        overlay,
     })
 }
 

@@ -8,6 +8,8 @@
 use candle_core::{CpuStorage, CustomOp1, CustomOp2, DType, Layout, Result, Shape, Tensor};
 use rayon::prelude::*;
 
+use crate::cpu_kernel::contiguous_f32;
+
 use crate::special::{erf, exp};
 
 /// Elements per parallel task of the element-wise kernels.
@@ -20,14 +22,6 @@ pub fn gelu(x: &Tensor) -> Result<Tensor> {
     } else {
         x.gelu_erf()
     }
-}
-
-/// The contiguous f32 data of a CPU operand.
-fn f32_data<'a>(storage: &'a CpuStorage, layout: &Layout) -> Result<&'a [f32]> {
-    let (start, end) = layout
-        .contiguous_offsets()
-        .ok_or_else(|| candle_core::Error::Msg("gelu: the input must be contiguous".into()))?;
-    Ok(&storage.as_slice::<f32>()?[start..end])
 }
 
 /// GELU of one value.
@@ -89,7 +83,7 @@ impl CustomOp1 for GeluErf {
     }
 
     fn cpu_fwd(&self, storage: &CpuStorage, layout: &Layout) -> Result<(CpuStorage, Shape)> {
-        let x = f32_data(storage, layout)?;
+        let x = contiguous_f32(storage, layout, "gelu")?;
         let mut y = vec![0f32; x.len()];
         y.par_chunks_mut(CHUNK)
             .zip(x.par_chunks(CHUNK))
@@ -120,8 +114,8 @@ impl CustomOp2 for GeluErfBackward {
         s2: &CpuStorage,
         l2: &Layout,
     ) -> Result<(CpuStorage, Shape)> {
-        let x = f32_data(s1, l1)?;
-        let g = f32_data(s2, l2)?;
+        let x = contiguous_f32(s1, l1, "gelu")?;
+        let g = contiguous_f32(s2, l2, "gelu")?;
         if x.len() != g.len() {
             candle_core::bail!(
                 "gelu backward: gradient {:?} for input {:?}",

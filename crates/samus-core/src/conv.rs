@@ -12,6 +12,8 @@
 use candle_core::{CpuStorage, CustomOp1, DType, Layout, Result, Shape, Tensor};
 use rayon::prelude::*;
 
+use crate::cpu_kernel::contiguous_f32;
+
 /// Side of the kernels of [`conv3x3_same`] and [`conv3x3_same_nhwc`].
 const KERNEL: usize = 3;
 /// Number of taps of a 3x3 kernel.
@@ -70,14 +72,6 @@ pub fn im2col3x3_nhwc(x: &Tensor) -> Result<Tensor> {
     Tensor::stack(&shifts, 3)?.reshape((n * h * w, TAPS * c))
 }
 
-/// The contiguous f32 data of a CPU operand.
-fn f32_data<'a>(storage: &'a CpuStorage, layout: &Layout, op: &str) -> Result<&'a [f32]> {
-    let (start, end) = layout
-        .contiguous_offsets()
-        .ok_or_else(|| candle_core::Error::Msg(format!("{op}: the input must be contiguous")))?;
-    Ok(&storage.as_slice::<f32>()?[start..end])
-}
-
 /// Source row/column of tap `k` (0, 1, 2) for output position `p`, if inside `0..len`.
 fn tap_source(p: usize, k: usize, len: usize) -> Option<usize> {
     (p + k).checked_sub(1).filter(|&s| s < len)
@@ -94,7 +88,7 @@ impl CustomOp1 for Im2Col3x3 {
     }
 
     fn cpu_fwd(&self, storage: &CpuStorage, layout: &Layout) -> Result<(CpuStorage, Shape)> {
-        let x = f32_data(storage, layout, "im2col")?;
+        let x = contiguous_f32(storage, layout, "im2col")?;
         let (n, h, w, c) = layout.shape().dims4()?;
         let mut cols = vec![0f32; n * h * w * TAPS * c];
         if !cols.is_empty() {
@@ -145,7 +139,7 @@ impl CustomOp1 for Col2Im3x3 {
     }
 
     fn cpu_fwd(&self, storage: &CpuStorage, layout: &Layout) -> Result<(CpuStorage, Shape)> {
-        let cols = f32_data(storage, layout, "col2im")?;
+        let cols = contiguous_f32(storage, layout, "col2im")?;
         let Self { n, h, w, c } = *self;
         if layout.shape().dims() != [n * h * w, TAPS * c] {
             candle_core::bail!(

@@ -42,6 +42,7 @@
 pub mod activation;
 pub mod attention;
 pub mod conv;
+mod cpu_kernel;
 pub mod fixtures;
 pub mod norm;
 pub mod pool;

@@ -8,6 +8,8 @@
 use candle_core::{CpuStorage, CustomOp3, DType, Layout, Result, Shape, Tensor, D};
 use rayon::prelude::*;
 
+use crate::cpu_kernel::contiguous_f32;
+
 /// Layer normalisation over the last axis with an affine weight and bias
 /// (PyTorch's `nn.LayerNorm(dim, eps)`).
 #[derive(Debug, Clone)]
@@ -114,13 +116,6 @@ struct FusedLayerNorm {
     eps: f64,
 }
 
-fn f32_slice<'a>(storage: &'a CpuStorage, layout: &Layout, what: &str) -> Result<&'a [f32]> {
-    let (start, end) = layout
-        .contiguous_offsets()
-        .ok_or_else(|| candle_core::Error::Msg(format!("layer norm: {what} must be contiguous")))?;
-    Ok(&storage.as_slice::<f32>()?[start..end])
-}
-
 impl CustomOp3 for FusedLayerNorm {
     fn name(&self) -> &'static str {
         "samus-layer-norm"
@@ -135,9 +130,9 @@ impl CustomOp3 for FusedLayerNorm {
         s3: &CpuStorage,
         l3: &Layout,
     ) -> Result<(CpuStorage, Shape)> {
-        let x = f32_slice(s1, l1, "input")?;
-        let w = f32_slice(s2, l2, "weight")?;
-        let b = f32_slice(s3, l3, "bias")?;
+        let x = contiguous_f32(s1, l1, "layer norm")?;
+        let w = contiguous_f32(s2, l2, "layer norm")?;
+        let b = contiguous_f32(s3, l3, "layer norm")?;
         let c = l1.dims().last().copied().unwrap_or(0);
         if c == 0 || w.len() != c || b.len() != c {
             candle_core::bail!(

@@ -10,6 +10,8 @@
 use candle_core::{CpuStorage, CustomOp1, CustomOp2, DType, Layout, Result, Shape, Tensor, D};
 use rayon::prelude::*;
 
+use crate::cpu_kernel::contiguous_f32;
+
 /// `MaxPool2d(2)` on an NCHW tensor (odd trailing rows and columns are dropped).
 pub fn max_pool2x2(x: &Tensor) -> Result<Tensor> {
     if !x.track_op() {
@@ -34,14 +36,6 @@ pub fn max_pool2x2_nhwc(x: &Tensor) -> Result<Tensor> {
         .contiguous()?
         .reshape((n, oh, ow, c, 4))?
         .max(D::Minus1)
-}
-
-/// The contiguous f32 data of a CPU operand.
-fn f32_data<'a>(storage: &'a CpuStorage, layout: &Layout) -> Result<&'a [f32]> {
-    let (start, end) = layout
-        .contiguous_offsets()
-        .ok_or_else(|| candle_core::Error::Msg("max pool: the input must be contiguous".into()))?;
-    Ok(&storage.as_slice::<f32>()?[start..end])
 }
 
 /// Offsets (in elements) of the four pixels of each window, in PyTorch's scan order.
@@ -80,7 +74,7 @@ impl CustomOp1 for MaxPool2x2Nhwc {
     }
 
     fn cpu_fwd(&self, storage: &CpuStorage, layout: &Layout) -> Result<(CpuStorage, Shape)> {
-        let x = f32_data(storage, layout)?;
+        let x = contiguous_f32(storage, layout, "max pool")?;
         let (n, h, w, c) = layout.shape().dims4()?;
         let (oh, ow) = (h / 2, w / 2);
         let offsets = window_offsets(w, c);
@@ -124,8 +118,8 @@ impl CustomOp2 for MaxPool2x2NhwcBackward {
         s2: &CpuStorage,
         l2: &Layout,
     ) -> Result<(CpuStorage, Shape)> {
-        let x = f32_data(s1, l1)?;
-        let g = f32_data(s2, l2)?;
+        let x = contiguous_f32(s1, l1, "max pool")?;
+        let g = contiguous_f32(s2, l2, "max pool")?;
         let (n, h, w, c) = l1.shape().dims4()?;
         let (oh, ow) = (h / 2, w / 2);
         if l2.shape().dims() != [n, oh, ow, c] {

@@ -13,6 +13,8 @@ use candle_core::{
 };
 use rayon::prelude::*;
 
+use crate::cpu_kernel::contiguous_f32;
+
 use crate::special::exp;
 
 /// Elements handled per parallel task (whole rows at a time).
@@ -68,14 +70,6 @@ fn is_cpu_f32(tensors: &[&Tensor]) -> bool {
     tensors
         .iter()
         .all(|t| t.device().is_cpu() && t.dtype() == DType::F32)
-}
-
-/// The contiguous f32 data of a CPU operand.
-fn f32_data<'a>(storage: &'a CpuStorage, layout: &Layout) -> Result<&'a [f32]> {
-    let (start, end) = layout
-        .contiguous_offsets()
-        .ok_or_else(|| candle_core::Error::Msg("softmax: operands must be contiguous".into()))?;
-    Ok(&storage.as_slice::<f32>()?[start..end])
 }
 
 /// Rows per parallel task for rows of `len` elements.
@@ -201,7 +195,7 @@ impl CustomOp1 for FusedSoftmax {
     }
 
     fn cpu_fwd(&self, storage: &CpuStorage, layout: &Layout) -> Result<(CpuStorage, Shape)> {
-        let x = f32_data(storage, layout)?;
+        let x = contiguous_f32(storage, layout, "softmax")?;
         let len = layout.dims().last().copied().unwrap_or(1);
         let mut out = x.to_vec();
         if len > 0 {
@@ -234,8 +228,8 @@ impl CustomOp2 for SoftmaxBackward {
         s2: &CpuStorage,
         l2: &Layout,
     ) -> Result<(CpuStorage, Shape)> {
-        let probs = f32_data(s1, l1)?;
-        let grad = f32_data(s2, l2)?;
+        let probs = contiguous_f32(s1, l1, "softmax")?;
+        let grad = contiguous_f32(s2, l2, "softmax")?;
         if l1.shape() != l2.shape() {
             candle_core::bail!(
                 "softmax backward: gradient {:?} for probabilities {:?}",
@@ -280,9 +274,9 @@ impl CustomOp3 for BiasedSoftmax {
         s3: &CpuStorage,
         l3: &Layout,
     ) -> Result<(CpuStorage, Shape)> {
-        let scores = f32_data(s1, l1)?;
-        let rel_h = f32_data(s2, l2)?;
-        let rel_w = f32_data(s3, l3)?;
+        let scores = contiguous_f32(s1, l1, "softmax")?;
+        let rel_h = contiguous_f32(s2, l2, "softmax")?;
+        let rel_w = contiguous_f32(s3, l3, "softmax")?;
         let (_, _, nk) = l1.shape().dims3()?;
         let (_, _, kh) = l2.shape().dims3()?;
         let (_, _, kw) = l3.shape().dims3()?;
