@@ -1,7 +1,6 @@
 //! The reference transforms: the validation transform (resize only) and the training
 //! augmentations of SPEC section 5, applied jointly to image and label.
 
-use image::imageops::FilterType;
 use image::{GrayImage, ImageBuffer, Luma};
 use imageproc::geometric_transformations::{rotate_about_center, Border, Interpolation};
 use rand::Rng;
@@ -21,6 +20,31 @@ pub struct TransformedPair {
     pub label: GrayImage,
     /// The label map, `LOW_MASK_SIZE` square.
     pub low_label: GrayImage,
+}
+
+/// Bilinear resize of an 8-bit image as PIL's `Image.resize(BILINEAR)` does it (a
+/// triangle filter widened by the scale when shrinking, rounded to 8 bit), with
+/// `fast_image_resize`'s SIMD kernels.
+pub fn resize_bilinear_u8(image: &GrayImage, width: u32, height: u32) -> GrayImage {
+    use fast_image_resize::{
+        images::Image, FilterType, PixelType, ResizeAlg, ResizeOptions, Resizer,
+    };
+    let fallback =
+        || image::imageops::resize(image, width, height, image::imageops::FilterType::Triangle);
+    let Ok(src) = Image::from_vec_u8(
+        image.width(),
+        image.height(),
+        image.as_raw().clone(),
+        PixelType::U8,
+    ) else {
+        return fallback();
+    };
+    let mut dst = Image::new(width, height, PixelType::U8);
+    let options = ResizeOptions::new().resize_alg(ResizeAlg::Convolution(FilterType::Bilinear));
+    match Resizer::new().resize(&src, &mut dst, &options) {
+        Ok(()) => GrayImage::from_raw(width, height, dst.into_vec()).unwrap_or_else(fallback),
+        Err(_) => fallback(),
+    }
 }
 
 /// Nearest-neighbour resize as PIL does it: output pixel `o` samples input
@@ -58,7 +82,7 @@ pub fn finish(image: &GrayImage, label: &GrayImage) -> TransformedPair {
     let resized = if image.dimensions() == (IMAGE_SIZE, IMAGE_SIZE) {
         image.clone()
     } else {
-        image::imageops::resize(image, IMAGE_SIZE, IMAGE_SIZE, FilterType::Triangle)
+        resize_bilinear_u8(image, IMAGE_SIZE, IMAGE_SIZE)
     };
     let unit: UnitGreyImage = ImageBuffer::from_raw(
         IMAGE_SIZE,
@@ -155,7 +179,7 @@ impl Augmentation {
         if rng.random::<f64>() < self.p_scale {
             let scale = rng.random_range(1.0..self.max_scale);
             let side = ((IMAGE_SIZE as f64 * scale) as u32).max(IMAGE_SIZE);
-            image = image::imageops::resize(&image, side, side, FilterType::Triangle);
+            image = resize_bilinear_u8(&image, side, side);
             label = resize_label_nearest(&label, side, side);
             let x = rng.random_range(0..=side - IMAGE_SIZE);
             let y = rng.random_range(0..=side - IMAGE_SIZE);
