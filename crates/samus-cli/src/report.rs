@@ -99,12 +99,7 @@ pub fn write_report(
          <th>acc</th><th>SE</th><th>SP</th><th>HD</th><th>HD95</th></tr>\n",
         t = escape(title)
     );
-    let rows = report
-        .datasets
-        .iter()
-        .map(|(k, v)| (k.as_str(), v))
-        .chain(std::iter::once(("all", &report.overall)));
-    for (name, s) in rows {
+    for (name, s) in report.rows() {
         let _ = writeln!(
             html,
             "<tr><td>{}</td><td>{}</td><td>{:.4}</td><td>{:.4}</td><td>{:.4}</td><td>{:.4}</td>\

@@ -330,12 +330,7 @@ pub struct EvalArgs {
 fn report_csv(report: &EvalReport) -> String {
     let opt = |v: Option<f64>| v.map_or_else(String::new, |v| v.to_string());
     let mut out = String::from("dataset,images,dice,iou,acc,se,sp,hd,hd95,hd_undefined\n");
-    let rows = report
-        .datasets
-        .iter()
-        .map(|(k, v)| (k.as_str(), v))
-        .chain(std::iter::once(("all", &report.overall)));
-    for (name, s) in rows {
+    for (name, s) in report.rows() {
         out.push_str(&format!(
             "{name},{},{},{},{},{},{},{},{},{}\n",
             s.images,
@@ -358,12 +353,7 @@ pub(crate) fn print_report(report: &EvalReport) {
         "{:<40} {:>6} {:>7} {:>7} {:>7} {:>7} {:>7} {:>8} {:>8}",
         "dataset/class", "images", "dice", "iou", "acc", "se", "sp", "hd", "hd95"
     );
-    let rows = report
-        .datasets
-        .iter()
-        .map(|(k, v)| (k.as_str(), v))
-        .chain(std::iter::once(("all", &report.overall)));
-    for (name, s) in rows {
+    for (name, s) in report.rows() {
         println!(
             "{name:<40} {:>6} {:>7.4} {:>7.4} {:>7.4} {:>7.4} {:>7.4} {:>8} {:>8}",
             s.images,

@@ -134,60 +134,22 @@ fn auto_errors_are_one_clear_line() {
         &samus(&["auto", "--image", p(&busi)]),
         "cargo xtask download",
     );
+    // `samus auto` with the fixture model and APG on `images`.
+    let auto_on = |apg_file: &std::path::Path, images: &[&std::path::Path]| {
+        let mut args = vec!["auto", "--checkpoint", p(&ckpt), "--apg", p(apg_file)];
+        for image in images {
+            args.extend(["--image", p(image)]);
+        }
+        samus(&args)
+    };
     let absent = tmp.path().join("absent.png");
-    assert_clean_failure(
-        &samus(&[
-            "auto",
-            "--checkpoint",
-            p(&ckpt),
-            "--apg",
-            p(&apg),
-            "--image",
-            p(&absent),
-        ]),
-        "absent.png",
-    );
+    assert_clean_failure(&auto_on(&apg, &[&absent]), "absent.png");
     let empty = tmp.path().join("empty");
     std::fs::create_dir_all(&empty).unwrap();
-    assert_clean_failure(
-        &samus(&[
-            "auto",
-            "--checkpoint",
-            p(&ckpt),
-            "--apg",
-            p(&apg),
-            "--image",
-            p(&empty),
-        ]),
-        "no images found",
-    );
+    assert_clean_failure(&auto_on(&apg, &[&empty]), "no images found");
     let twin = tmp.path().join("twin");
     std::fs::create_dir_all(&twin).unwrap();
     std::fs::copy(&busi, twin.join("benign0001.png")).unwrap();
-    assert_clean_failure(
-        &samus(&[
-            "auto",
-            "--checkpoint",
-            p(&ckpt),
-            "--apg",
-            p(&apg),
-            "--image",
-            p(&busi),
-            "--image",
-            p(&twin),
-        ]),
-        "same mask",
-    );
-    assert_clean_failure(
-        &samus(&[
-            "auto",
-            "--checkpoint",
-            p(&ckpt),
-            "--apg",
-            p(&ckpt),
-            "--image",
-            p(&busi),
-        ]),
-        "not an APG checkpoint",
-    );
+    assert_clean_failure(&auto_on(&apg, &[&busi, &twin]), "same mask");
+    assert_clean_failure(&auto_on(&ckpt, &[&busi]), "not an APG checkpoint");
 }

@@ -153,10 +153,10 @@ impl DecodedCache {
 
     /// Keeps `pair` if it fits the budget.
     fn offer(&self, index: usize, pair: &Arc<(GrayImage, GrayImage)>) {
-        let size = pair.0.as_raw().len() + pair.1.as_raw().len();
         if self.budget == 0 {
             return;
         }
+        let size = pair.0.as_raw().len() + pair.1.as_raw().len();
         let mut state = self.state.lock().unwrap_or_else(|p| p.into_inner());
         if state.bytes + size <= self.budget && !state.pairs.contains_key(&index) {
             state.bytes += size;

@@ -68,6 +68,16 @@ pub struct EvalReport {
     pub images_per_s: f64,
 }
 
+impl EvalReport {
+    /// The table's rows: each dataset/class, then `"all"` for every image.
+    pub fn rows(&self) -> impl Iterator<Item = (&str, &Scores)> {
+        self.datasets
+            .iter()
+            .map(|(k, v)| (k.as_str(), v))
+            .chain(std::iter::once(("all", &self.overall)))
+    }
+}
+
 /// Runs `model` over `split` (its prompts: the fixed click for SAMUS) and scores the
 /// 256 x 256 predictions against the targets.
 pub fn evaluate(
