@@ -183,10 +183,12 @@ fn sample_seed(seed: u64, epoch: u64, index: usize) -> u64 {
 /// The binary target of a label map for `class_id` (2-class datasets: values above 1
 /// count as 1).
 fn binary_target(label: &GrayImage, classes: u32, class_id: u8) -> Vec<u8> {
+    let collapse = classes == 2;
     label
-        .pixels()
-        .map(|p| {
-            let v = if classes == 2 && p[0] > 1 { 1 } else { p[0] };
+        .as_raw()
+        .iter()
+        .map(|&v| {
+            let v = if collapse { v.min(1) } else { v };
             u8::from(v == class_id)
         })
         .collect()

@@ -36,14 +36,48 @@ fn pixels_where(mask: &GrayImage, class_id: u8, equal: bool) -> Vec<(u32, u32)> 
         .collect()
 }
 
-/// The pixels a click is drawn from: the class's pixels with label 1, or, when the
-/// class is absent, the background's with label 0.
-fn click_pool(mask: &GrayImage, class_id: u8) -> (Vec<(u32, u32)>, i64) {
-    let target = pixels_where(mask, class_id, true);
-    if target.is_empty() {
-        (pixels_where(mask, class_id, false), 0)
-    } else {
-        (target, 1)
+/// The pool a click is drawn from, without listing it: the class's pixels with label
+/// 1, or, when the class is absent, the background's with label 0. `nth` finds the
+/// pool's element `k` in row-major order.
+struct ClickPool<'a> {
+    mask: &'a GrayImage,
+    class_id: u8,
+    /// Whether the pool is the class's pixels (label 1) or the background (label 0).
+    target: bool,
+    len: usize,
+}
+
+impl<'a> ClickPool<'a> {
+    fn new(mask: &'a GrayImage, class_id: u8) -> Self {
+        let on_target = mask.as_raw().iter().filter(|&&v| v == class_id).count();
+        let (target, len) = if on_target > 0 {
+            (true, on_target)
+        } else {
+            (false, mask.as_raw().len())
+        };
+        Self {
+            mask,
+            class_id,
+            target,
+            len,
+        }
+    }
+
+    fn label(&self) -> i64 {
+        i64::from(self.target)
+    }
+
+    fn nth(&self, k: usize) -> Option<(u32, u32)> {
+        let width = self.mask.width() as usize;
+        let index = self
+            .mask
+            .as_raw()
+            .iter()
+            .enumerate()
+            .filter(|&(_, &v)| (v == self.class_id) == self.target)
+            .nth(k)?
+            .0;
+        Some(((index % width) as u32, (index / width) as u32))
     }
 }
 
@@ -51,20 +85,28 @@ fn click_pool(mask: &GrayImage, class_id: u8) -> (Vec<(u32, u32)>, i64) {
 /// (background pixels, label 0, when the class is absent). `None` only for an empty
 /// mask.
 pub fn fixed_click(mask: &GrayImage, class_id: u8) -> Option<Click> {
-    let (pool, label) = click_pool(mask, class_id);
-    pool.get(pool.len() / 2)
-        .map(|&(x, y)| Click { x, y, label })
+    let pool = ClickPool::new(mask, class_id);
+    let (x, y) = pool.nth(pool.len / 2)?;
+    Some(Click {
+        x,
+        y,
+        label: pool.label(),
+    })
 }
 
 /// The training click: a uniformly random target pixel (a background pixel with
 /// label 0 when the class is absent).
 pub fn random_click<R: Rng>(rng: &mut R, mask: &GrayImage, class_id: u8) -> Option<Click> {
-    let (pool, label) = click_pool(mask, class_id);
-    if pool.is_empty() {
+    let pool = ClickPool::new(mask, class_id);
+    if pool.len == 0 {
         return None;
     }
-    let (x, y) = pool[rng.random_range(0..pool.len())];
-    Some(Click { x, y, label })
+    let (x, y) = pool.nth(rng.random_range(0..pool.len))?;
+    Some(Click {
+        x,
+        y,
+        label: pool.label(),
+    })
 }
 
 /// `positive` random target clicks (label 1) then `negative` random background clicks
@@ -96,15 +138,18 @@ fn absent_box(mask: &GrayImage) -> BoxPrompt {
 
 /// The exact tight box of the target, `[-1, -1, W, H]` when the class is absent.
 pub fn fixed_box(mask: &GrayImage, class_id: u8) -> BoxPrompt {
+    let width = mask.width() as usize;
     let mut extent: Option<[i64; 4]> = None;
-    for (x, y, p) in mask.enumerate_pixels() {
-        if p[0] == class_id {
-            let (x, y) = (i64::from(x), i64::from(y));
-            extent = Some(match extent {
-                None => [x, y, x, y],
-                Some([x0, y0, x1, y1]) => [x0.min(x), y0.min(y), x1.max(x), y1.max(y)],
-            });
-        }
+    for (y, row) in mask.as_raw().chunks_exact(width.max(1)).enumerate() {
+        let Some(first) = row.iter().position(|&v| v == class_id) else {
+            continue;
+        };
+        let last = row.iter().rposition(|&v| v == class_id).unwrap_or(first);
+        let (x0, x1, y) = (first as i64, last as i64, y as i64);
+        extent = Some(match extent {
+            None => [x0, y, x1, y],
+            Some([a0, b0, a1, _]) => [a0.min(x0), b0, a1.max(x1), y],
+        });
     }
     extent.unwrap_or_else(|| absent_box(mask))
 }
@@ -150,6 +195,32 @@ mod tests {
                 0
             }])
         })
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(64))]
+
+        /// The clicks and boxes equal the ones taken from the explicit row-major list
+        /// of pixels (the definition), on random sparse masks with absent classes.
+        #[test]
+        fn prompts_equal_the_listed_pixel_definition(
+            w in 1u32..40, h in 1u32..40, density in 0.0f64..0.3, seed in 0u64..1000,
+        ) {
+            let mut rng = StdRng::seed_from_u64(seed);
+            let mask = GrayImage::from_fn(w, h, |_, _| Luma([u8::from(rng.random_bool(density))]));
+            let listed = pixels_where(&mask, 1, true);
+            let (pool, label) = if listed.is_empty() { (pixels_where(&mask, 1, false), 0) } else { (listed.clone(), 1) };
+            let click = |(x, y): (u32, u32)| Click { x, y, label };
+            prop_assert_eq!(fixed_click(&mask, 1), pool.get(pool.len() / 2).copied().map(click));
+            let drawn = random_click(&mut StdRng::seed_from_u64(seed), &mask, 1);
+            let want = pool[StdRng::seed_from_u64(seed).random_range(0..pool.len())];
+            prop_assert_eq!(drawn, Some(click(want)));
+            let tight = listed.iter().fold(None, |acc: Option<[i64; 4]>, &(x, y)| {
+                let (x, y) = (i64::from(x), i64::from(y));
+                Some(acc.map_or([x, y, x, y], |[a, b, c, d]| [a.min(x), b.min(y), c.max(x), d.max(y)]))
+            });
+            prop_assert_eq!(fixed_box(&mask, 1), tight.unwrap_or([-1, -1, i64::from(w), i64::from(h)]));
+        }
     }
 
     #[test]

@@ -2,7 +2,6 @@
 //! augmentations of SPEC section 5, applied jointly to image and label.
 
 use image::{GrayImage, ImageBuffer, Luma};
-use imageproc::geometric_transformations::{rotate_about_center, Border, Interpolation};
 use rand::Rng;
 use samus_model::preprocess::UnitGreyImage;
 
@@ -27,16 +26,13 @@ pub struct TransformedPair {
 /// `fast_image_resize`'s SIMD kernels.
 pub fn resize_bilinear_u8(image: &GrayImage, width: u32, height: u32) -> GrayImage {
     use fast_image_resize::{
-        images::Image, FilterType, PixelType, ResizeAlg, ResizeOptions, Resizer,
+        images::{Image, ImageRef},
+        FilterType, PixelType, ResizeAlg, ResizeOptions, Resizer,
     };
     let fallback =
         || image::imageops::resize(image, width, height, image::imageops::FilterType::Triangle);
-    let Ok(src) = Image::from_vec_u8(
-        image.width(),
-        image.height(),
-        image.as_raw().clone(),
-        PixelType::U8,
-    ) else {
+    let Ok(src) = ImageRef::new(image.width(), image.height(), image.as_raw(), PixelType::U8)
+    else {
         return fallback();
     };
     let mut dst = Image::new(width, height, PixelType::U8);
@@ -162,19 +158,7 @@ impl Augmentation {
         }
         if rng.random::<f64>() < self.p_rotate {
             let degrees = rng.random_range(-self.max_degrees..=self.max_degrees);
-            let theta = degrees.to_radians();
-            image = rotate_about_center(
-                &image,
-                theta,
-                Interpolation::Nearest,
-                Border::Constant(Luma([0])),
-            );
-            label = rotate_about_center(
-                &label,
-                theta,
-                Interpolation::Nearest,
-                Border::Constant(Luma([0])),
-            );
+            (image, label) = rotate_pair_nearest(&image, &label, degrees.to_radians());
         }
         if rng.random::<f64>() < self.p_scale {
             let scale = rng.random_range(1.0..self.max_scale);
@@ -183,8 +167,8 @@ impl Augmentation {
             label = resize_label_nearest(&label, side, side);
             let x = rng.random_range(0..=side - IMAGE_SIZE);
             let y = rng.random_range(0..=side - IMAGE_SIZE);
-            image = image::imageops::crop_imm(&image, x, y, IMAGE_SIZE, IMAGE_SIZE).to_image();
-            label = image::imageops::crop_imm(&label, x, y, IMAGE_SIZE, IMAGE_SIZE).to_image();
+            image = crop(&image, x, y, IMAGE_SIZE);
+            label = crop(&label, x, y, IMAGE_SIZE);
         }
         if rng.random::<f64>() < self.p_contrast {
             let factor = rng.random_range(self.contrast.0..=self.contrast.1);
@@ -194,12 +178,131 @@ impl Augmentation {
     }
 }
 
+/// Rotates an image and its label map together by `theta` radians about the image
+/// centre (clockwise, exactly as imageproc's `rotate_about_center` with nearest
+/// sampling and a 0 border), computing each output pixel's source position once for
+/// both. A label of another size than the image is rotated on its own.
+pub fn rotate_pair_nearest(
+    image: &GrayImage,
+    label: &GrayImage,
+    theta: f32,
+) -> (GrayImage, GrayImage) {
+    if image.dimensions() != label.dimensions() {
+        return (rotate_nearest(image, theta), rotate_nearest(label, theta));
+    }
+    let (w, h) = image.dimensions();
+    let map = RotationMap::new(w, h, theta);
+    let (src_image, src_label) = (image.as_raw(), label.as_raw());
+    let mut out_image = vec![0u8; src_image.len()];
+    let mut out_label = vec![0u8; src_label.len()];
+    map.for_each_source(|dst, src| {
+        out_image[dst] = src_image[src];
+        out_label[dst] = src_label[src];
+    });
+    (
+        GrayImage::from_raw(w, h, out_image).unwrap_or_else(|| GrayImage::new(w, h)),
+        GrayImage::from_raw(w, h, out_label).unwrap_or_else(|| GrayImage::new(w, h)),
+    )
+}
+
+/// [`rotate_pair_nearest`] for a single image.
+pub fn rotate_nearest(image: &GrayImage, theta: f32) -> GrayImage {
+    let (w, h) = image.dimensions();
+    let src = image.as_raw();
+    let mut out = vec![0u8; src.len()];
+    RotationMap::new(w, h, theta).for_each_source(|dst, s| out[dst] = src[s]);
+    GrayImage::from_raw(w, h, out).unwrap_or_else(|| GrayImage::new(w, h))
+}
+
+/// The inverse affine map of a rotation about the centre of a `width` x `height`
+/// image, composed in the same order and precision as imageproc composes it, so that
+/// the nearest source pixels (and their ties) are the same.
+struct RotationMap {
+    width: u32,
+    height: u32,
+    inverse: [f32; 9],
+}
+
+impl RotationMap {
+    fn new(width: u32, height: u32, theta: f32) -> Self {
+        let (cx, cy) = (width as f32 / 2.0, height as f32 / 2.0);
+        let (s, c) = theta.sin_cos();
+        let undo_rotation = [c, s, 0.0, -s, c, 0.0, 0.0, 0.0, 1.0];
+        let to_origin = [1.0, 0.0, -cx, 0.0, 1.0, -cy, 0.0, 0.0, 1.0];
+        let from_origin = [1.0, 0.0, cx, 0.0, 1.0, cy, 0.0, 0.0, 1.0];
+        let inverse = mul3x3(from_origin, mul3x3(undo_rotation, to_origin));
+        Self {
+            width,
+            height,
+            inverse,
+        }
+    }
+
+    /// Calls `visit(output index, source index)` for every output pixel whose nearest
+    /// source pixel lies inside the image (row-major indices).
+    fn for_each_source(&self, mut visit: impl FnMut(usize, usize)) {
+        let t = &self.inverse;
+        let (w, h) = (self.width as f32, self.height as f32);
+        // The column terms are the same on every row; each position is still summed
+        // as imageproc sums it, `(t0 x + t1 y) + t2`, then `+ 0.5` for the rounding.
+        let column_x: Vec<f32> = (0..self.width).map(|x| t[0] * x as f32).collect();
+        let column_y: Vec<f32> = (0..self.width).map(|x| t[3] * x as f32).collect();
+        let mut sources = vec![u32::MAX; self.width as usize];
+        let width = self.width as i32;
+        for y in 0..self.height {
+            let (row_x, row_y) = (t[1] * y as f32, t[4] * y as f32);
+            // A loop the compiler vectorises: the source index, or u32::MAX outside.
+            for ((source, &col_x), &col_y) in sources.iter_mut().zip(&column_x).zip(&column_y) {
+                let sx = col_x + row_x + t[2] + 0.5;
+                let sy = col_y + row_y + t[5] + 0.5;
+                // floor(s) for s >= 0 is the truncation; s < 0 is outside. Bitwise
+                // `&` and selects keep the loop free of branches.
+                let inside = (sx >= 0.0) & (sy >= 0.0) & (sx < w) & (sy < h);
+                let (sx, sy) = if inside { (sx, sy) } else { (0.0, 0.0) };
+                let index = (sy as i32) * width + sx as i32;
+                *source = if inside { index as u32 } else { u32::MAX };
+            }
+            let row = y as usize * self.width as usize;
+            for (x, &source) in sources.iter().enumerate() {
+                if source != u32::MAX {
+                    visit(row + x, source as usize);
+                }
+            }
+        }
+    }
+}
+
+/// 3x3 row-major product, summed in the order imageproc sums it.
+fn mul3x3(a: [f32; 9], b: [f32; 9]) -> [f32; 9] {
+    let mut out = [0.0; 9];
+    for r in 0..3 {
+        for c in 0..3 {
+            out[r * 3 + c] = a[r * 3] * b[c] + a[r * 3 + 1] * b[3 + c] + a[r * 3 + 2] * b[6 + c];
+        }
+    }
+    out
+}
+
+/// The `side` x `side` window of `image` at column `x`, row `y` (inside the image),
+/// copied row by row.
+fn crop(image: &GrayImage, x: u32, y: u32, side: u32) -> GrayImage {
+    let width = image.width() as usize;
+    let (x, y, side) = (x as usize, y as usize, side as usize);
+    let mut out = Vec::with_capacity(side * side);
+    for row in image.as_raw().chunks_exact(width).skip(y).take(side) {
+        out.extend_from_slice(&row[x..x + side]);
+    }
+    let side = side as u32;
+    GrayImage::from_raw(side, side, out).unwrap_or_else(|| GrayImage::new(side, side))
+}
+
 /// Blends the image with its mean grey, `mean + factor * (x - mean)` rounded and
 /// clipped to 8 bit (PIL's `ImageEnhance.Contrast`, which torchvision uses on PIL
 /// images; the mean is rounded to a grey level).
 pub fn adjust_contrast(image: &GrayImage, factor: f32) -> GrayImage {
     let n = (image.width() as usize * image.height() as usize).max(1);
-    let mean = (image.pixels().map(|p| p[0] as f64).sum::<f64>() / n as f64).round() as f32;
+    let sum: u64 = image.as_raw().iter().map(|&v| u64::from(v)).sum();
+    let mean = (sum as f64 / n as f64).round() as f32;
     let table: Vec<u8> = (0..=255u32)
         .map(|v| {
             (mean + factor * (v as f32 - mean))
@@ -207,9 +310,11 @@ pub fn adjust_contrast(image: &GrayImage, factor: f32) -> GrayImage {
                 .clamp(0.0, 255.0) as u8
         })
         .collect();
-    GrayImage::from_fn(image.width(), image.height(), |x, y| {
-        Luma([table[image.get_pixel(x, y)[0] as usize]])
-    })
+    let mut out = image.clone();
+    for p in out.iter_mut() {
+        *p = table[*p as usize];
+    }
+    out
 }
 
 #[cfg(test)]
@@ -282,6 +387,27 @@ mod tests {
             let b = aug.apply(&mut StdRng::seed_from_u64(seed), &image, &label);
             prop_assert_eq!(a.image.as_raw(), b.image.as_raw());
             prop_assert_eq!(a.label.as_raw(), b.label.as_raw());
+        }
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(64))]
+
+        #[test]
+        fn pair_rotation_equals_imageproc(
+            w in 1u32..90, h in 1u32..90, degrees in -180f32..180.0, seed in 0u64..1000,
+        ) {
+            use imageproc::geometric_transformations::{rotate_about_center, Border, Interpolation};
+            use rand::RngCore;
+            let mut rng = StdRng::seed_from_u64(seed);
+            let mut noise = |w, h| GrayImage::from_fn(w, h, |_, _| Luma([rng.next_u32() as u8]));
+            let (image, label) = (noise(w, h), noise(w, h));
+            let theta = degrees.to_radians();
+            let (rotated, rotated_label) = rotate_pair_nearest(&image, &label, theta);
+            let expected = |i: &GrayImage| rotate_about_center(i, theta, Interpolation::Nearest, Border::Constant(Luma([0])));
+            let (want, want_label) = (expected(&image), expected(&label));
+            prop_assert_eq!(rotated.as_raw(), want.as_raw());
+            prop_assert_eq!(rotated_label.as_raw(), want_label.as_raw());
         }
     }
 
