@@ -185,7 +185,7 @@ mod tests {
     use super::*;
     use image::Luma;
     use proptest::prelude::*;
-    use rand::{rngs::StdRng, SeedableRng};
+    use rand::{rngs::StdRng, Rng, SeedableRng};
 
     fn rect_mask(w: u32, h: u32, r: [u32; 4], class: u8) -> GrayImage {
         GrayImage::from_fn(w, h, |x, y| {

@@ -1,7 +1,7 @@
 //! The reference transforms: the validation transform (resize only) and the training
 //! augmentations of SPEC section 5, applied jointly to image and label.
 
-use image::{GrayImage, ImageBuffer, Luma};
+use image::{GrayImage, ImageBuffer};
 use rand::Rng;
 use samus_model::preprocess::UnitGreyImage;
 
@@ -320,6 +320,7 @@ pub fn adjust_contrast(image: &GrayImage, factor: f32) -> GrayImage {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use image::Luma;
     use proptest::prelude::*;
     use rand::{rngs::StdRng, SeedableRng};
 
