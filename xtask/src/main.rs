@@ -6,6 +6,7 @@ use std::process::ExitCode;
 use anyhow::{bail, Result};
 use clap::{Parser, Subcommand};
 use samus_core::fixtures::{fixtures_dir, FIXTURES_ENV};
+use xtask::bench_compare::{self, BenchCompareArgs};
 use xtask::download::{self, DownloadArgs};
 
 /// Project automation for the SAMUS workspace.
@@ -36,6 +37,10 @@ enum Task {
         #[arg(trailing_var_arg = true, allow_hyphen_values = true, num_args = 0..)]
         args: Vec<String>,
     },
+    /// Time SAMUS against the PyTorch peer (bench/pytorch_reference.py) on the same
+    /// random weights and input, check that both give the same logits, and print the
+    /// speed ratio. Needs a Python with torch, safetensors and numpy.
+    BenchCompare(BenchCompareArgs),
 }
 
 /// The fixture files the parity tests read.
@@ -71,6 +76,7 @@ fn main() -> ExitCode {
         Task::Fixtures => check_fixtures().map(|dir| println!("{}", dir.display())),
         Task::Download(args) => download::run(&args),
         Task::Train { args } => xtask::train::run(&args),
+        Task::BenchCompare(args) => bench_compare::run(&args),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

@@ -192,7 +192,7 @@ fn summarise(seg: &Segmentation) -> Result<(Vec<u8>, usize, f32)> {
 
 /// Runs `samus auto`.
 pub fn run(args: AutoArgs) -> Result<()> {
-    let device = Device::Cpu;
+    let device = crate::device::selected();
     let files = expand_inputs(&args.images)?;
     let stems = output_names(&files)?;
     let model = load_model(&args, &device)?;

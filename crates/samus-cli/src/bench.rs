@@ -1,15 +1,17 @@
 //! `samus bench`: how fast SAMUS runs here: the image encoder, the decoder per prompt
 //! on a cached embedding, images per second and peak memory.
 
-use std::path::PathBuf;
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
 use std::time::Instant;
 
-use anyhow::{bail, Result};
-use candle_core::Device;
+use anyhow::{bail, Context, Result};
+use candle_core::Tensor;
 use clap::Args;
 use image::DynamicImage;
-use samus_model::checkpoint::DEFAULT_INIT_SEED;
-use samus_model::{Point, Predictor, PromptSet, Samus, SamusConfig};
+use samus_model::checkpoint::{save_safetensors_atomic, DEFAULT_INIT_SEED};
+use samus_model::preprocess::image_to_input;
+use samus_model::{Point, Predictor, PromptBatch, PromptSet, Samus, SamusConfig};
 use serde::Serialize;
 
 use crate::demo::demo_image;
@@ -21,7 +23,10 @@ pub const EXAMPLES: &str = "Examples:
   samus bench --config vit_b --random-weights --iters 10
 
   # A real checkpoint, one thread, as JSON
-  samus bench --checkpoint samus_vit_b.safetensors --threads 1 --json";
+  samus bench --checkpoint samus_vit_b.safetensors --threads 1 --json
+
+  # Keep the random weights and one input/output pair for a peer implementation
+  samus bench --random-weights --save-weights w.safetensors --write-io io.safetensors";
 
 /// Prompts decoded on each cached embedding to time the decoder.
 const PROMPTS_PER_IMAGE: usize = 10;
@@ -47,6 +52,15 @@ pub struct BenchArgs {
     /// Print one JSON object.
     #[arg(long)]
     json: bool,
+    /// Also write the model's weights (reference names, safetensors), e.g. the random
+    /// ones, for a peer implementation to load (`cargo xtask bench-compare`).
+    #[arg(long, value_name = "FILE")]
+    save_weights: Option<PathBuf>,
+    /// Also write the benchmark's input and output (safetensors: `image` 1x1xSxS in
+    /// [0, 1], `point_coords` 1x1x2 in the S frame, `point_labels` 1x1, and the
+    /// single-mask `low_res_logits` and `iou` of that point).
+    #[arg(long, value_name = "FILE")]
+    write_io: Option<PathBuf>,
 }
 
 /// Median, fastest and slowest of a series, in seconds.
@@ -99,27 +113,75 @@ fn peak_rss_mb() -> Option<f64> {
     Some(kb / 1024.0)
 }
 
-fn load(args: &BenchArgs) -> Result<(Samus, SamusConfig)> {
-    let device = Device::Cpu;
+/// The model, its configuration and its weights by reference name.
+fn load(args: &BenchArgs) -> Result<(Samus, SamusConfig, HashMap<String, Tensor>)> {
+    let device = crate::device::selected();
     if args.random_weights {
         let cfg = SamusConfig::from_name_or_path(args.config.as_deref().unwrap_or("vit_b"))?;
-        return Ok((Samus::random(&cfg, DEFAULT_INIT_SEED, &device)?, cfg));
+        let (model, tensors) = Samus::random_with_tensors(&cfg, DEFAULT_INIT_SEED, &device)?;
+        return Ok((model, cfg, tensors));
     }
     let Some(path) = &args.checkpoint else {
         bail!("give --checkpoint FILE or --random-weights");
     };
     let tensors = read_checkpoint(path)?;
     let cfg = resolve_config(args.config.as_deref(), &tensors, path)?;
-    let (model, _) = Samus::from_tensors(tensors, &cfg, &device, DEFAULT_INIT_SEED)
+    let (model, _) = Samus::from_tensors(tensors.clone(), &cfg, &device, DEFAULT_INIT_SEED)
         .map_err(|e| checkpoint_error(path, e))?;
-    Ok((model, cfg))
+    Ok((model, cfg, tensors))
+}
+
+/// Runs the model once on the benchmark's image and first prompt and writes input and
+/// output to `path` (`--write-io`).
+fn write_io(model: &Samus, image: &DynamicImage, point: (f32, f32), path: &Path) -> Result<()> {
+    let device = model.device();
+    let size = model.config().img_size;
+    let input = image_to_input(image, size, device)?;
+    let grey = if input.dim(1)? == 1 {
+        input.clone()
+    } else {
+        input.narrow(1, 0, 1)?
+    };
+    let scale = |v: f32, extent: u32| v * size as f32 / extent as f32;
+    let coords = Tensor::from_vec(
+        vec![
+            scale(point.0, image.width()),
+            scale(point.1, image.height()),
+        ],
+        (1, 1, 2),
+        device,
+    )?;
+    let labels = Tensor::from_vec(vec![1i64], (1, 1), device)?;
+    let prompts = PromptBatch {
+        points: Some((&coords, &labels)),
+        boxes: None,
+        masks: None,
+    };
+    let out = model.forward(&input, &prompts, false)?;
+    let tensors = HashMap::from([
+        ("image".to_string(), grey),
+        ("point_coords".to_string(), coords),
+        ("point_labels".to_string(), labels),
+        ("low_res_logits".to_string(), out.low_res_logits),
+        ("iou".to_string(), out.iou),
+    ]);
+    save_safetensors_atomic(path, &tensors, None)
+        .with_context(|| format!("cannot write {}", path.display()))
 }
 
 /// Runs `samus bench`.
 pub fn run(args: BenchArgs) -> Result<()> {
-    let (model, cfg) = load(&args)?;
+    let (model, cfg, tensors) = load(&args)?;
     let (image, (cx, cy)) = demo_image(7);
     let image = DynamicImage::ImageLuma8(image);
+    if let Some(path) = &args.save_weights {
+        save_safetensors_atomic(path, &tensors, None)
+            .with_context(|| format!("cannot write {}", path.display()))?;
+    }
+    drop(tensors);
+    if let Some(path) = &args.write_io {
+        write_io(&model, &image, (cx, cy), path)?;
+    }
     let mut predictor = Predictor::new(&model);
     let prompts: Vec<PromptSet> = (0..PROMPTS_PER_IMAGE)
         .map(|i| PromptSet {

@@ -6,7 +6,6 @@ use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result};
-use candle_core::Device;
 use clap::Args;
 use image::{DynamicImage, GrayImage, Luma};
 use indicatif::{ProgressBar, ProgressStyle};
@@ -108,7 +107,8 @@ fn write_overlays(model: &TrainModel, test: &Us30kSplit, dir: &Path) -> Result<u
     let samples = (0..count)
         .map(|i| test.get(i))
         .collect::<std::result::Result<Vec<_>, _>>()?;
-    let masks = model.predict_masks(&BatchTensors::new(&samples, &Device::Cpu)?)?;
+    let device = model.samus().device().clone();
+    let masks = model.predict_masks(&BatchTensors::new(&samples, &device)?)?;
     for (sample, mask) in samples.iter().zip(masks) {
         let target: Vec<bool> = sample.mask.iter().map(|&m| m > 0).collect();
         let side = (target.len() as f64).sqrt() as usize;
@@ -159,7 +159,7 @@ pub fn run(args: DemoArgs) -> Result<()> {
     let test = split(&data, "test", DatasetOptions::evaluation())?;
 
     let cfg = SamusConfig::tiny();
-    let device = Device::Cpu;
+    let device = crate::device::selected();
     let (_, tensors) = Samus::random_with_tensors(&cfg, args.seed, &device)?;
     let model =
         TrainModel::from_tensors(tensors, &cfg, ModelKind::Samus, TrainableSet::All, &device)?;

@@ -5,6 +5,7 @@ mod bench;
 mod checkpoint_tools;
 mod data;
 mod demo;
+mod device;
 mod images;
 mod metrics;
 mod model_source;
@@ -55,12 +56,7 @@ fn parse_device(text: &str) -> Result<ComputeDevice, String> {
 
 /// Applies `--threads` and checks `--device` before any work starts.
 fn configure(cli: &Cli) -> anyhow::Result<()> {
-    if let ComputeDevice::Cuda(n) = cli.device {
-        anyhow::bail!(
-            "--device cuda:{n}: this samus is built for the CPU only (CUDA kernels are not part \
-             of this build); use --device cpu"
-        );
-    }
+    device::select(cli.device)?;
     if let Some(n) = cli.threads {
         // Read by rayon's global pool and by candle's kernels when they first run; no
         // thread exists yet.

@@ -166,7 +166,7 @@ fn masks_to_summaries(prediction: &Prediction) -> Result<(Vec<MaskSummary>, Vec<
 
 /// Runs `samus segment`.
 pub fn run(args: SegmentArgs) -> Result<()> {
-    let device = Device::Cpu;
+    let device = crate::device::selected();
     let (image, image_name, mut points) = match (&args.image, args.demo) {
         (Some(path), _) => (
             open_image(path)?,

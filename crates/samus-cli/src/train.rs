@@ -4,7 +4,6 @@ use std::path::PathBuf;
 use std::time::Instant;
 
 use anyhow::{bail, Context, Result};
-use candle_core::Device;
 use clap::{Args, ValueEnum};
 use indicatif::{ProgressBar, ProgressStyle};
 use samus_data::{DatasetOptions, Us30kSplit};
@@ -174,7 +173,7 @@ fn build_model(
     kind: ModelKind,
     set: TrainableSet,
 ) -> Result<TrainModel> {
-    let device = Device::Cpu;
+    let device = crate::device::selected();
     let (tensors, cfg) = match init {
         Some(path) => {
             let tensors = read_checkpoint(path)?;
@@ -378,7 +377,7 @@ pub fn run_eval(args: EvalArgs) -> Result<()> {
         &cfg,
         args.model.into(),
         TrainableSet::Reference,
-        &Device::Cpu,
+        &crate::device::selected(),
     )?;
     let split = Us30kSplit::open(&args.data, &args.split, DatasetOptions::evaluation())?;
     let mut cases = crate::report::CaseCollector::default();

@@ -46,11 +46,123 @@ pub fn conv3x3_same_nhwc(x: &Tensor, weight: &Tensor) -> Result<Tensor> {
             x.dims()
         )
     }
+    let inference = !x.track_op() && !weight.track_op();
+    if inference && x.device().is_cpu() && x.dtype() == DType::F32 && weight.dtype() == DType::F32 {
+        return x
+            .contiguous()?
+            .apply_op2_no_bwd(&weight.contiguous()?, &ShiftedConv3x3);
+    }
     // Column index (ky * 3 + kx) * C + c, matching the unfolding below.
     let kernel = weight.permute((0, 2, 3, 1))?.reshape((o, TAPS * c))?;
     im2col3x3_nhwc(x)?
         .matmul(&kernel.t()?)?
         .reshape((n, h, w, o))
+}
+
+/// The inference form of [`conv3x3_same_nhwc`] on the CPU: nine matrix products
+/// accumulated into one output, each reading the zero-padded input shifted by one
+/// tap, with no unfolded copy (nine times the input) in memory.
+///
+/// The output is computed on rows of `W + 2` pixels, the padded width: then output
+/// pixel `p` of tap `(ky, kx)` reads padded pixel `p + ky (W + 2) + kx`, a single
+/// stride for the whole image, so each tap is one product of `H (W + 2) x C` by
+/// `C x O`; the two extra pixels of every row are dropped at the end. The kernel is
+/// read in PyTorch's `O x C x 3 x 3` layout through strides.
+#[derive(Debug, Clone, Copy)]
+struct ShiftedConv3x3;
+
+impl candle_core::CustomOp2 for ShiftedConv3x3 {
+    fn name(&self) -> &'static str {
+        "samus-conv3x3-shifted"
+    }
+
+    fn cpu_fwd(
+        &self,
+        x: &CpuStorage,
+        x_layout: &Layout,
+        w: &CpuStorage,
+        w_layout: &Layout,
+    ) -> Result<(CpuStorage, Shape)> {
+        let x = contiguous_f32(x, x_layout, "conv3x3")?;
+        let w = contiguous_f32(w, w_layout, "conv3x3 kernel")?;
+        let (n, h, width, c) = x_layout.shape().dims4()?;
+        let (o, wc, kh, kw) = w_layout.shape().dims4()?;
+        if (wc, kh, kw) != (c, KERNEL, KERNEL)
+            || x.len() != n * h * width * c
+            || w.len() != o * c * TAPS
+        {
+            candle_core::bail!(
+                "conv3x3: kernel {:?} does not fit input {:?}",
+                w_layout.dims(),
+                x_layout.dims()
+            )
+        }
+        let wide = width + 2;
+        // One padded image plus two pixels, so that the last taps of the last row
+        // (which only feed the dropped columns) stay inside the buffer.
+        let padded_len = ((h + 2) * wide + 2) * c;
+        let mut out = vec![0f32; n * h * width * o];
+        if out.is_empty() || c == 0 {
+            return Ok((CpuStorage::F32(out), Shape::from((n, h, width, o))));
+        }
+        let threads = candle_core::utils::get_num_threads();
+        let parallelism = if threads > 1 {
+            gemm::Parallelism::Rayon(threads)
+        } else {
+            gemm::Parallelism::None
+        };
+        let mut padded = vec![0f32; padded_len];
+        let mut wide_out = vec![0f32; h * wide * o];
+        for (image, out_image) in x
+            .chunks_exact(h * width * c)
+            .zip(out.chunks_exact_mut(h * width * o))
+        {
+            for (y, row) in image.chunks_exact(width * c).enumerate() {
+                let start = ((y + 1) * wide + 1) * c;
+                padded[start..start + width * c].copy_from_slice(row);
+            }
+            for tap in 0..TAPS {
+                let (ky, kx) = (tap / KERNEL, tap % KERNEL);
+                let shift = (ky * wide + kx) * c;
+                // The rows read: h * wide pixels of c values from `shift`.
+                if shift + h * wide * c > padded.len() {
+                    candle_core::bail!("conv3x3: internal padding too small")
+                }
+                // SAFETY: lhs reads rows `shift + p * c .. + c` for p < h * wide, inside
+                // `padded` (checked above); rhs reads `w[o * 9 c + ci * 9 + tap]` for
+                // o < O, ci < c, inside `w` (its length is o * c * 9, checked above);
+                // dst is the distinct buffer `wide_out` of exactly h * wide * o values.
+                unsafe {
+                    gemm::gemm(
+                        h * wide,
+                        o,
+                        c,
+                        wide_out.as_mut_ptr(),
+                        1,
+                        o as isize,
+                        tap > 0,
+                        padded.as_ptr().add(shift),
+                        1,
+                        c as isize,
+                        w.as_ptr().add(tap),
+                        (c * TAPS) as isize,
+                        TAPS as isize,
+                        1.0,
+                        1.0,
+                        false,
+                        false,
+                        false,
+                        parallelism,
+                    );
+                }
+            }
+            for (y, out_row) in out_image.chunks_exact_mut(width * o).enumerate() {
+                let start = y * wide * o;
+                out_row.copy_from_slice(&wide_out[start..start + width * o]);
+            }
+        }
+        Ok((CpuStorage::F32(out), Shape::from((n, h, width, o))))
+    }
 }
 
 /// Unfolds the 3x3 neighbourhoods (zero padded) of a channels-last `N x H x W x C`
@@ -234,6 +346,18 @@ mod tests {
 
     proptest! {
         #![proptest_config(ProptestConfig::with_cases(16))]
+
+        #[test]
+        fn shifted_conv_matches_unfolded(n in 1usize..3, c in 1usize..9, o in 1usize..9, h in 1usize..9, w in 1usize..9) {
+            let dev = Device::Cpu;
+            let x = Tensor::randn(0f32, 1.0, (n, h, w, c), &dev).unwrap();
+            let k = Tensor::randn(0f32, 1.0, (o, c, 3, 3), &dev).unwrap();
+            let fast = conv3x3_same_nhwc(&x, &k).unwrap();
+            let kernel = k.permute((0, 2, 3, 1)).unwrap().reshape((o, 9 * c)).unwrap();
+            let unfolded = im2col3x3_nhwc(&x).unwrap().matmul(&kernel.t().unwrap()).unwrap().reshape((n, h, w, o)).unwrap();
+            let diff = (fast - unfolded).unwrap().abs().unwrap().flatten_all().unwrap().max(0).unwrap().to_scalar::<f32>().unwrap();
+            prop_assert!(diff < 1e-4, "max difference {diff}");
+        }
 
         #[test]
         fn transposed_2x2_and_pointwise_match_candle(n in 1usize..3, c in 1usize..4, o in 1usize..4, h in 1usize..6, w in 1usize..6) {

@@ -8,6 +8,13 @@
 //!   decomposed relative-position bias ([`rel_pos`]), computed a few heads at a time
 //!   so that the score matrices of all heads never live in memory together. Queries
 //!   and keys/values may come from different tensors (cross-branch attention).
+//! - [`flash`]: the same attention as one fused CPU operation for inference
+//!   (strided inputs read in place, heads merged on output, scores kept per block of
+//!   queries in the cache), used whenever no gradient is needed.
+//! - [`cuda_attention`]: the same attention as fused CUDA kernels, forward and
+//!   backward (feature `cuda`; elsewhere it is [`attention::multi_head_attention`]).
+//! - [`linear`]: `x W^T + b` with the bias accumulated by the matrix product (one
+//!   buffer and one pass fewer) when no gradient is needed.
 //! - [`norm`]: `LayerNorm` over the last axis and `LayerNorm2d` over the channel axis
 //!   of an NCHW tensor.
 //! - [`resize`]: bilinear resizing identical to PyTorch's
@@ -43,7 +50,10 @@ pub mod activation;
 pub mod attention;
 pub mod conv;
 mod cpu_kernel;
+pub mod cuda_attention;
 pub mod fixtures;
+pub mod flash;
+pub mod linear;
 pub mod norm;
 pub mod pool;
 pub mod rel_pos;
@@ -54,6 +64,7 @@ pub mod window;
 
 pub use activation::gelu;
 pub use attention::{merge_heads, multi_head_attention, split_heads, AttentionOptions};
+pub use flash::attention_merged;
 pub use norm::{LayerNorm, LayerNorm2d};
 pub use pool::max_pool2x2;
 pub use rel_pos::DecomposedRelPos;

@@ -67,6 +67,26 @@ impl DecomposedRelPos {
         })
     }
 
+    /// The gathered tables: `rh` `(qh, kh, C)` and `rw` `(qw, kw, C)`.
+    pub fn tables(&self) -> (&Tensor, &Tensor) {
+        (&self.rh, &self.rw)
+    }
+
+    /// The query grid `(qh, qw)`.
+    pub fn query_grid(&self) -> (usize, usize) {
+        self.q_size
+    }
+
+    /// The key grid `(kh, kw)`.
+    pub fn key_grid(&self) -> (usize, usize) {
+        self.k_size
+    }
+
+    /// Whether the tables carry a gradient (built from trainable parameters).
+    pub fn tracks_gradient(&self) -> bool {
+        self.rh.track_op() || self.rw.track_op()
+    }
+
     /// Number of query tokens, `qh * qw`.
     pub fn query_len(&self) -> usize {
         self.q_size.0 * self.q_size.1

@@ -15,7 +15,7 @@ use rayon::prelude::*;
 
 use crate::cpu_kernel::contiguous_f32;
 
-use crate::special::exp;
+use crate::special::exp_nonpositive;
 
 /// Elements handled per parallel task (whole rows at a time).
 const TASK_ELEMENTS: usize = 1 << 15;
@@ -81,42 +81,40 @@ fn rows_per_task(len: usize) -> usize {
 /// SIMD register (a float sum or maximum in one accumulator is a serial chain).
 const LANES: usize = 16;
 
-/// The largest value of `row` (NaN if it holds one).
+/// The largest value of `row`, ignoring NaNs (a NaN still makes the whole softmax
+/// row NaN: `exp(NaN - max)` is NaN, and so is the sum every value is divided by).
 #[inline(always)]
-fn row_max(row: &[f32]) -> f32 {
+pub(crate) fn row_max(row: &[f32]) -> f32 {
     let mut acc = [f32::NEG_INFINITY; LANES];
     let chunks = row.chunks_exact(LANES);
     let tail = chunks.remainder();
+    // `if v > a` rather than `f32::max`: one vmaxps, without NaN bookkeeping.
     for chunk in chunks {
         for (a, &v) in acc.iter_mut().zip(chunk) {
-            *a = a.max(v);
+            *a = if v > *a { v } else { *a };
         }
     }
     let mut max = acc.iter().fold(f32::NEG_INFINITY, |m, &v| m.max(v));
     for &v in tail {
         max = max.max(v);
     }
-    if row.iter().any(|v| v.is_nan()) {
-        f32::NAN
-    } else {
-        max
-    }
+    max
 }
 
 /// Replaces each value by `exp(value - max)` and returns their sum.
 #[inline(always)]
-fn exp_shifted_sum(row: &mut [f32], max: f32) -> f32 {
+pub(crate) fn exp_shifted_sum(row: &mut [f32], max: f32) -> f32 {
     let mut acc = [0f32; LANES];
     let mut chunks = row.chunks_exact_mut(LANES);
     for chunk in &mut chunks {
         for (a, v) in acc.iter_mut().zip(chunk.iter_mut()) {
-            *v = exp(*v - max);
+            *v = exp_nonpositive(*v - max);
             *a += *v;
         }
     }
     let mut sum: f32 = acc.iter().sum();
     for v in chunks.into_remainder() {
-        *v = exp(*v - max);
+        *v = exp_nonpositive(*v - max);
         sum += *v;
     }
     sum
@@ -124,7 +122,7 @@ fn exp_shifted_sum(row: &mut [f32], max: f32) -> f32 {
 
 /// `sum(a * b)` with [`LANES`] accumulators.
 #[inline(always)]
-fn dot(a: &[f32], b: &[f32]) -> f32 {
+pub(crate) fn dot(a: &[f32], b: &[f32]) -> f32 {
     let mut acc = [0f32; LANES];
     let (ca, cb) = (a.chunks_exact(LANES), b.chunks_exact(LANES));
     let (ta, tb) = (ca.remainder(), cb.remainder());
@@ -330,6 +328,19 @@ mod tests {
     use super::*;
     use candle_core::{Device, Var};
     use proptest::prelude::*;
+
+    #[test]
+    fn a_nan_makes_its_row_nan_and_leaves_others() {
+        let x = Tensor::from_vec(
+            vec![1f32, f32::NAN, 2.0, 1.0, 2.0, 3.0],
+            (2, 3),
+            &Device::Cpu,
+        )
+        .unwrap();
+        let rows = softmax_last_dim(&x).unwrap().to_vec2::<f32>().unwrap();
+        assert!(rows[0].iter().all(|v| v.is_nan()), "{:?}", rows[0]);
+        assert!(rows[1].iter().all(|v| v.is_finite()), "{:?}", rows[1]);
+    }
 
     fn max_diff(a: &Tensor, b: &Tensor) -> f32 {
         (a - b)

@@ -37,10 +37,43 @@ pub fn exp(x: f32) -> f32 {
     let er = p * r * r + r + 1.0;
     // 2^n in two factors, so that n = 128 (x near EXP_MAX) does not overflow the
     // exponent field.
-    let n = n as i32;
+    // The integer n from the bits of n + ROUND_MAGIC (exact, since |n| < 2^22): a
+    // bit cast and an integer subtraction, which vectorise where `as i32` (a
+    // saturating conversion) does not.
+    let n = (n + ROUND_MAGIC).to_bits() as i32 - ROUND_MAGIC.to_bits() as i32;
     let (n1, n2) = (n >> 1, n - (n >> 1));
     let scaled = er * pow2(n1) * pow2(n2);
     let scaled = if x > EXP_MAX { f32::INFINITY } else { scaled };
+    let scaled = if x < EXP_MIN { 0.0 } else { scaled };
+    if x.is_nan() {
+        x
+    } else {
+        scaled
+    }
+}
+
+/// e^x for `x <= 0`, as a softmax needs it after subtracting the row maximum: the
+/// same polynomial as [`exp`] with one power of two and no overflow case (positive
+/// inputs are taken as 0); 0 below -87.34, NaN for NaN.
+#[inline(always)]
+pub fn exp_nonpositive(x: f32) -> f32 {
+    const LN2_HI: f32 = 0.693_359_4;
+    const LN2_LO: f32 = -2.121_944_4e-4;
+    let clamped = if x > EXP_MIN { x } else { EXP_MIN };
+    let clamped = if clamped < 0.0 { clamped } else { 0.0 };
+    let t = clamped * std::f32::consts::LOG2_E + ROUND_MAGIC;
+    let n = t - ROUND_MAGIC;
+    let r = clamped - n * LN2_HI - n * LN2_LO;
+    let p = 1.987_569_1e-4_f32;
+    let p = p * r + 1.398_199_9e-3;
+    let p = p * r + 8.333_452e-3;
+    let p = p * r + 4.166_579_6e-2;
+    let p = p * r + 1.666_666_5e-1;
+    let p = p * r + 0.5;
+    let er = p * r * r + r + 1.0;
+    // n in -126..=0 from the bits of t (see `exp`).
+    let n = t.to_bits() as i32 - ROUND_MAGIC.to_bits() as i32;
+    let scaled = er * pow2(n);
     let scaled = if x < EXP_MIN { 0.0 } else { scaled };
     if x.is_nan() {
         x
@@ -106,6 +139,11 @@ mod tests {
         }
 
         #[test]
+        fn exp_nonpositive_equals_exp(x in -90f32..0.0) {
+            prop_assert_eq!(exp_nonpositive(x).to_bits(), exp(x).to_bits(), "x = {}", x);
+        }
+
+        #[test]
         fn erf_is_within_three_ten_millionths(x in -6f32..6.0) {
             let want = libm_erf(x as f64);
             prop_assert!((erf(x) as f64 - want).abs() < 3e-7, "erf({x}) = {} want {want}", erf(x));
@@ -125,6 +163,10 @@ mod tests {
         assert_eq!(exp(100.0), f32::INFINITY);
         assert!(exp(f32::NAN).is_nan());
         assert!(exp(88.7).is_finite());
+        assert_eq!(exp_nonpositive(0.0), 1.0);
+        assert_eq!(exp_nonpositive(-100.0), 0.0);
+        assert_eq!(exp_nonpositive(f32::NEG_INFINITY), 0.0);
+        assert!(exp_nonpositive(f32::NAN).is_nan());
         assert_eq!(erf(0.0), 0.0);
         assert_eq!(erf(10.0), 1.0);
         assert_eq!(erf(-10.0), -1.0);

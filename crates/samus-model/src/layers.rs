@@ -44,29 +44,16 @@ impl Linear {
     pub fn weight(&self) -> &Tensor {
         &self.weight
     }
+
+    /// The bias, if the layer has one.
+    pub fn bias(&self) -> Option<&Tensor> {
+        self.bias.as_ref()
+    }
 }
 
 impl Module for Linear {
     fn forward(&self, x: &Tensor) -> Result<Tensor> {
-        let (out_dim, in_dim) = self.weight.dims2()?;
-        let mut out_dims = x.dims().to_vec();
-        match out_dims.last_mut() {
-            Some(last) if *last == in_dim => *last = out_dim,
-            _ => candle_core::bail!(
-                "linear layer expects {in_dim} input features, got {:?}",
-                x.shape()
-            ),
-        }
-        let rows = x.elem_count() / in_dim.max(1);
-        let y = x
-            .contiguous()?
-            .reshape((rows, in_dim))?
-            .matmul(&self.weight.t()?)?;
-        let y = match &self.bias {
-            Some(b) => y.broadcast_add(b)?,
-            None => y,
-        };
-        y.reshape(out_dims)
+        samus_core::linear::linear(x, &self.weight, self.bias.as_ref())
     }
 }
 

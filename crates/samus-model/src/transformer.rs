@@ -3,7 +3,7 @@
 
 use candle_core::{Module, Result, Tensor};
 use candle_nn::VarBuilder;
-use samus_core::{merge_heads, multi_head_attention, split_heads, AttentionOptions, LayerNorm};
+use samus_core::{attention_merged, split_heads, AttentionOptions, LayerNorm};
 
 use crate::layers::{layer_norm, Linear};
 
@@ -69,8 +69,8 @@ impl DecoderAttention {
         let q = split_heads(&self.q_proj.forward(q)?, self.num_heads)?;
         let k = split_heads(&self.k_proj.forward(k)?, self.num_heads)?;
         let v = split_heads(&self.v_proj.forward(v)?, self.num_heads)?;
-        let out = multi_head_attention(&q, &k, &v, self.scale, None, AttentionOptions::default())?;
-        self.out_proj.forward(&merge_heads(&out)?)
+        let out = attention_merged(&q, &k, &v, self.scale, None, AttentionOptions::default())?;
+        self.out_proj.forward(&out)
     }
 }
 

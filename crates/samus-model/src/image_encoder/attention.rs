@@ -3,7 +3,8 @@
 
 use candle_core::{Module, Result, Tensor};
 use candle_nn::{Init, VarBuilder};
-use samus_core::{merge_heads, multi_head_attention, AttentionOptions, DecomposedRelPos};
+use samus_core::window::{window_partition, window_unpartition};
+use samus_core::{attention_merged, AttentionOptions, DecomposedRelPos};
 
 use crate::layers::Linear;
 
@@ -49,14 +50,30 @@ impl EncoderAttention {
     }
 }
 
-impl Module for EncoderAttention {
-    /// BHWC `B x side x side x D` in and out.
-    fn forward(&self, x: &Tensor) -> Result<Tensor> {
-        let (b, h, w, c) = x.dims4()?;
+impl EncoderAttention {
+    /// Windowed attention over a BHWC grid `B x H x W x D`, with the same result as
+    /// SAM's `window_partition` (zero padding), this attention on every window and
+    /// `window_unpartition`, but with both projections computed on the real tokens
+    /// only: a zero padding token's `qkv` is the `qkv` bias, so the projected grid is
+    /// padded with the bias instead; the output projection runs after the windows
+    /// are merged and cropped. On SAMUS's 32 x 32 grid with 14 x 14 windows (padded
+    /// to 42 x 42) this skips 42% of the projection work.
+    pub fn forward_windowed(&self, x: &Tensor, window: usize) -> Result<Tensor> {
+        let (_, h, w, _) = x.dims4()?;
+        let qkv = pad_with_bias(&self.qkv.forward(x)?, window, self.qkv.bias())?;
+        let (windows, padded) = window_partition(&qkv, window)?;
+        let attended = self.attend(&windows)?;
+        self.proj
+            .forward(&window_unpartition(&attended, window, padded, (h, w))?)
+    }
+
+    /// Attention on projected tokens `B x H x W x 3D` (q, k, v), before the output
+    /// projection: `B x H x W x D`.
+    fn attend(&self, qkv: &Tensor) -> Result<Tensor> {
+        let (b, h, w, c3) = qkv.dims4()?;
+        let c = c3 / 3;
         let head_dim = c / self.num_heads;
-        let qkv = self
-            .qkv
-            .forward(x)?
+        let qkv = qkv
             .reshape((b, h * w, 3, self.num_heads, head_dim))?
             .permute((2, 0, 3, 1, 4))?;
         let q = qkv.get(0)?;
@@ -70,8 +87,43 @@ impl Module for EncoderAttention {
         } else {
             &self.rel_pos
         };
-        let out = multi_head_attention(&q, &k, &v, self.scale, Some(rel_pos), self.options)?;
-        self.proj
-            .forward(&merge_heads(&out)?.reshape((b, h, w, c))?)
+        attention_merged(&q, &k, &v, self.scale, Some(rel_pos), self.options)?.reshape((b, h, w, c))
+    }
+}
+
+/// Pads a BHWC grid at the bottom and right to multiples of `window` with copies of
+/// `bias` (zeros without one): the projection of the zero tokens SAM pads with.
+fn pad_with_bias(x: &Tensor, window: usize, bias: Option<&Tensor>) -> Result<Tensor> {
+    let (b, h, w, c) = x.dims4()?;
+    if window == 0 {
+        candle_core::bail!("window size must be positive")
+    }
+    let (pad_h, pad_w) = (
+        (window - h % window) % window,
+        (window - w % window) % window,
+    );
+    if pad_h == 0 && pad_w == 0 {
+        return Ok(x.clone());
+    }
+    let fill = |rows: usize, cols: usize| match bias {
+        Some(bias) => bias.reshape((1, 1, 1, c))?.broadcast_as((b, rows, cols, c)),
+        None => Tensor::zeros((b, rows, cols, c), x.dtype(), x.device()),
+    };
+    let x = if pad_w > 0 {
+        Tensor::cat(&[x, &fill(h, pad_w)?], 2)?
+    } else {
+        x.clone()
+    };
+    if pad_h > 0 {
+        Tensor::cat(&[&x, &fill(pad_h, w + pad_w)?], 1)
+    } else {
+        Ok(x)
+    }
+}
+
+impl Module for EncoderAttention {
+    /// BHWC `B x side x side x D` in and out.
+    fn forward(&self, x: &Tensor) -> Result<Tensor> {
+        self.proj.forward(&self.attend(&self.qkv.forward(x)?)?)
     }
 }

@@ -7,7 +7,6 @@
 
 use candle_core::{Module, Result, Tensor};
 use candle_nn::VarBuilder;
-use samus_core::window::{window_partition, window_unpartition};
 use samus_core::{gelu, LayerNorm};
 
 use super::adapter::FeatureAdapter;
@@ -117,12 +116,7 @@ impl EncoderBlock {
         let mut x = self.norm1.forward(x)?;
         let mut cnnx = cnnx.clone();
         let x = match &self.kind {
-            BlockKind::Window { size } => {
-                let (_, h, w, _) = x.dims4()?;
-                let (windows, padded) = window_partition(&x, *size)?;
-                let attended = self.attn.forward(&windows)?;
-                window_unpartition(&attended, *size, padded, (h, w))?
-            }
+            BlockKind::Window { size } => self.attn.forward_windowed(&x, *size)?,
             BlockKind::Global(adapters) => {
                 x = (&x + adapters.space.forward(&x, &cnnx)?)?;
                 cnnx = adapters.refine.forward_nhwc(&cnnx.contiguous()?)?;

@@ -3,7 +3,7 @@
 
 use candle_core::{Module, Result, Tensor};
 use candle_nn::VarBuilder;
-use samus_core::{merge_heads, multi_head_attention, split_heads, AttentionOptions};
+use samus_core::{attention_merged, split_heads, AttentionOptions};
 
 use crate::layers::Linear;
 
@@ -50,8 +50,7 @@ impl CrossBranchAttention {
                 context.shape()
             )
         }
-        let out = multi_head_attention(&q, &k, &v, self.scale, None, self.options)?;
-        self.proj
-            .forward(&merge_heads(&out)?.reshape((b, h, w, c))?)
+        let out = attention_merged(&q, &k, &v, self.scale, None, self.options)?;
+        self.proj.forward(&out.reshape((b, h, w, c))?)
     }
 }

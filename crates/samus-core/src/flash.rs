@@ -1,0 +1,641 @@
+//! Fused multi-head attention for CPU inference.
+//!
+//! [`attention_merged`] computes `softmax(scale q k^T + bias) v` for every head and
+//! returns the heads already merged, `(B, Nq, H * Dh)`, the layout the output
+//! projection reads. On the CPU in f32, when no input needs a gradient, it runs one
+//! fused operation ([`FusedAttention`]):
+//!
+//! - queries, keys and values are read in place through their strides (the views
+//!   that split a fused `qkv` projection into heads cost no copy);
+//! - the work is split into blocks of [`QUERY_BLOCK`] queries of one batch item,
+//!   all heads, run in parallel; a block's scores (`QUERY_BLOCK x Nk`) stay in the
+//!   cache, never in a full `Nq x Nk` matrix per head;
+//! - SAM's decomposed relative-position bias is computed and added inside the block,
+//!   and the softmax is normalised after the product with the values;
+//! - the two matrix products use the `gemm` crate's kernels (AVX-512 where the CPU
+//!   has it) and write straight into the merged output.
+//!
+//! Otherwise (gradients, another device or dtype) it falls back to
+//! [`multi_head_attention`] and [`merge_heads`], which are differentiable.
+
+use candle_core::{CpuStorage, CustomOp3, DType, Layout, Result, Shape, Tensor};
+use rayon::prelude::*;
+
+use crate::attention::{merge_heads, multi_head_attention, AttentionOptions};
+use crate::rel_pos::DecomposedRelPos;
+use crate::softmax::{exp_shifted_sum, row_max};
+
+/// Queries per parallel task: their scores against 1024 keys take 512 KiB, which
+/// stay in a core's L2 cache.
+pub const QUERY_BLOCK: usize = 128;
+
+/// Multi-head attention with the heads merged: `q` `(B, H, Nq, Dh)`, `k` and `v`
+/// `(B, H, Nk, Dh)` (any strides) give `(B, Nq, H * Dh)`; the same numbers as
+/// `merge_heads(multi_head_attention(q, k, v, scale, rel_pos, options))`.
+pub fn attention_merged(
+    q: &Tensor,
+    k: &Tensor,
+    v: &Tensor,
+    scale: f64,
+    rel_pos: Option<&DecomposedRelPos>,
+    options: AttentionOptions,
+) -> Result<Tensor> {
+    let fusable = [q, k, v]
+        .iter()
+        .all(|t| t.device().is_cpu() && t.dtype() == DType::F32 && !t.track_op())
+        && rel_pos.is_none_or(|r| !r.tracks_gradient());
+    if !fusable {
+        return merge_heads(&multi_head_attention(q, k, v, scale, rel_pos, options)?);
+    }
+    let op = FusedAttention::new(scale, rel_pos)?;
+    unit_stride_rows(q)?.apply_op3_no_bwd(&unit_stride_rows(k)?, &unit_stride_rows(v)?, &op)
+}
+
+/// `t` itself when its last axis is contiguous, else a contiguous copy.
+fn unit_stride_rows(t: &Tensor) -> Result<Tensor> {
+    if t.layout().stride().last() == Some(&1) {
+        Ok(t.clone())
+    } else {
+        t.contiguous()
+    }
+}
+
+/// The relative-position tables on the host: `rh` `(qh, kh, Dh)`, `rw` `(qw, kw,
+/// Dh)`.
+#[derive(Debug, Clone)]
+struct HostRelPos {
+    rh: Vec<f32>,
+    rw: Vec<f32>,
+    q_size: (usize, usize),
+    k_size: (usize, usize),
+}
+
+/// The fused attention of [`attention_merged`] as a candle operation on `(q, k, v)`.
+#[derive(Debug, Clone)]
+pub struct FusedAttention {
+    scale: f32,
+    rel_pos: Option<HostRelPos>,
+}
+
+impl FusedAttention {
+    /// An operation with the softmax scale and, optionally, the decomposed bias.
+    pub fn new(scale: f64, rel_pos: Option<&DecomposedRelPos>) -> Result<Self> {
+        let rel_pos = match rel_pos {
+            None => None,
+            Some(r) => {
+                let (rh, rw) = r.tables();
+                Some(HostRelPos {
+                    rh: rh.flatten_all()?.to_dtype(DType::F32)?.to_vec1()?,
+                    rw: rw.flatten_all()?.to_dtype(DType::F32)?.to_vec1()?,
+                    q_size: r.query_grid(),
+                    k_size: r.key_grid(),
+                })
+            }
+        };
+        Ok(Self {
+            scale: scale as f32,
+            rel_pos,
+        })
+    }
+}
+
+/// An operand `(B, H, N, Dh)` with unit stride along `Dh`, read in place.
+#[derive(Debug, Clone, Copy)]
+struct HeadsView<'a> {
+    data: &'a [f32],
+    offset: usize,
+    batch_stride: usize,
+    head_stride: usize,
+    row_stride: usize,
+    dims: [usize; 4],
+}
+
+impl<'a> HeadsView<'a> {
+    fn new(storage: &'a CpuStorage, layout: &Layout, name: &str) -> Result<Self> {
+        let data = storage.as_slice::<f32>()?;
+        let dims: [usize; 4] = layout
+            .dims()
+            .try_into()
+            .map_err(|_| candle_core::Error::Msg(format!("fused attention: {name} must be 4-d")))?;
+        let stride = layout.stride();
+        if stride[3] != 1 && dims[3] > 1 {
+            candle_core::bail!("fused attention: {name} needs unit stride along Dh")
+        }
+        let view = Self {
+            data,
+            offset: layout.start_offset(),
+            batch_stride: stride[0],
+            head_stride: stride[1],
+            row_stride: stride[2],
+            dims,
+        };
+        // The last element any index can reach must lie in the storage.
+        if dims.iter().all(|&d| d > 0) {
+            let last = view.offset
+                + (dims[0] - 1) * view.batch_stride
+                + (dims[1] - 1) * view.head_stride
+                + (dims[2] - 1) * view.row_stride
+                + dims[3]
+                - 1;
+            if last >= data.len() {
+                candle_core::bail!("fused attention: {name} reaches past its storage")
+            }
+        }
+        Ok(view)
+    }
+
+    /// Rows `rows` of head `h` of batch item `b`, as a matrix view.
+    fn rows(&self, b: usize, h: usize, first: usize, count: usize) -> MatRef<'a> {
+        MatRef {
+            data: self.data,
+            offset: self.offset
+                + b * self.batch_stride
+                + h * self.head_stride
+                + first * self.row_stride,
+            rows: count,
+            cols: self.dims[3],
+            row_stride: self.row_stride,
+            col_stride: 1,
+        }
+    }
+}
+
+/// A read-only strided matrix inside a slice.
+#[derive(Debug, Clone, Copy)]
+struct MatRef<'a> {
+    data: &'a [f32],
+    offset: usize,
+    rows: usize,
+    cols: usize,
+    row_stride: usize,
+    col_stride: usize,
+}
+
+impl MatRef<'_> {
+    /// The same elements read as the transposed matrix.
+    fn t(self) -> Self {
+        Self {
+            rows: self.cols,
+            cols: self.rows,
+            row_stride: self.col_stride,
+            col_stride: self.row_stride,
+            ..self
+        }
+    }
+
+    /// One past the largest index the view reads (its offset when empty).
+    fn end(&self) -> usize {
+        if self.rows == 0 || self.cols == 0 {
+            self.offset
+        } else {
+            self.offset + (self.rows - 1) * self.row_stride + (self.cols - 1) * self.col_stride + 1
+        }
+    }
+}
+
+/// `dst[offset..]` viewed as a `rows x cols` matrix with the given row stride
+/// (unit column stride).
+struct MatMut<'a> {
+    data: &'a mut [f32],
+    offset: usize,
+    rows: usize,
+    cols: usize,
+    row_stride: usize,
+}
+
+/// `dst = alpha * lhs rhs` on one thread with the `gemm` crate's kernels.
+fn matmul(dst: MatMut<'_>, lhs: MatRef<'_>, rhs: MatRef<'_>, alpha: f32) -> Result<()> {
+    let shapes_agree = lhs.rows == dst.rows && rhs.cols == dst.cols && lhs.cols == rhs.rows;
+    let dst_end = if dst.rows == 0 || dst.cols == 0 {
+        dst.offset
+    } else {
+        dst.offset + (dst.rows - 1) * dst.row_stride + dst.cols
+    };
+    let in_bounds = lhs.end() <= lhs.data.len()
+        && rhs.end() <= rhs.data.len()
+        && dst_end <= dst.data.len()
+        && (dst.rows <= 1 || dst.row_stride >= dst.cols);
+    if !shapes_agree || !in_bounds {
+        candle_core::bail!("fused attention: internal matrix views do not fit")
+    }
+    if dst.rows == 0 || dst.cols == 0 {
+        return Ok(());
+    }
+    if lhs.cols == 0 {
+        for r in 0..dst.rows {
+            let start = dst.offset + r * dst.row_stride;
+            dst.data[start..start + dst.cols].fill(0.0);
+        }
+        return Ok(());
+    }
+    // SAFETY: every index gemm reads or writes is inside the three slices (checked
+    // above from the shapes and strides), the destination is borrowed mutably so it
+    // aliases neither source, and distinct destination rows do not overlap
+    // (row_stride >= cols, unit column stride).
+    unsafe {
+        gemm::gemm(
+            dst.rows,
+            dst.cols,
+            lhs.cols,
+            dst.data.as_mut_ptr().add(dst.offset),
+            1,
+            dst.row_stride as isize,
+            false,
+            lhs.data.as_ptr().add(lhs.offset),
+            lhs.col_stride as isize,
+            lhs.row_stride as isize,
+            rhs.data.as_ptr().add(rhs.offset),
+            rhs.col_stride as isize,
+            rhs.row_stride as isize,
+            0.0,
+            alpha,
+            false,
+            false,
+            false,
+            gemm::Parallelism::None,
+        );
+    }
+    Ok(())
+}
+
+/// Adds the decomposed bias to a block's scores (from the precomputed terms) and
+/// turns each row into unnormalised probabilities; stores each row's 1 / sum.
+struct BiasExpRows<'a> {
+    scores: &'a mut [f32],
+    keys: usize,
+    /// Per row `kh + kw` terms: `<q, rh[y, a]>` then `<q, rw[x, b]>`; the key grid
+    /// width `kw`.
+    bias: Option<(&'a [f32], usize)>,
+    inv_sums: &'a mut [f32],
+}
+
+impl pulp::WithSimd for BiasExpRows<'_> {
+    type Output = ();
+
+    #[inline(always)]
+    fn with_simd<S: pulp::Simd>(self, _simd: S) {
+        let rows = self.scores.chunks_mut(self.keys.max(1));
+        for (i, (row, inv)) in rows.zip(self.inv_sums.iter_mut()).enumerate() {
+            if let Some((terms, kw)) = self.bias {
+                let per_row = self.keys / kw.max(1) + kw;
+                let (rel_h, rel_w) = terms[i * per_row..(i + 1) * per_row].split_at(per_row - kw);
+                // row[a * kw + b] += rel_h[a] + rel_w[b]
+                for (chunk, &bh) in row.chunks_exact_mut(kw.max(1)).zip(rel_h) {
+                    for (s, &bw) in chunk.iter_mut().zip(rel_w) {
+                        *s += bh + bw;
+                    }
+                }
+            }
+            let max = row_max(row);
+            *inv = 1.0 / exp_shifted_sum(row, max);
+        }
+    }
+}
+
+/// The decomposed bias terms of every query of one head, `Nq x (kh + kw)`:
+/// `<q, rh[y, a]>` for the query's grid row `y`, then `<q, rw[x, b]>` for its column
+/// `x` (the unscaled queries, as SAM's `add_decomposed_rel_pos`), as small matrix
+/// products: the queries of one grid row share `rh[y]`, those of one column `rw[x]`.
+fn bias_terms(q: &HeadsView, b: usize, h: usize, rel: &HostRelPos, out: &mut [f32]) -> Result<()> {
+    let (qh, qw) = rel.q_size;
+    let (kh, kw) = rel.k_size;
+    let d = q.dims[3];
+    let width = kh + kw;
+    for y in 0..qh {
+        let rh = MatRef {
+            data: &rel.rh,
+            offset: y * kh * d,
+            rows: kh,
+            cols: d,
+            row_stride: d,
+            col_stride: 1,
+        };
+        let dst = MatMut {
+            data: out,
+            offset: y * qw * width,
+            rows: qw,
+            cols: kh,
+            row_stride: width,
+        };
+        matmul(dst, q.rows(b, h, y * qw, qw), rh.t(), 1.0)?;
+    }
+    for x in 0..qw {
+        let rw = MatRef {
+            data: &rel.rw,
+            offset: x * kw * d,
+            rows: kw,
+            cols: d,
+            row_stride: d,
+            col_stride: 1,
+        };
+        let column = MatRef {
+            rows: qh,
+            row_stride: qw * q.row_stride,
+            ..q.rows(b, h, x, 1)
+        };
+        let dst = MatMut {
+            data: out,
+            offset: x * width + kh,
+            rows: qh,
+            cols: kw,
+            row_stride: qw * width,
+        };
+        matmul(dst, column, rw.t(), 1.0)?;
+    }
+    Ok(())
+}
+
+impl FusedAttention {
+    fn check(&self, q: &HeadsView, k: &HeadsView, v: &HeadsView) -> Result<()> {
+        let [b, h, nq, d] = q.dims;
+        let [kb, kh, nk, kd] = k.dims;
+        if (kb, kh, kd) != (b, h, d) || v.dims != [b, h, nk, d] {
+            candle_core::bail!(
+                "fused attention shapes do not agree: q {:?}, k {:?}, v {:?}",
+                q.dims,
+                k.dims,
+                v.dims
+            )
+        }
+        if let Some(rel) = &self.rel_pos {
+            let (qh, qw) = rel.q_size;
+            let (gh, gw) = rel.k_size;
+            if qh * qw != nq || gh * gw != nk {
+                candle_core::bail!(
+                    "relative-position bias is for {}x{} tokens, attention has {nq}x{nk}",
+                    qh * qw,
+                    gh * gw
+                )
+            }
+            if rel.rh.len() != qh * gh * d || rel.rw.len() != qw * gw * d {
+                candle_core::bail!("relative-position tables do not match head size {d}")
+            }
+        }
+        Ok(())
+    }
+
+    /// Query rows `first..first + out.len() / (H Dh)` of batch item `b`, all heads,
+    /// into `out` (`rows x H Dh`); `terms` holds the bias terms of every head of `b`.
+    fn block(
+        &self,
+        (q, k, v): (&HeadsView, &HeadsView, &HeadsView),
+        terms: &[f32],
+        b: usize,
+        first: usize,
+        out: &mut [f32],
+    ) -> Result<()> {
+        let [_, heads, nq, d] = q.dims;
+        let nk = k.dims[2];
+        let width = heads * d;
+        let rows = out.len() / width.max(1);
+        let mut scores = vec![0f32; rows * nk];
+        let mut inv_sums = vec![0f32; rows];
+        let per_query = self.rel_pos.as_ref().map_or(0, |r| r.k_size.0 + r.k_size.1);
+        for h in 0..heads {
+            let score_view = MatMut {
+                data: &mut scores,
+                offset: 0,
+                rows,
+                cols: nk,
+                row_stride: nk,
+            };
+            matmul(
+                score_view,
+                q.rows(b, h, first, rows),
+                k.rows(b, h, 0, nk).t(),
+                self.scale,
+            )?;
+            let bias = self.rel_pos.as_ref().map(|r| {
+                let start = (h * nq + first) * per_query;
+                (&terms[start..start + rows * per_query], r.k_size.1)
+            });
+            pulp::Arch::new().dispatch(BiasExpRows {
+                scores: &mut scores,
+                keys: nk,
+                bias,
+                inv_sums: &mut inv_sums,
+            });
+            let probs = MatRef {
+                data: &scores,
+                offset: 0,
+                rows,
+                cols: nk,
+                row_stride: nk,
+                col_stride: 1,
+            };
+            let out_view = MatMut {
+                data: out,
+                offset: h * d,
+                rows,
+                cols: d,
+                row_stride: width,
+            };
+            matmul(out_view, probs, v.rows(b, h, 0, nk), 1.0)?;
+            for (row, &inv) in out.chunks_exact_mut(width).zip(&inv_sums) {
+                for o in &mut row[h * d..(h + 1) * d] {
+                    *o *= inv;
+                }
+            }
+        }
+        Ok(())
+    }
+}
+
+impl CustomOp3 for FusedAttention {
+    fn name(&self) -> &'static str {
+        "samus-fused-attention"
+    }
+
+    fn cpu_fwd(
+        &self,
+        q_storage: &CpuStorage,
+        q_layout: &Layout,
+        k_storage: &CpuStorage,
+        k_layout: &Layout,
+        v_storage: &CpuStorage,
+        v_layout: &Layout,
+    ) -> Result<(CpuStorage, Shape)> {
+        let q = HeadsView::new(q_storage, q_layout, "q")?;
+        let k = HeadsView::new(k_storage, k_layout, "k")?;
+        let v = HeadsView::new(v_storage, v_layout, "v")?;
+        self.check(&q, &k, &v)?;
+        let [batch, heads, nq, d] = q.dims;
+        let width = heads * d;
+        let mut out = vec![0f32; batch * nq * width];
+        if width == 0 || nq == 0 {
+            return Ok((CpuStorage::F32(out), Shape::from((batch, nq, width))));
+        }
+        // The bias terms of every (batch item, head), `Nq x (kh + kw)` each.
+        let mut terms = Vec::new();
+        if let Some(rel) = &self.rel_pos {
+            let per_head = nq * (rel.k_size.0 + rel.k_size.1);
+            terms = vec![0f32; batch * heads * per_head];
+            terms
+                .par_chunks_mut(per_head)
+                .enumerate()
+                .try_for_each(|(g, chunk)| bias_terms(&q, g / heads, g % heads, rel, chunk))?;
+        }
+        let per_item = terms.len() / batch;
+        out.par_chunks_mut(nq * width)
+            .enumerate()
+            .flat_map(|(b, item)| {
+                item.par_chunks_mut(QUERY_BLOCK * width)
+                    .enumerate()
+                    .map(move |(i, block)| (b, i * QUERY_BLOCK, block))
+            })
+            .try_for_each(|(b, first, block)| {
+                let terms = &terms[b * per_item..(b + 1) * per_item];
+                self.block((&q, &k, &v), terms, b, first, block)
+            })?;
+        Ok((CpuStorage::F32(out), Shape::from((batch, nq, width))))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use candle_core::{Device, Var};
+    use proptest::prelude::*;
+
+    fn random(shape: &[usize], seed: u64) -> Tensor {
+        let n: usize = shape.iter().product();
+        let mut state = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
+        let data: Vec<f32> = (0..n)
+            .map(|_| {
+                state ^= state << 13;
+                state ^= state >> 7;
+                state ^= state << 17;
+                (state % 20_000) as f32 / 10_000.0 - 1.0
+            })
+            .collect();
+        Tensor::from_vec(data, shape, &Device::Cpu).unwrap()
+    }
+
+    fn rel_error(got: &Tensor, want: &Tensor) -> f32 {
+        let diff = (got - want)
+            .unwrap()
+            .sqr()
+            .unwrap()
+            .sum_all()
+            .unwrap()
+            .to_scalar::<f32>()
+            .unwrap();
+        let norm = want
+            .sqr()
+            .unwrap()
+            .sum_all()
+            .unwrap()
+            .to_scalar::<f32>()
+            .unwrap();
+        (diff / norm.max(1e-30)).sqrt()
+    }
+
+    /// The composed (differentiable) path, the definition of the result.
+    fn composed(
+        q: &Tensor,
+        k: &Tensor,
+        v: &Tensor,
+        scale: f64,
+        rel: Option<&DecomposedRelPos>,
+    ) -> Tensor {
+        merge_heads(
+            &multi_head_attention(q, k, v, scale, rel, AttentionOptions::default()).unwrap(),
+        )
+        .unwrap()
+    }
+
+    /// The fused operation itself (not the dispatch, which may fall back).
+    fn fused(
+        q: &Tensor,
+        k: &Tensor,
+        v: &Tensor,
+        scale: f64,
+        rel: Option<&DecomposedRelPos>,
+    ) -> Tensor {
+        q.apply_op3_no_bwd(k, v, &FusedAttention::new(scale, rel).unwrap())
+            .unwrap()
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(40))]
+
+        /// Self-attention over a grid with the decomposed bias, with q, k and v read
+        /// as strided views of one fused qkv tensor (as the encoder does).
+        #[test]
+        fn fused_matches_composed_with_rel_pos(
+            b in 1usize..3, heads in 1usize..4, gh in 1usize..10, gw in 1usize..10, d in 1usize..20, seed in 0u64..1000,
+        ) {
+            let n = gh * gw;
+            let qkv = random(&[b, n, 3, heads, d], seed).permute((2, 0, 3, 1, 4)).unwrap();
+            let (q, k, v) = (qkv.get(0).unwrap(), qkv.get(1).unwrap(), qkv.get(2).unwrap());
+            let rel = DecomposedRelPos::new(
+                &random(&[2 * gh - 1, d], seed + 1),
+                &random(&[2 * gw - 1, d], seed + 2),
+                (gh, gw),
+                (gh, gw),
+            ).unwrap();
+            let scale = 1.0 / (d as f64).sqrt();
+            let got = fused(&q, &k, &v, scale, Some(&rel));
+            let want = composed(&q, &k, &v, scale, Some(&rel));
+            prop_assert_eq!(got.dims(), want.dims());
+            let err = rel_error(&got, &want);
+            prop_assert!(err <= 1e-5, "relative error {err}");
+        }
+
+        /// Cross attention: different query and key counts, more queries than one
+        /// block, contiguous inputs, no bias.
+        #[test]
+        fn fused_matches_composed_cross(
+            b in 1usize..3, heads in 1usize..4, nq in 1usize..150, nk in 1usize..90, d in 1usize..17, seed in 0u64..1000,
+        ) {
+            let q = random(&[b, heads, nq, d], seed);
+            let k = random(&[b, heads, nk, d], seed + 1);
+            let v = random(&[b, heads, nk, d], seed + 2);
+            let got = fused(&q, &k, &v, 0.3, None);
+            let want = composed(&q, &k, &v, 0.3, None);
+            let err = rel_error(&got, &want);
+            prop_assert!(err <= 1e-5, "relative error {err}");
+        }
+    }
+
+    #[test]
+    fn gradients_take_the_composed_path() {
+        let q = Var::from_tensor(&random(&[1, 2, 5, 4], 1)).unwrap();
+        let (k, v) = (random(&[1, 2, 3, 4], 2), random(&[1, 2, 3, 4], 3));
+        let out = attention_merged(
+            q.as_tensor(),
+            &k,
+            &v,
+            0.5,
+            None,
+            AttentionOptions::default(),
+        )
+        .unwrap();
+        let grads = out.sum_all().unwrap().backward().unwrap();
+        assert!(grads.get(q.as_tensor()).is_some());
+    }
+
+    #[test]
+    fn plain_tensors_take_the_fused_path() {
+        let (q, k, v) = (
+            random(&[1, 2, 5, 4], 1),
+            random(&[1, 2, 3, 4], 2),
+            random(&[1, 2, 3, 4], 3),
+        );
+        let out = attention_merged(&q, &k, &v, 0.5, None, AttentionOptions::default()).unwrap();
+        let direct = fused(&q, &k, &v, 0.5, None);
+        assert_eq!(
+            out.to_vec3::<f32>().unwrap(),
+            direct.to_vec3::<f32>().unwrap()
+        );
+        assert_eq!(out.dims(), &[1, 5, 8]);
+    }
+
+    #[test]
+    fn mismatched_shapes_are_an_error() {
+        let q = random(&[1, 2, 5, 4], 1);
+        let k = random(&[1, 2, 3, 4], 2);
+        let v = random(&[1, 2, 4, 4], 3);
+        assert!(attention_merged(&q, &k, &v, 0.5, None, AttentionOptions::default()).is_err());
+    }
+}

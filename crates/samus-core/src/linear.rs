@@ -1,0 +1,228 @@
+//! `y = x W^T + b` over the last axis, with the bias added by the matrix product
+//! itself on the CPU.
+//!
+//! candle computes a linear layer as a matrix product into a zeroed buffer, then a
+//! broadcast addition into a second buffer. [`linear`] instead fills the output with
+//! the bias and lets the `gemm` kernels accumulate `x W^T` onto it: one buffer and
+//! one pass fewer for every projection of the encoder. It falls back to candle's
+//! (differentiable) operations when a gradient is needed, on other devices and in
+//! other dtypes.
+
+use candle_core::{CpuStorage, CustomOp2, CustomOp3, DType, Layout, Result, Shape, Tensor};
+
+use crate::cpu_kernel::contiguous_f32;
+
+/// Below this many multiply-adds a product runs on one thread: waking the others
+/// costs more than it saves (the decoder's prompt-token layers).
+const PARALLEL_MIN_MACS: usize = 1 << 21;
+
+/// `x W^T + b` for `x` `(..., in)`, `weight` `(out, in)` and `bias` `(out)`.
+pub fn linear(x: &Tensor, weight: &Tensor, bias: Option<&Tensor>) -> Result<Tensor> {
+    let (out_dim, in_dim) = weight.dims2()?;
+    let mut out_dims = x.dims().to_vec();
+    match out_dims.last_mut() {
+        Some(last) if *last == in_dim => *last = out_dim,
+        _ => candle_core::bail!(
+            "linear layer expects {in_dim} input features, got {:?}",
+            x.shape()
+        ),
+    }
+    let rows = x.elem_count() / in_dim.max(1);
+    let x2 = x.contiguous()?.reshape((rows, in_dim))?;
+    let fusable = std::iter::once(x)
+        .chain(std::iter::once(weight))
+        .chain(bias)
+        .all(|t| t.device().is_cpu() && t.dtype() == DType::F32 && !t.track_op());
+    let y = if fusable {
+        let weight = weight.contiguous()?;
+        match bias {
+            Some(b) => x2.apply_op3_no_bwd(&weight, &b.contiguous()?, &FusedLinear)?,
+            None => x2.apply_op2_no_bwd(&weight, &FusedLinear)?,
+        }
+    } else {
+        let y = x2.matmul(&weight.t()?)?;
+        match bias {
+            Some(b) => y.broadcast_add(b)?,
+            None => y,
+        }
+    };
+    y.reshape(out_dims)
+}
+
+/// The fused CPU linear layer on `(x, weight[, bias])`, all contiguous f32.
+#[derive(Debug, Clone, Copy)]
+struct FusedLinear;
+
+impl FusedLinear {
+    fn forward(
+        x: &[f32],
+        x_layout: &Layout,
+        w: &[f32],
+        w_layout: &Layout,
+        bias: Option<&[f32]>,
+    ) -> Result<(CpuStorage, Shape)> {
+        let (rows, in_dim) = x_layout.shape().dims2()?;
+        let (out_dim, w_in) = w_layout.shape().dims2()?;
+        if w_in != in_dim || bias.is_some_and(|b| b.len() != out_dim) {
+            candle_core::bail!(
+                "linear: x {:?}, weight {:?} and bias {:?} do not agree",
+                x_layout.dims(),
+                w_layout.dims(),
+                bias.map(<[f32]>::len)
+            )
+        }
+        let mut out = match bias {
+            Some(b) => b.repeat(rows),
+            None => vec![0f32; rows * out_dim],
+        };
+        if rows > 0 && out_dim > 0 && in_dim > 0 {
+            let threads = candle_core::utils::get_num_threads();
+            let parallelism = if threads > 1 && rows * out_dim * in_dim >= PARALLEL_MIN_MACS {
+                gemm::Parallelism::Rayon(threads)
+            } else {
+                gemm::Parallelism::None
+            };
+            // SAFETY: `x` is `rows x in_dim`, `w` is `out_dim x in_dim` (read as its
+            // transpose through the strides) and `out` is `rows x out_dim`, all
+            // contiguous row-major slices of exactly those lengths (checked above and
+            // by `contiguous_f32`); `out` is a fresh buffer aliasing neither input.
+            unsafe {
+                gemm::gemm(
+                    rows,
+                    out_dim,
+                    in_dim,
+                    out.as_mut_ptr(),
+                    1,
+                    out_dim as isize,
+                    true,
+                    x.as_ptr(),
+                    1,
+                    in_dim as isize,
+                    w.as_ptr(),
+                    in_dim as isize,
+                    1,
+                    1.0,
+                    1.0,
+                    false,
+                    false,
+                    false,
+                    parallelism,
+                );
+            }
+        }
+        Ok((CpuStorage::F32(out), Shape::from((rows, out_dim))))
+    }
+}
+
+/// Checks that a contiguous operand holds exactly its shape's elements.
+fn exact<'a>(storage: &'a CpuStorage, layout: &Layout, name: &str) -> Result<&'a [f32]> {
+    let data = contiguous_f32(storage, layout, name)?;
+    if data.len() != layout.shape().elem_count() {
+        candle_core::bail!(
+            "linear: {name} has {} elements for shape {:?}",
+            data.len(),
+            layout.dims()
+        )
+    }
+    Ok(data)
+}
+
+impl CustomOp2 for FusedLinear {
+    fn name(&self) -> &'static str {
+        "samus-linear"
+    }
+
+    fn cpu_fwd(
+        &self,
+        x: &CpuStorage,
+        x_layout: &Layout,
+        w: &CpuStorage,
+        w_layout: &Layout,
+    ) -> Result<(CpuStorage, Shape)> {
+        let x_data = exact(x, x_layout, "linear input")?;
+        let w_data = exact(w, w_layout, "linear weight")?;
+        Self::forward(x_data, x_layout, w_data, w_layout, None)
+    }
+}
+
+impl CustomOp3 for FusedLinear {
+    fn name(&self) -> &'static str {
+        "samus-linear-bias"
+    }
+
+    fn cpu_fwd(
+        &self,
+        x: &CpuStorage,
+        x_layout: &Layout,
+        w: &CpuStorage,
+        w_layout: &Layout,
+        b: &CpuStorage,
+        b_layout: &Layout,
+    ) -> Result<(CpuStorage, Shape)> {
+        let x_data = exact(x, x_layout, "linear input")?;
+        let w_data = exact(w, w_layout, "linear weight")?;
+        let b_data = exact(b, b_layout, "linear bias")?;
+        Self::forward(x_data, x_layout, w_data, w_layout, Some(b_data))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use candle_core::{Device, Var};
+    use proptest::prelude::*;
+
+    fn composed(x: &Tensor, w: &Tensor, b: Option<&Tensor>) -> Tensor {
+        let (out_dim, in_dim) = w.dims2().unwrap();
+        let mut dims = x.dims().to_vec();
+        *dims.last_mut().unwrap() = out_dim;
+        let rows = x.elem_count() / in_dim;
+        let y = x
+            .reshape((rows, in_dim))
+            .unwrap()
+            .matmul(&w.t().unwrap())
+            .unwrap();
+        let y = match b {
+            Some(b) => y.broadcast_add(b).unwrap(),
+            None => y,
+        };
+        y.reshape(dims).unwrap()
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(32))]
+
+        #[test]
+        fn fused_matches_composed(batch in 1usize..4, rows in 1usize..40, in_dim in 1usize..70, out_dim in 1usize..70, with_bias: bool, seed in 0u64..1000) {
+            let dev = Device::Cpu;
+            let x = Tensor::randn(0f32, 1.0, (batch, rows, in_dim), &dev).unwrap();
+            let w = Tensor::randn(0f32, 1.0, (out_dim, in_dim), &dev).unwrap();
+            let b = Tensor::randn(0f32, 1.0, out_dim, &dev).unwrap();
+            let _ = seed;
+            let b = with_bias.then_some(&b);
+            let got = linear(&x, &w, b).unwrap();
+            let want = composed(&x, &w, b);
+            prop_assert_eq!(got.dims(), want.dims());
+            let diff = (&got - &want).unwrap().abs().unwrap().flatten_all().unwrap().max(0).unwrap().to_scalar::<f32>().unwrap();
+            prop_assert!(diff < 1e-4, "max difference {diff}");
+        }
+    }
+
+    #[test]
+    fn gradients_flow_through_the_composed_path() {
+        let dev = Device::Cpu;
+        let w = Var::from_tensor(&Tensor::randn(0f32, 1.0, (3, 4), &dev).unwrap()).unwrap();
+        let x = Tensor::randn(0f32, 1.0, (2, 4), &dev).unwrap();
+        let y = linear(&x, w.as_tensor(), None).unwrap();
+        let grads = y.sum_all().unwrap().backward().unwrap();
+        assert!(grads.get(w.as_tensor()).is_some());
+    }
+
+    #[test]
+    fn a_wrong_input_width_is_an_error() {
+        let dev = Device::Cpu;
+        let x = Tensor::zeros((2, 5), DType::F32, &dev).unwrap();
+        let w = Tensor::zeros((3, 4), DType::F32, &dev).unwrap();
+        assert!(linear(&x, &w, None).is_err());
+    }
+}

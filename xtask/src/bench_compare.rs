@@ -1,0 +1,298 @@
+//! `cargo xtask bench-compare`: SAMUS in Rust against the PyTorch peer, in one run.
+//!
+//! 1. `samus bench --random-weights --save-weights W --write-io IO --json` times our
+//!    forward pass and keeps its random weights and one input/output pair;
+//! 2. `bench/pytorch_reference.py --weights W --io IO --json` builds the same
+//!    architecture in PyTorch, loads the same weights, checks its logits against ours
+//!    and times the same forward with the same number of threads;
+//! 3. the two reports are printed side by side with the speed ratio, and the task
+//!    fails when the logits differ by more than the tolerance.
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use anyhow::{bail, Context, Result};
+use clap::Args;
+use serde_json::Value;
+
+/// Relative error of the logits (over the whole tensor) allowed between the two.
+pub const DEFAULT_TOLERANCE: f64 = 1e-4;
+
+/// Arguments of `cargo xtask bench-compare`.
+#[derive(Debug, Clone, Args)]
+#[command(after_help = "Examples:
+  cargo xtask bench-compare
+  cargo xtask bench-compare --config tiny --iters 3
+  SAMUS_PYTHON=~/venvs/torch/bin/python cargo xtask bench-compare --threads 4")]
+pub struct BenchCompareArgs {
+    /// Model configuration (a preset: vit_b, vit_l, vit_h, tiny).
+    #[arg(long, default_value = "vit_b")]
+    pub config: String,
+    /// Threads for both implementations.
+    #[arg(long, default_value_t = 2)]
+    pub threads: usize,
+    /// Timed images for both.
+    #[arg(long, default_value_t = 5)]
+    pub iters: u32,
+    /// Python interpreter with torch, safetensors and numpy (default: $SAMUS_PYTHON,
+    /// else python3).
+    #[arg(long, value_name = "PATH")]
+    pub python: Option<String>,
+    /// Largest relative error of the logits that counts as the same result.
+    #[arg(long, default_value_t = DEFAULT_TOLERANCE)]
+    pub tolerance: f64,
+    /// Folder for the shared weights and input/output files (default:
+    /// target/bench-compare).
+    #[arg(long, value_name = "DIR")]
+    pub work_dir: Option<PathBuf>,
+}
+
+/// The numbers of one implementation's `--json` report.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Timing {
+    /// Encoder plus one prompt, median seconds.
+    pub full_s: f64,
+    /// Encoder alone, median seconds.
+    pub encoder_s: f64,
+    /// One more prompt on a cached embedding, median milliseconds.
+    pub decoder_ms: f64,
+    /// Threads it ran with.
+    pub threads: usize,
+}
+
+impl Timing {
+    /// Reads the keys both reports share.
+    pub fn from_report(report: &Value, who: &str) -> Result<Self> {
+        let number = |key: &str| {
+            report
+                .get(key)
+                .and_then(Value::as_f64)
+                .with_context(|| format!("{who}'s report has no number `{key}`"))
+        };
+        Ok(Self {
+            full_s: number("full_median_s")?,
+            encoder_s: number("encoder_median_s")?,
+            decoder_ms: number("decoder_median_ms")?,
+            threads: number("threads")? as usize,
+        })
+    }
+}
+
+/// The outcome of a comparison.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Comparison {
+    /// Ours.
+    pub rust: Timing,
+    /// The PyTorch peer's.
+    pub pytorch: Timing,
+    /// Relative error of the PyTorch logits against ours.
+    pub logits_rel_error: f64,
+}
+
+impl Comparison {
+    /// Builds the comparison from the two `--json` reports; the PyTorch report must
+    /// hold `max_rel_error` (it compared its logits with ours).
+    pub fn from_reports(rust: &Value, pytorch: &Value) -> Result<Self> {
+        let logits_rel_error = pytorch
+            .get("max_rel_error")
+            .and_then(Value::as_f64)
+            .context("the PyTorch report has no `max_rel_error`: it did not compare logits")?;
+        Ok(Self {
+            rust: Timing::from_report(rust, "samus bench")?,
+            pytorch: Timing::from_report(pytorch, "pytorch_reference.py")?,
+            logits_rel_error,
+        })
+    }
+
+    /// How many times faster ours is for the full forward (above 1: ahead).
+    pub fn speedup(&self) -> f64 {
+        self.pytorch.full_s / self.rust.full_s
+    }
+
+    /// The side-by-side table.
+    pub fn table(&self) -> String {
+        let row = |name: &str, ours: f64, theirs: f64, unit: &str| {
+            format!(
+                "{name:<22}{ours:>10.3} {unit:<3}{theirs:>10.3} {unit:<3}{:>8.2}x\n",
+                theirs / ours
+            )
+        };
+        let mut out = format!(
+            "{:<22}{:>14}{:>14}{:>9}\n",
+            "", "samus (Rust)", "PyTorch", "ratio"
+        );
+        out += &row(
+            "full (encoder + 1)",
+            self.rust.full_s,
+            self.pytorch.full_s,
+            "s",
+        );
+        out += &row("encoder", self.rust.encoder_s, self.pytorch.encoder_s, "s");
+        out += &row(
+            "per extra prompt",
+            self.rust.decoder_ms,
+            self.pytorch.decoder_ms,
+            "ms",
+        );
+        out += &format!(
+            "threads {} / {}; logits relative error {:.2e}\n",
+            self.rust.threads, self.pytorch.threads, self.logits_rel_error
+        );
+        out
+    }
+}
+
+/// The workspace root (xtask's parent folder).
+fn workspace_root() -> PathBuf {
+    let manifest = PathBuf::from(env!("CARGO_MANIFEST_DIR"));
+    manifest.parent().map(Path::to_path_buf).unwrap_or(manifest)
+}
+
+/// Runs `command`, returning its standard output parsed as JSON (the last line that
+/// parses, so that warnings before it do not matter).
+fn json_output(mut command: Command, what: &str) -> Result<Value> {
+    let output = command
+        .output()
+        .with_context(|| format!("cannot start {what}"))?;
+    if !output.status.success() {
+        bail!(
+            "{what} failed ({}):\n{}",
+            output.status,
+            String::from_utf8_lossy(&output.stderr).trim()
+        );
+    }
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    stdout
+        .lines()
+        .rev()
+        .find_map(|line| serde_json::from_str::<Value>(line.trim()).ok())
+        .with_context(|| format!("{what} printed no JSON report:\n{stdout}"))
+}
+
+/// Runs `cargo xtask bench-compare`.
+pub fn run(args: &BenchCompareArgs) -> Result<()> {
+    let root = workspace_root();
+    let dir = args
+        .work_dir
+        .clone()
+        .unwrap_or_else(|| root.join("target").join("bench-compare"));
+    std::fs::create_dir_all(&dir).with_context(|| format!("cannot create {}", dir.display()))?;
+    let weights = dir.join(format!("{}_random.safetensors", args.config));
+    let io = dir.join(format!("{}_io.safetensors", args.config));
+    let (threads, iters) = (args.threads.to_string(), args.iters.to_string());
+
+    eprintln!("timing samus (Rust), {} threads ...", args.threads);
+    let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".to_string());
+    let mut ours = Command::new(&cargo);
+    ours.current_dir(&root)
+        .args([
+            "run",
+            "--release",
+            "--quiet",
+            "-p",
+            "samus-cli",
+            "--bin",
+            "samus",
+            "--",
+        ])
+        .args(["--threads", &threads, "bench", "--random-weights", "--json"])
+        .args(["--config", &args.config, "--iters", &iters])
+        .arg("--save-weights")
+        .arg(&weights)
+        .arg("--write-io")
+        .arg(&io);
+    let rust = json_output(ours, "samus bench")?;
+
+    let python = args
+        .python
+        .clone()
+        .or_else(|| std::env::var("SAMUS_PYTHON").ok())
+        .unwrap_or_else(|| "python3".to_string());
+    let script = root.join("bench").join("pytorch_reference.py");
+    let probe = Command::new(&python)
+        .args(["-c", "import torch, safetensors, numpy"])
+        .output()
+        .with_context(|| format!("cannot start Python `{python}`"))?;
+    if !probe.status.success() {
+        bail!(
+            "`{python}` cannot import torch, safetensors and numpy: install them \
+             (`pip install torch safetensors numpy`, see docs/PERFORMANCE.md) or name \
+             another interpreter with --python or SAMUS_PYTHON"
+        );
+    }
+    eprintln!("timing the PyTorch peer ({python}) ...");
+    let mut peer = Command::new(&python);
+    peer.arg(&script)
+        .args([
+            "--config",
+            &args.config,
+            "--threads",
+            &threads,
+            "--iters",
+            &iters,
+        ])
+        .arg("--weights")
+        .arg(&weights)
+        .arg("--io")
+        .arg(&io)
+        .arg("--json");
+    let pytorch = json_output(peer, "pytorch_reference.py")?;
+
+    let comparison = Comparison::from_reports(&rust, &pytorch)?;
+    print!("{}", comparison.table());
+    // A NaN error fails too.
+    let same = comparison.logits_rel_error <= args.tolerance;
+    if !same {
+        bail!(
+            "the logits differ: relative error {:.3e} > {:.1e}",
+            comparison.logits_rel_error,
+            args.tolerance
+        );
+    }
+    let speedup = comparison.speedup();
+    if speedup >= 1.0 {
+        println!("samus is {speedup:.2}x faster than PyTorch, with the same logits");
+    } else {
+        println!(
+            "samus is {:.2}x slower than PyTorch, with the same logits",
+            1.0 / speedup
+        );
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    fn report(full: f64, encoder: f64, decoder: f64) -> Value {
+        json!({"full_median_s": full, "encoder_median_s": encoder, "decoder_median_ms": decoder, "threads": 2})
+    }
+
+    #[test]
+    fn ratio_and_table_come_from_the_reports() {
+        let mut theirs = report(2.5, 2.4, 20.0);
+        theirs["max_rel_error"] = json!(3e-6);
+        let c = Comparison::from_reports(&report(2.0, 1.9, 25.0), &theirs).unwrap();
+        assert!((c.speedup() - 1.25).abs() < 1e-12);
+        let table = c.table();
+        assert!(table.contains("1.25x"), "{table}");
+        assert!(table.contains("0.80x"), "{table}");
+        assert!(table.contains("3.00e-6"), "{table}");
+    }
+
+    #[test]
+    fn a_report_without_logit_check_or_keys_is_an_error() {
+        let err = Comparison::from_reports(&report(1.0, 1.0, 1.0), &report(1.0, 1.0, 1.0))
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("max_rel_error"), "{err}");
+        let mut theirs = report(1.0, 1.0, 1.0);
+        theirs["max_rel_error"] = json!(0.0);
+        let err = Comparison::from_reports(&json!({"threads": 2}), &theirs)
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("full_median_s"), "{err}");
+    }
+}
