@@ -15,13 +15,15 @@
 //! - the two matrix products use the `gemm` crate's kernels (AVX-512 where the CPU
 //!   has it) and write straight into the merged output.
 //!
-//! Otherwise (gradients, another device or dtype) it falls back to
-//! [`multi_head_attention`] and [`merge_heads`], which are differentiable.
+//! Otherwise (gradients, another device or dtype) it runs
+//! [`crate::cuda_attention::fused_attention`]: the fused CUDA kernels on a GPU with
+//! the `cuda` feature, else [`crate::attention::multi_head_attention`]; both are
+//! differentiable.
 
 use candle_core::{CpuStorage, CustomOp3, DType, Layout, Result, Shape, Tensor};
 use rayon::prelude::*;
 
-use crate::attention::{merge_heads, multi_head_attention, AttentionOptions};
+use crate::attention::{merge_heads, AttentionOptions};
 use crate::rel_pos::DecomposedRelPos;
 use crate::softmax::{exp_shifted_sum, row_max};
 
@@ -45,7 +47,11 @@ pub fn attention_merged(
         .all(|t| t.device().is_cpu() && t.dtype() == DType::F32 && !t.track_op())
         && rel_pos.is_none_or(|r| !r.tracks_gradient());
     if !fusable {
-        return merge_heads(&multi_head_attention(q, k, v, scale, rel_pos, options)?);
+        // On a CUDA device (feature `cuda`) the fused GPU kernels, with their own
+        // backward; otherwise the composed, differentiable path.
+        return merge_heads(&crate::cuda_attention::fused_attention(
+            q, k, v, scale, rel_pos, options,
+        )?);
     }
     let op = FusedAttention::new(scale, rel_pos)?;
     unit_stride_rows(q)?.apply_op3_no_bwd(&unit_stride_rows(k)?, &unit_stride_rows(v)?, &op)
@@ -494,6 +500,7 @@ impl CustomOp3 for FusedAttention {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::attention::multi_head_attention;
     use candle_core::{Device, Var};
     use proptest::prelude::*;
 
