@@ -3,13 +3,15 @@
 # machine that has the NVIDIA driver and CUDA 13 libraries but no Rust toolchain,
 # and packs it into one tarball:
 #
-#   tests/   samus-core's test executables built with `--features cuda`
-#            (the CUDA-vs-CPU attention proptests and the unit tests)
+#   tests/   samus-core's CUDA-vs-CPU attention tests (proptests), `--features cuda`
 #   bench/   the fused-vs-unfused attention benchmark (criterion)
 #   bin/     the `samus` CLI with `--features cuda` (samus bench/train --device cuda)
 #   gpu-check.sh, pytorch_reference.py, BUILD-INFO.txt
 #
-# Usage:  scripts/build-gpu-bundle.sh [OUTPUT.tar.gz]     (default /tmp/samus-gpu-bundle.tar.gz)
+# Usage:  scripts/build-gpu-bundle.sh [OUTPUT.tar.xz]     (default /tmp/samus-gpu-bundle.tar.xz)
+#
+# The executables are stripped and xz-compressed: about 25 MB in all (each one holds
+# candle's PTX kernels).
 #
 # Environment: CUDA_COMPUTE_CAP (default 80: candle's PTX kernels, JIT-compiled on
 # newer GPUs), SAMUS_CUDA_CAPS (default 80,90: machine code of the fused attention
@@ -20,7 +22,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 repo=$(pwd)
-output="${1:-/tmp/samus-gpu-bundle.tar.gz}"
+output="${1:-/tmp/samus-gpu-bundle.tar.xz}"
 
 start=$(date +%s)
 eval "$(scripts/install-cuda-toolchain.sh)"
@@ -50,22 +52,22 @@ for line in sys.stdin:
 }
 
 echo "== building samus-core tests and benches with --features cuda" >&2
-cargo test -p samus-core --features cuda --no-run --lib --tests --benches \
+cargo test -p samus-core --features cuda --no-run --test cuda_attention --bench cuda_attention \
     --message-format=json-render-diagnostics | executables >"$stage/core.txt"
 echo "== building the samus CLI with --features cuda" >&2
 cargo build -p samus-cli --features cuda --profile test \
     --message-format=json-render-diagnostics | executables >"$stage/cli.txt"
 
 copy() {
-    # Debug info is not needed on the GPU machine and triples the size.
-    objcopy --strip-debug "$1" "$2" 2>/dev/null || cp "$1" "$2"
+    # Symbols and debug info are not needed on the GPU machine.
+    cp "$1" "$2"
+    strip --strip-all "$2" 2>/dev/null || true
     chmod +x "$2"
 }
 while read -r kind name path; do
-    case "$kind" in
-    lib) copy "$path" "$bundle/tests/samus_core_unit" ;;
-    test) copy "$path" "$bundle/tests/$name" ;;
-    bench) copy "$path" "$bundle/bench/$name" ;;
+    case "$kind:$name" in
+    test:cuda_attention) copy "$path" "$bundle/tests/$name" ;;
+    bench:cuda_attention) copy "$path" "$bundle/bench/$name" ;;
     esac
 done <"$stage/core.txt"
 while read -r kind name path; do
@@ -88,5 +90,5 @@ if [ -f bench/pytorch_reference.py ]; then cp bench/pytorch_reference.py "$bundl
     echo "needs: NVIDIA driver >= 580 (CUDA 13.0), libcublas.so.13, libcublasLt.so.13, libcurand.so.10, libnvrtc.so.13, libcudart.so.13"
 } >"$bundle/BUILD-INFO.txt"
 
-tar -C "$stage" -czf "$output" samus-gpu-bundle
+XZ_OPT="${XZ_OPT:--6 -T0}" tar -C "$stage" -cJf "$output" samus-gpu-bundle
 echo "wrote $output ($(du -h "$output" | cut -f1)) in $(($(date +%s) - start)) s" >&2

@@ -80,6 +80,8 @@ fn bench(c: &mut Criterion) {
     let dev = match Device::new_cuda(0) {
         Ok(dev) => dev,
         Err(e) => {
+            let e = e.to_string();
+            let e = e.lines().next().unwrap_or_default();
             eprintln!("SKIPPED: no CUDA device could be opened ({e}); nothing to measure");
             return;
         }
