@@ -139,7 +139,14 @@ fn global_threads_and_device_flags() {
     assert!(out.status.success(), "{}", stderr(&out));
     // GPU 99 exists nowhere: refused by a CPU build, not found by a CUDA build.
     assert_clean_failure(
-        &samus(&["segment", "--demo", "--device", "cuda:99", "--out", p(&mask)]),
+        &samus(&[
+            "segment",
+            "--demo",
+            "--device",
+            "cuda:99",
+            "--out",
+            p(&mask),
+        ]),
         "--device cuda:99",
     );
     for bad in [["--threads", "0"], ["--device", "gpu"]] {
