@@ -182,19 +182,8 @@ pub fn run(args: &BenchCompareArgs) -> Result<()> {
     let (threads, iters) = (args.threads.to_string(), args.iters.to_string());
 
     eprintln!("timing samus (Rust), {} threads ...", args.threads);
-    let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".to_string());
-    let mut ours = Command::new(&cargo);
+    let (mut ours, _) = crate::samus_command();
     ours.current_dir(&root)
-        .args([
-            "run",
-            "--release",
-            "--quiet",
-            "-p",
-            "samus-cli",
-            "--bin",
-            "samus",
-            "--",
-        ])
         .args(["--threads", &threads, "bench", "--random-weights", "--json"])
         .args(["--config", &args.config, "--iters", &iters])
         .arg("--save-weights")

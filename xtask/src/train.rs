@@ -5,8 +5,6 @@
 //! original SAM checkpoint is downloaded into the Hugging Face cache (or found there)
 //! and passed as `--init`; then the release `samus` binary trains.
 
-use std::process::Command;
-
 use anyhow::{bail, Context, Result};
 
 use crate::download::{
@@ -100,22 +98,12 @@ pub fn run(args: &[String]) -> Result<()> {
         eprintln!("SAM weights: {}", path.display());
         args.extend(["--init".to_string(), path.display().to_string()]);
     }
-    let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".to_string());
-    let status = Command::new(&cargo)
-        .args([
-            "run",
-            "--release",
-            "--quiet",
-            "-p",
-            "samus-cli",
-            "--bin",
-            "samus",
-            "--",
-            "train",
-        ])
+    let (mut samus, name) = crate::samus_command();
+    let status = samus
+        .arg("train")
         .args(&args)
         .status()
-        .with_context(|| format!("cannot run `{cargo} run -p samus-cli`"))?;
+        .with_context(|| format!("cannot run {name}"))?;
     if !status.success() {
         bail!("samus train stopped ({status})");
     }

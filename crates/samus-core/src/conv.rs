@@ -12,7 +12,7 @@
 use candle_core::{CpuStorage, CustomOp1, DType, Layout, Result, Shape, Tensor};
 use rayon::prelude::*;
 
-use crate::cpu_kernel::contiguous_f32;
+use crate::cpu_kernel::{contiguous_f32, gemm_parallelism};
 
 /// Side of the kernels of [`conv3x3_same`] and [`conv3x3_same_nhwc`].
 const KERNEL: usize = 3;
@@ -105,12 +105,7 @@ impl candle_core::CustomOp2 for ShiftedConv3x3 {
         if out.is_empty() || c == 0 {
             return Ok((CpuStorage::F32(out), Shape::from((n, h, width, o))));
         }
-        let threads = candle_core::utils::get_num_threads();
-        let parallelism = if threads > 1 {
-            gemm::Parallelism::Rayon(threads)
-        } else {
-            gemm::Parallelism::None
-        };
+        let parallelism = gemm_parallelism(h * wide * o * c);
         let mut padded = vec![0f32; padded_len];
         let mut wide_out = vec![0f32; h * wide * o];
         for (image, out_image) in x

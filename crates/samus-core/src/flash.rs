@@ -298,6 +298,19 @@ impl pulp::WithSimd for BiasExpRows<'_> {
     }
 }
 
+/// Slice `index` of a gathered relative-position table `(q, keys, d)`: a `keys x d`
+/// matrix.
+fn table_slice(table: &[f32], index: usize, keys: usize, d: usize) -> MatRef<'_> {
+    MatRef {
+        data: table,
+        offset: index * keys * d,
+        rows: keys,
+        cols: d,
+        row_stride: d,
+        col_stride: 1,
+    }
+}
+
 /// The decomposed bias terms of every query of one head, `Nq x (kh + kw)`:
 /// `<q, rh[y, a]>` for the query's grid row `y`, then `<q, rw[x, b]>` for its column
 /// `x` (the unscaled queries, as SAM's `add_decomposed_rel_pos`), as small matrix
@@ -308,14 +321,7 @@ fn bias_terms(q: &HeadsView, b: usize, h: usize, rel: &HostRelPos, out: &mut [f3
     let d = q.dims[3];
     let width = kh + kw;
     for y in 0..qh {
-        let rh = MatRef {
-            data: &rel.rh,
-            offset: y * kh * d,
-            rows: kh,
-            cols: d,
-            row_stride: d,
-            col_stride: 1,
-        };
+        let rh = table_slice(&rel.rh, y, kh, d);
         let dst = MatMut {
             data: out,
             offset: y * qw * width,
@@ -326,14 +332,7 @@ fn bias_terms(q: &HeadsView, b: usize, h: usize, rel: &HostRelPos, out: &mut [f3
         matmul(dst, q.rows(b, h, y * qw, qw), rh.t(), 1.0)?;
     }
     for x in 0..qw {
-        let rw = MatRef {
-            data: &rel.rw,
-            offset: x * kw * d,
-            rows: kw,
-            cols: d,
-            row_stride: d,
-            col_stride: 1,
-        };
+        let rw = table_slice(&rel.rw, x, kw, d);
         let column = MatRef {
             rows: qh,
             row_stride: qw * q.row_stride,

@@ -10,11 +10,7 @@
 
 use candle_core::{CpuStorage, CustomOp2, CustomOp3, DType, Layout, Result, Shape, Tensor};
 
-use crate::cpu_kernel::contiguous_f32;
-
-/// Below this many multiply-adds a product runs on one thread: waking the others
-/// costs more than it saves (the decoder's prompt-token layers).
-const PARALLEL_MIN_MACS: usize = 1 << 21;
+use crate::cpu_kernel::{contiguous_f32, gemm_parallelism};
 
 /// `x W^T + b` for `x` `(..., in)`, `weight` `(out, in)` and `bias` `(out)`.
 pub fn linear(x: &Tensor, weight: &Tensor, bias: Option<&Tensor>) -> Result<Tensor> {
@@ -76,12 +72,7 @@ impl FusedLinear {
             None => vec![0f32; rows * out_dim],
         };
         if rows > 0 && out_dim > 0 && in_dim > 0 {
-            let threads = candle_core::utils::get_num_threads();
-            let parallelism = if threads > 1 && rows * out_dim * in_dim >= PARALLEL_MIN_MACS {
-                gemm::Parallelism::Rayon(threads)
-            } else {
-                gemm::Parallelism::None
-            };
+            let parallelism = gemm_parallelism(rows * out_dim * in_dim);
             // SAFETY: `x` is `rows x in_dim`, `w` is `out_dim x in_dim` (read as its
             // transpose through the strides) and `out` is `rows x out_dim`, all
             // contiguous row-major slices of exactly those lengths (checked above and

@@ -21,26 +21,9 @@ const ROUND_MAGIC: f32 = 12_582_912.0;
 /// e^x for f32, vectorisable; 0 below -87.34, infinity above 88.72, NaN for NaN.
 #[inline(always)]
 pub fn exp(x: f32) -> f32 {
-    const LN2_HI: f32 = 0.693_359_4;
-    const LN2_LO: f32 = -2.121_944_4e-4;
-    let clamped = x.clamp(EXP_MIN, EXP_MAX);
-    // x = n ln2 + r with |r| <= ln2 / 2.
-    let n = (clamped * std::f32::consts::LOG2_E + ROUND_MAGIC) - ROUND_MAGIC;
-    let r = clamped - n * LN2_HI - n * LN2_LO;
-    // Minimax polynomial for e^r on [-ln2/2, ln2/2] (Cephes `expf`).
-    let p = 1.987_569_1e-4_f32;
-    let p = p * r + 1.398_199_9e-3;
-    let p = p * r + 8.333_452e-3;
-    let p = p * r + 4.166_579_6e-2;
-    let p = p * r + 1.666_666_5e-1;
-    let p = p * r + 0.5;
-    let er = p * r * r + r + 1.0;
+    let (er, n) = reduced_exp(x.clamp(EXP_MIN, EXP_MAX));
     // 2^n in two factors, so that n = 128 (x near EXP_MAX) does not overflow the
     // exponent field.
-    // The integer n from the bits of n + ROUND_MAGIC (exact, since |n| < 2^22): a
-    // bit cast and an integer subtraction, which vectorise where `as i32` (a
-    // saturating conversion) does not.
-    let n = (n + ROUND_MAGIC).to_bits() as i32 - ROUND_MAGIC.to_bits() as i32;
     let (n1, n2) = (n >> 1, n - (n >> 1));
     let scaled = er * pow2(n1) * pow2(n2);
     let scaled = if x > EXP_MAX { f32::INFINITY } else { scaled };
@@ -57,22 +40,10 @@ pub fn exp(x: f32) -> f32 {
 /// inputs are taken as 0); 0 below -87.34, NaN for NaN.
 #[inline(always)]
 pub fn exp_nonpositive(x: f32) -> f32 {
-    const LN2_HI: f32 = 0.693_359_4;
-    const LN2_LO: f32 = -2.121_944_4e-4;
     let clamped = if x > EXP_MIN { x } else { EXP_MIN };
     let clamped = if clamped < 0.0 { clamped } else { 0.0 };
-    let t = clamped * std::f32::consts::LOG2_E + ROUND_MAGIC;
-    let n = t - ROUND_MAGIC;
-    let r = clamped - n * LN2_HI - n * LN2_LO;
-    let p = 1.987_569_1e-4_f32;
-    let p = p * r + 1.398_199_9e-3;
-    let p = p * r + 8.333_452e-3;
-    let p = p * r + 4.166_579_6e-2;
-    let p = p * r + 1.666_666_5e-1;
-    let p = p * r + 0.5;
-    let er = p * r * r + r + 1.0;
-    // n in -126..=0 from the bits of t (see `exp`).
-    let n = t.to_bits() as i32 - ROUND_MAGIC.to_bits() as i32;
+    // n in -126..=0: a single power of two.
+    let (er, n) = reduced_exp(clamped);
     let scaled = er * pow2(n);
     let scaled = if x < EXP_MIN { 0.0 } else { scaled };
     if x.is_nan() {
@@ -80,6 +51,29 @@ pub fn exp_nonpositive(x: f32) -> f32 {
     } else {
         scaled
     }
+}
+
+/// `(e^r, n)` with `x = n ln2 + r`, `|r| <= ln2 / 2`, for `x` already clamped to
+/// `EXP_MIN..=EXP_MAX`; then `e^x = e^r 2^n`.
+#[inline(always)]
+fn reduced_exp(clamped: f32) -> (f32, i32) {
+    const LN2_HI: f32 = 0.693_359_4;
+    const LN2_LO: f32 = -2.121_944_4e-4;
+    let t = clamped * std::f32::consts::LOG2_E + ROUND_MAGIC;
+    let n = t - ROUND_MAGIC;
+    let r = clamped - n * LN2_HI - n * LN2_LO;
+    // Minimax polynomial for e^r on [-ln2/2, ln2/2] (Cephes `expf`).
+    let p = 1.987_569_1e-4_f32;
+    let p = p * r + 1.398_199_9e-3;
+    let p = p * r + 8.333_452e-3;
+    let p = p * r + 4.166_579_6e-2;
+    let p = p * r + 1.666_666_5e-1;
+    let p = p * r + 0.5;
+    let er = p * r * r + r + 1.0;
+    // The integer n from the bits of t = n + ROUND_MAGIC (exact, since |n| < 2^22):
+    // a bit cast and an integer subtraction, which vectorise where `as i32` (a
+    // saturating conversion) does not.
+    (er, t.to_bits() as i32 - ROUND_MAGIC.to_bits() as i32)
 }
 
 /// 2^n for `n` in -126..=127, built from its bits.
