@@ -191,7 +191,7 @@ impl AutoSamus {
         let dense = self.feature_adapter.forward(&prompts.image_embeddings)?;
         let out = decoder.forward(
             &prompts.image_embeddings,
-            self.samus.prompt_encoder().dense_pe(),
+            self.samus.prompt_encoder().dense_pe_tokens(),
             &prompts.sparse,
             &dense,
             false,

@@ -333,6 +333,39 @@ pub fn conv_transpose2x2(x: &Tensor, weight: &Tensor, bias: Option<&Tensor>) -> 
     }
 }
 
+/// [`conv_transpose2x2`] on channels-last tensors: `x` `N x H x W x C`, `weight`
+/// `C x O x 2 x 2` (PyTorch's layout) and a bias of `O`; returns `N x 2H x 2W x O`.
+///
+/// It is one linear layer to the four output pixels of each input pixel,
+/// `(N H W) x (2 2 O)`, and one copy that interleaves them: each input pixel's output
+/// row of two pixels is `2 O` contiguous values, so the copy moves whole blocks
+/// (the NCHW form moves single values). Differentiable: composed of candle operations
+/// and [`linear`](crate::linear::linear).
+pub fn conv_transpose2x2_nhwc(
+    x: &Tensor,
+    weight: &Tensor,
+    bias: Option<&Tensor>,
+) -> Result<Tensor> {
+    let (n, h, w, c) = x.dims4()?;
+    let (wc, o, kh, kw) = weight.dims4()?;
+    if (wc, kh, kw) != (c, 2, 2) {
+        candle_core::bail!(
+            "conv_transpose2x2_nhwc: kernel {:?} does not fit input {:?}",
+            weight.dims(),
+            x.dims()
+        )
+    }
+    // Rows of the linear weight are the output values of one input pixel, ordered
+    // (kernel row, kernel column, output channel).
+    let kernel = weight.permute((2, 3, 1, 0))?.reshape((4 * o, c))?;
+    let bias = bias.map(|b| b.repeat(4)).transpose()?;
+    crate::linear::linear(x, &kernel, bias.as_ref())?
+        .reshape((n, h, w, 2, 2 * o))?
+        .transpose(2, 3)?
+        .contiguous()?
+        .reshape((n, 2 * h, 2 * w, o))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -417,6 +450,35 @@ mod tests {
             let g2 = (out2 * &r).unwrap().sum_all().unwrap().backward().unwrap();
             let gx2 = g2.get(xv2.as_tensor()).unwrap().permute((0, 2, 3, 1)).unwrap();
             for (a, b) in [(g1.get(nhwc.as_tensor()).unwrap().clone(), gx2), (g1.get(kv.as_tensor()).unwrap().clone(), g2.get(kv2.as_tensor()).unwrap().clone())] {
+                let d = (a - b).unwrap().abs().unwrap().max_all().unwrap().to_scalar::<f32>().unwrap();
+                prop_assert!(d < 1e-3, "gradient differs by {d}");
+            }
+        }
+
+        /// The channels-last transposed convolution equals the NCHW one, forward and
+        /// backward (through the weight and the bias too).
+        #[test]
+        fn transposed_channels_last_matches_nchw(n in 1usize..3, c in 1usize..6, o in 1usize..5, h in 1usize..6, w in 1usize..6, with_bias: bool) {
+            let dev = Device::Cpu;
+            let x = Tensor::randn(0f32, 1.0, (n, c, h, w), &dev).unwrap();
+            let k = Var::from_tensor(&Tensor::randn(0f32, 1.0, (c, o, 2, 2), &dev).unwrap()).unwrap();
+            let b = Var::from_tensor(&Tensor::randn(0f32, 1.0, o, &dev).unwrap()).unwrap();
+            let bias = with_bias.then_some(b.as_tensor());
+            let nhwc = Var::from_tensor(&x.permute((0, 2, 3, 1)).unwrap().contiguous().unwrap()).unwrap();
+            let ours = conv_transpose2x2_nhwc(nhwc.as_tensor(), k.as_tensor(), bias).unwrap();
+            let xv = Var::from_tensor(&x).unwrap();
+            let theirs = conv_transpose2x2(xv.as_tensor(), k.as_tensor(), bias).unwrap().permute((0, 2, 3, 1)).unwrap();
+            let diff = (&ours - &theirs).unwrap().abs().unwrap().max_all().unwrap().to_scalar::<f32>().unwrap();
+            prop_assert!(diff < 1e-4, "forward differs by {diff}");
+            let r = Tensor::randn(0f32, 1.0, ours.dims(), &dev).unwrap();
+            let g1 = (ours * &r).unwrap().sum_all().unwrap().backward().unwrap();
+            let g2 = (theirs * &r).unwrap().sum_all().unwrap().backward().unwrap();
+            let gx2 = g2.get(xv.as_tensor()).unwrap().permute((0, 2, 3, 1)).unwrap();
+            let mut pairs = vec![(g1.get(nhwc.as_tensor()).unwrap().clone(), gx2), (g1.get(k.as_tensor()).unwrap().clone(), g2.get(k.as_tensor()).unwrap().clone())];
+            if with_bias {
+                pairs.push((g1.get(b.as_tensor()).unwrap().clone(), g2.get(b.as_tensor()).unwrap().clone()));
+            }
+            for (a, b) in pairs {
                 let d = (a - b).unwrap().abs().unwrap().max_all().unwrap().to_scalar::<f32>().unwrap();
                 prop_assert!(d < 1e-3, "gradient differs by {d}");
             }

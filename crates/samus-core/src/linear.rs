@@ -71,7 +71,9 @@ impl FusedLinear {
             Some(b) => b.repeat(rows),
             None => vec![0f32; rows * out_dim],
         };
-        if rows > 0 && out_dim > 0 && in_dim > 0 {
+        if rows <= FEW_ROWS {
+            few_rows_product(x, w, in_dim, &mut out);
+        } else if out_dim > 0 && in_dim > 0 {
             let parallelism = gemm_parallelism(rows * out_dim * in_dim);
             // SAFETY: `x` is `rows x in_dim`, `w` is `out_dim x in_dim` (read as its
             // transpose through the strides) and `out` is `rows x out_dim`, all
@@ -103,6 +105,69 @@ impl FusedLinear {
         }
         Ok((CpuStorage::F32(out), Shape::from((rows, out_dim))))
     }
+}
+
+/// Up to this many input rows (the decoder's prompt tokens) a linear layer is a dot
+/// product per output value: `gemm` would first repack the whole weight matrix, which
+/// costs more than the product itself when the weight is read only a few times.
+const FEW_ROWS: usize = 16;
+
+/// `out += x W^T` for `x` `rows x in_dim` with few rows: each weight row is read
+/// once, against every input row.
+fn few_rows_product(x: &[f32], w: &[f32], in_dim: usize, out: &mut [f32]) {
+    if in_dim == 0 {
+        return;
+    }
+    pulp::Arch::new().dispatch(FewRowsKernel { x, w, in_dim, out });
+}
+
+/// The vectorised body of [`few_rows_product`].
+struct FewRowsKernel<'a> {
+    x: &'a [f32],
+    w: &'a [f32],
+    in_dim: usize,
+    out: &'a mut [f32],
+}
+
+impl pulp::WithSimd for FewRowsKernel<'_> {
+    type Output = ();
+
+    #[inline(always)]
+    fn with_simd<S: pulp::Simd>(self, simd: S) {
+        let out_dim = self.w.len() / self.in_dim;
+        for (o, w_row) in self.w.chunks_exact(self.in_dim).enumerate() {
+            for (r, x_row) in self.x.chunks_exact(self.in_dim).enumerate() {
+                self.out[r * out_dim + o] += dot(simd, x_row, w_row);
+            }
+        }
+    }
+}
+
+/// Independent vectors of partial sums in [`dot`], so that consecutive
+/// multiply-adds do not wait on each other.
+const DOT_CHAINS: usize = 4;
+
+/// The dot product of two equally long slices, in `simd`'s vectors.
+#[inline(always)]
+fn dot<S: pulp::Simd>(simd: S, a: &[f32], b: &[f32]) -> f32 {
+    let (a_vecs, a_tail) = S::as_simd_f32s(a);
+    let (b_vecs, b_tail) = S::as_simd_f32s(b);
+    let mut chains = [simd.splat_f32s(0.0); DOT_CHAINS];
+    let (a_groups, b_groups) = (a_vecs.chunks_exact(DOT_CHAINS), b_vecs.chunks_exact(DOT_CHAINS));
+    let rest = a_groups.remainder().iter().zip(b_groups.remainder());
+    for (ga, gb) in a_groups.zip(b_groups) {
+        for ((chain, &va), &vb) in chains.iter_mut().zip(ga).zip(gb) {
+            *chain = simd.mul_add_e_f32s(va, vb, *chain);
+        }
+    }
+    for (&va, &vb) in rest {
+        chains[0] = simd.mul_add_e_f32s(va, vb, chains[0]);
+    }
+    let sum = chains
+        .iter()
+        .fold(simd.splat_f32s(0.0), |acc, &c| simd.add_f32s(acc, c));
+    let tail: f32 = a_tail.iter().zip(b_tail).map(|(p, q)| p * q).sum();
+    simd.reduce_sum_f32s(sum) + tail
 }
 
 /// Checks that a contiguous operand holds exactly its shape's elements.
@@ -182,6 +247,21 @@ mod tests {
 
     proptest! {
         #![proptest_config(ProptestConfig::with_cases(32))]
+
+        /// The few-rows path (dot products, no `gemm`) against candle's product, with
+        /// widths that exercise both the vector blocks and the tail of each dot.
+        #[test]
+        fn few_rows_match_composed(rows in 1usize..=FEW_ROWS, in_dim in 1usize..300, out_dim in 1usize..40, with_bias: bool) {
+            let dev = Device::Cpu;
+            let x = Tensor::randn(0f32, 1.0, (rows, in_dim), &dev).unwrap();
+            let w = Tensor::randn(0f32, 1.0, (out_dim, in_dim), &dev).unwrap();
+            let b = Tensor::randn(0f32, 1.0, out_dim, &dev).unwrap();
+            let b = with_bias.then_some(&b);
+            let got = linear(&x, &w, b).unwrap();
+            let want = composed(&x, &w, b);
+            let diff = (&got - &want).unwrap().abs().unwrap().flatten_all().unwrap().max(0).unwrap().to_scalar::<f32>().unwrap();
+            prop_assert!(diff < 1e-3, "max difference {diff}");
+        }
 
         #[test]
         fn fused_matches_composed(batch in 1usize..4, rows in 1usize..40, in_dim in 1usize..70, out_dim in 1usize..70, with_bias: bool, seed in 0u64..1000) {

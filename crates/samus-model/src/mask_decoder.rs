@@ -4,7 +4,7 @@
 
 use candle_core::{Module, Result, Tensor};
 use candle_nn::{ConvTranspose2d, Init, VarBuilder};
-use samus_core::conv::conv_transpose2x2;
+use samus_core::conv::conv_transpose2x2_nhwc;
 use samus_core::{gelu, LayerNorm2d};
 
 use crate::layers::{conv_transpose_2x2, layer_norm_2d, StackedMlp};
@@ -92,8 +92,9 @@ impl MaskDecoder {
     }
 
     /// Predicts masks from image embeddings `B x 256 x G x G` (or `1 x ...`, shared by
-    /// all prompts), their positional encoding `1 x 256 x G x G`, sparse prompt
-    /// embeddings `B x N x 256` and dense ones `B x 256 x G x G`.
+    /// all prompts), their positional encoding as tokens `1 x GG x 256`
+    /// ([`PromptEncoder::dense_pe_tokens`](crate::PromptEncoder::dense_pe_tokens)),
+    /// sparse prompt embeddings `B x N x 256` and dense ones `B x 256 x G x G`.
     pub fn forward(
         &self,
         image_embeddings: &Tensor,
@@ -114,7 +115,11 @@ impl MaskDecoder {
         })
     }
 
-    /// All four masks `B x 4 x 4G x 4G` and IoUs `B x 4`.
+    /// All four masks `B x 4 x 4G x 4G` and IoUs `B x 4`; the arguments are those of
+    /// [`MaskDecoder::forward`].
+    ///
+    /// The image side runs channels last, as tokens: the transformer's image tokens
+    /// feed the transposed convolutions directly, without a transposition back to NCHW.
     pub fn predict_masks(
         &self,
         image_embeddings: &Tensor,
@@ -128,19 +133,22 @@ impl MaskDecoder {
                 .unsqueeze(0)?
                 .broadcast_as((b, NUM_MASK_TOKENS + 1, c))?;
         let tokens = Tensor::cat(&[&output_tokens.contiguous()?, sparse], 1)?;
-        let src = image_embeddings.broadcast_add(dense)?;
-        let (_, _, h, w) = src.dims4()?;
+        let (_, _, h, w) = image_embeddings.dims4()?;
+        let src = as_tokens(image_embeddings)?.broadcast_add(&as_tokens(dense)?)?;
         let (hs, src) = self.transformer.forward(&src, image_pe, &tokens)?;
         let iou_token_out = hs.narrow(1, 0, 1)?.squeeze(1)?;
-        let src = src.transpose(1, 2)?.reshape((b, c, h, w))?;
-        let up = conv_transpose2x2(&src, self.upscale1.weight(), self.upscale1.bias())?;
-        let up = gelu(&self.upscale_norm.forward(&up)?)?;
-        let up = gelu(&conv_transpose2x2(
+        let up = conv_transpose2x2_nhwc(
+            &src.reshape((b, h, w, c))?,
+            self.upscale1.weight(),
+            self.upscale1.bias(),
+        )?;
+        let up = gelu(&self.upscale_norm.forward_nhwc(&up)?)?;
+        let up = gelu(&conv_transpose2x2_nhwc(
             &up,
             self.upscale2.weight(),
             self.upscale2.bias(),
         )?)?;
-        let (_, uc, uh, uw) = up.dims4()?;
+        let (_, uh, uw, uc) = up.dims4()?;
         let hyper_in = self
             .hypernetworks
             .iter()
@@ -148,13 +156,16 @@ impl MaskDecoder {
             .map(|(i, mlp)| mlp.forward(&hs.narrow(1, 1 + i, 1)?))
             .collect::<Result<Vec<_>>>()?;
         let hyper_in = Tensor::cat(&hyper_in, 1)?;
-        let masks = hyper_in.matmul(&up.reshape((b, uc, uh * uw))?)?.reshape((
-            b,
-            NUM_MASK_TOKENS,
-            uh,
-            uw,
-        ))?;
+        let pixels = up.reshape((b, uh * uw, uc))?.transpose(1, 2)?;
+        let masks = hyper_in
+            .matmul(&pixels)?
+            .reshape((b, NUM_MASK_TOKENS, uh, uw))?;
         let iou = self.iou_head.forward(&iou_token_out)?;
         Ok((masks, iou))
     }
+}
+
+/// An NCHW tensor as a view of `N x HW x C` tokens (no copy).
+fn as_tokens(x: &Tensor) -> Result<Tensor> {
+    x.flatten_from(2)?.transpose(1, 2)
 }

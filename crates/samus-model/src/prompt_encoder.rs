@@ -149,6 +149,7 @@ pub struct PromptEncoder {
     grid: usize,
     input_size: usize,
     dense_pe: Tensor,
+    dense_pe_tokens: Tensor,
 }
 
 impl PromptEncoder {
@@ -173,6 +174,7 @@ impl PromptEncoder {
         ];
         let pe_layer = PositionEmbeddingRandom::load(vb.pp("pe_layer"), embed_dim)?;
         let dense_pe = pe_layer.dense(grid, grid, vb.device())?;
+        let dense_pe_tokens = dense_pe.flatten_from(2)?.transpose(1, 2)?.contiguous()?;
         Ok(Self {
             pe_layer,
             point_embeddings,
@@ -183,6 +185,7 @@ impl PromptEncoder {
             grid,
             input_size,
             dense_pe,
+            dense_pe_tokens,
         })
     }
 
@@ -190,6 +193,12 @@ impl PromptEncoder {
     /// (`get_dense_pe`), computed once.
     pub fn dense_pe(&self) -> &Tensor {
         &self.dense_pe
+    }
+
+    /// The same encoding as tokens, `1 x GG x 256` (row-major over the grid): the
+    /// form the mask decoder takes.
+    pub fn dense_pe_tokens(&self) -> &Tensor {
+        &self.dense_pe_tokens
     }
 
     fn embed_points(&self, coords: &Tensor, labels: &Tensor, pad: bool) -> Result<Tensor> {

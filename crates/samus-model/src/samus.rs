@@ -91,7 +91,7 @@ impl Samus {
         let (sparse, dense) = self.prompt_encoder.forward(prompts, batch)?;
         self.mask_decoder.forward(
             image_embeddings,
-            self.prompt_encoder.dense_pe(),
+            self.prompt_encoder.dense_pe_tokens(),
             &sparse,
             &dense,
             multimask,

@@ -193,26 +193,23 @@ impl TwoWayTransformer {
         })
     }
 
-    /// Image `B x C x H x W`, its positional encoding (`1` or `B x C x H x W`) and the
-    /// tokens `B x N x C`; returns the updated tokens `B x N x C` and image tokens
+    /// Image tokens `B x HW x C` (the image embedding, channels last), their
+    /// positional encoding `1 x HW x C` or `B x HW x C`, and the prompt tokens
+    /// `B x N x C`; returns the updated prompt tokens `B x N x C` and image tokens
     /// `B x HW x C`.
     pub fn forward(
         &self,
-        image: &Tensor,
+        image_tokens: &Tensor,
         image_pe: &Tensor,
         tokens: &Tensor,
     ) -> Result<(Tensor, Tensor)> {
-        let flatten =
-            |t: &Tensor| -> Result<Tensor> { t.flatten_from(2)?.transpose(1, 2)?.contiguous() };
-        let image = flatten(image)?;
-        let image_pe = flatten(image_pe)?;
         let mut queries = tokens.clone();
-        let mut keys = image;
+        let mut keys = image_tokens.clone();
         for layer in &self.layers {
-            (queries, keys) = layer.forward(&queries, &keys, tokens, &image_pe)?;
+            (queries, keys) = layer.forward(&queries, &keys, tokens, image_pe)?;
         }
         let q = (&queries + tokens)?;
-        let k = keys.broadcast_add(&image_pe)?;
+        let k = keys.broadcast_add(image_pe)?;
         let attn = self.final_attn_token_to_image.forward(&q, &k, &keys)?;
         let queries = self.norm_final_attn.forward(&(queries + attn)?)?;
         Ok((queries, keys))
