@@ -5,6 +5,7 @@ use std::path::Path;
 
 use candle_core::{DType, Device, Module, Result as CandleResult, Tensor};
 use image::DynamicImage;
+use samus_core::parallel::run_in_pool;
 use samus_core::resize::resize_bilinear;
 use samus_model::checkpoint::{read_tensors, DEFAULT_INIT_SEED};
 use samus_model::preprocess::image_to_input;
@@ -184,32 +185,37 @@ impl AutoSamus {
         &self,
         image_embeddings: &Tensor,
     ) -> CandleResult<(GeneratedPrompts, Tensor, DecoderOutput)> {
-        let decoder = self.samus.mask_decoder();
-        let prompts = self
-            .generator
-            .forward(image_embeddings, &decoder.output_tokens()?)?;
-        let dense = self.feature_adapter.forward(&prompts.image_embeddings)?;
-        let out = decoder.forward(
-            &prompts.image_embeddings,
-            self.samus.prompt_encoder().dense_pe_tokens(),
-            &prompts.sparse,
-            &dense,
-            false,
-        )?;
-        Ok((prompts, dense, out))
+        // On rayon's pool, as the SAMUS passes run (`samus_core::parallel`).
+        run_in_pool(|| {
+            let decoder = self.samus.mask_decoder();
+            let prompts = self
+                .generator
+                .forward(image_embeddings, &decoder.output_tokens()?)?;
+            let dense = self.feature_adapter.forward(&prompts.image_embeddings)?;
+            let out = decoder.forward(
+                &prompts.image_embeddings,
+                self.samus.prompt_encoder().dense_pe_tokens(),
+                &prompts.sparse,
+                &dense,
+                false,
+            )?;
+            Ok((prompts, dense, out))
+        })
     }
 
     /// The full pass on images `B x 1|3 x S x S` in [0, 1].
     pub fn forward(&self, image: &Tensor) -> CandleResult<AutoOutput> {
-        let image_embeddings = self.samus.embed_image(image)?;
-        let (prompts, dense, out) = self.decode(&image_embeddings)?;
-        Ok(AutoOutput {
-            masks: self.samus.upscale_logits(&out.low_res_logits)?,
-            image_embeddings,
-            prompts,
-            dense,
-            low_res_logits: out.low_res_logits,
-            iou: out.iou,
+        run_in_pool(|| {
+            let image_embeddings = self.samus.embed_image(image)?;
+            let (prompts, dense, out) = self.decode(&image_embeddings)?;
+            Ok(AutoOutput {
+                masks: self.samus.upscale_logits(&out.low_res_logits)?,
+                image_embeddings,
+                prompts,
+                dense,
+                low_res_logits: out.low_res_logits,
+                iou: out.iou,
+            })
         })
     }
 

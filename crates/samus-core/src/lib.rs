@@ -27,6 +27,8 @@
 //! - [`softmax`]: softmax, alone or with the decomposed relative-position bias, as
 //!   one operation with its own backward.
 //! - [`special`]: vectorisable f32 `exp` and `erf` for the element-wise kernels.
+//! - [`parallel`]: running a whole forward pass on rayon's pool, so that the
+//!   kernels' parallel splits are cheap.
 //! - [`fixtures`]: locating the reference parity fixtures and comparing with them.
 //!
 //! Every operation is differentiable: it is either composed of candle operations
@@ -55,6 +57,7 @@ pub mod fixtures;
 pub mod flash;
 pub mod linear;
 pub mod norm;
+pub mod parallel;
 pub mod pool;
 pub mod rel_pos;
 pub mod resize;

@@ -153,7 +153,10 @@ fn dot<S: pulp::Simd>(simd: S, a: &[f32], b: &[f32]) -> f32 {
     let (a_vecs, a_tail) = S::as_simd_f32s(a);
     let (b_vecs, b_tail) = S::as_simd_f32s(b);
     let mut chains = [simd.splat_f32s(0.0); DOT_CHAINS];
-    let (a_groups, b_groups) = (a_vecs.chunks_exact(DOT_CHAINS), b_vecs.chunks_exact(DOT_CHAINS));
+    let (a_groups, b_groups) = (
+        a_vecs.chunks_exact(DOT_CHAINS),
+        b_vecs.chunks_exact(DOT_CHAINS),
+    );
     let rest = a_groups.remainder().iter().zip(b_groups.remainder());
     for (ga, gb) in a_groups.zip(b_groups) {
         for ((chain, &va), &vb) in chains.iter_mut().zip(ga).zip(gb) {

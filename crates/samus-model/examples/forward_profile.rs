@@ -16,7 +16,9 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         other => return Err(format!("unknown part {other:?}: encoder or decoder").into()),
     };
     let default_n = if encoder { 5 } else { 300 };
-    let n: usize = std::env::args().nth(2).map_or(Ok(default_n), |s| s.parse())?;
+    let n: usize = std::env::args()
+        .nth(2)
+        .map_or(Ok(default_n), |s| s.parse())?;
     let dev = Device::Cpu;
     let cfg = SamusConfig::vit_b();
     let model = Samus::random(&cfg, 1, &dev)?;

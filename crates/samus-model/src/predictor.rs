@@ -3,6 +3,7 @@
 
 use candle_core::{DType, Tensor};
 use image::DynamicImage;
+use samus_core::parallel::run_in_pool;
 use samus_core::resize::resize_bilinear;
 
 use crate::error::{Error, Result};
@@ -185,14 +186,18 @@ impl<'m> Predictor<'m> {
             boxes: boxes.as_ref(),
             masks: prompts.mask_input.as_ref(),
         };
-        let out = self.model.decode(embedding, &batch, prompts.multimask)?;
-        let logits = resize_bilinear(&self.model.upscale_logits(&out.low_res_logits)?, h, w)?;
-        let masks = logits.gt(0.0)?.to_dtype(DType::U8)?;
-        Ok(Prediction {
-            low_res_logits: out.low_res_logits,
-            iou: out.iou,
-            logits,
-            masks,
-        })
+        // The decoder and the resizing run on rayon's pool (see `samus_core::parallel`).
+        let prediction = run_in_pool(|| -> candle_core::Result<Prediction> {
+            let out = self.model.decode(embedding, &batch, prompts.multimask)?;
+            let logits = resize_bilinear(&self.model.upscale_logits(&out.low_res_logits)?, h, w)?;
+            let masks = logits.gt(0.0)?.to_dtype(DType::U8)?;
+            Ok(Prediction {
+                low_res_logits: out.low_res_logits,
+                iou: out.iou,
+                logits,
+                masks,
+            })
+        })?;
+        Ok(prediction)
     }
 }

@@ -2,6 +2,7 @@
 
 use candle_core::{Device, Result, Tensor};
 use candle_nn::VarBuilder;
+use samus_core::parallel::run_in_pool;
 use samus_core::resize::resize_bilinear;
 
 use crate::config::SamusConfig;
@@ -76,8 +77,11 @@ impl Samus {
     }
 
     /// Images `B x 1|3 x S x S` in [0, 1] to image embeddings `B x 256 x G x G`.
+    ///
+    /// Runs on rayon's pool ([`run_in_pool`]), as do [`Samus::decode`] and
+    /// [`Samus::forward`].
     pub fn embed_image(&self, image: &Tensor) -> Result<Tensor> {
-        self.image_encoder.forward(image)
+        run_in_pool(|| self.image_encoder.forward(image))
     }
 
     /// Runs the prompt encoder and the mask decoder on precomputed image embeddings.
@@ -87,15 +91,17 @@ impl Samus {
         prompts: &PromptBatch,
         multimask: bool,
     ) -> Result<DecoderOutput> {
-        let batch = image_embeddings.dim(0)?;
-        let (sparse, dense) = self.prompt_encoder.forward(prompts, batch)?;
-        self.mask_decoder.forward(
-            image_embeddings,
-            self.prompt_encoder.dense_pe_tokens(),
-            &sparse,
-            &dense,
-            multimask,
-        )
+        run_in_pool(|| {
+            let batch = image_embeddings.dim(0)?;
+            let (sparse, dense) = self.prompt_encoder.forward(prompts, batch)?;
+            self.mask_decoder.forward(
+                image_embeddings,
+                self.prompt_encoder.dense_pe_tokens(),
+                &sparse,
+                &dense,
+                multimask,
+            )
+        })
     }
 
     /// Bilinear upsampling of low-resolution logits to the input size.
@@ -111,12 +117,14 @@ impl Samus {
         prompts: &PromptBatch,
         multimask: bool,
     ) -> Result<SamusOutput> {
-        let embeddings = self.embed_image(image)?;
-        let out = self.decode(&embeddings, prompts, multimask)?;
-        Ok(SamusOutput {
-            masks: self.upscale_logits(&out.low_res_logits)?,
-            low_res_logits: out.low_res_logits,
-            iou: out.iou,
+        run_in_pool(|| {
+            let embeddings = self.embed_image(image)?;
+            let out = self.decode(&embeddings, prompts, multimask)?;
+            Ok(SamusOutput {
+                masks: self.upscale_logits(&out.low_res_logits)?,
+                low_res_logits: out.low_res_logits,
+                iou: out.iou,
+            })
         })
     }
 }
