@@ -1,7 +1,8 @@
 //! Loading 1000 synthetic training samples (PNG decoding, augmentation, prompts) with
 //! the parallel batch iterator, against the same work on one thread, and the parallel
 //! iterator once the decoded images are cached (every epoch after the first of a
-//! training run: only the augmentation and the prompts are left).
+//! training run: only the augmentation and the prompts are left), and that cached
+//! work on one thread.
 //!
 //! `cargo bench -p samus-data --bench loading`
 
@@ -45,6 +46,12 @@ fn loading(c: &mut Criterion) {
         b.iter(|| single.install(|| load(&split, 0)))
     });
     group.bench_function("parallel_cached", |b| b.iter(|| load(&cached, 1)));
+    // The augmentation and prompt work alone on one thread: with two cores the cached
+    // parallel loader can at best halve it, which bounds its speed-up over
+    // `single_thread` (see docs/PERFORMANCE.md).
+    group.bench_function("single_thread_cached", |b| {
+        b.iter(|| single.install(|| load(&cached, 1)))
+    });
     group.finish();
 }
 
