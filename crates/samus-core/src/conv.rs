@@ -306,19 +306,26 @@ pub fn conv1x1(x: &Tensor, weight: &Tensor) -> Result<Tensor> {
         .reshape((n, o, h, w))
 }
 
+/// The output channels `O` of a transposed-convolution kernel `C x O x 2 x 2` for an
+/// input `x` of `c` channels, or an error of operation `op` naming both shapes.
+fn transposed_2x2_outputs(op: &str, x: &Tensor, c: usize, weight: &Tensor) -> Result<usize> {
+    let (wc, o, kh, kw) = weight.dims4()?;
+    if (wc, kh, kw) != (c, 2, 2) {
+        candle_core::bail!(
+            "{op}: kernel {:?} does not fit input {:?}",
+            weight.dims(),
+            x.dims()
+        )
+    }
+    Ok(o)
+}
+
 /// ConvTranspose2d with a `C x O x 2 x 2` kernel and stride 2 (plus a bias of `O`):
 /// every input pixel writes its own 2 x 2 output block, so it is one matrix product
 /// and a rearrangement.
 pub fn conv_transpose2x2(x: &Tensor, weight: &Tensor, bias: Option<&Tensor>) -> Result<Tensor> {
     let (n, c, h, w) = x.dims4()?;
-    let (wc, o, kh, kw) = weight.dims4()?;
-    if (wc, kh, kw) != (c, 2, 2) {
-        candle_core::bail!(
-            "conv_transpose2x2: kernel {:?} does not fit input {:?}",
-            weight.dims(),
-            x.dims()
-        )
-    }
+    let o = transposed_2x2_outputs("conv_transpose2x2", x, c, weight)?;
     // (O * 4, C) x (N, C, H * W) -> (N, O, 2, 2, H, W) -> (N, O, H, 2, W, 2).
     let blocks = weight
         .reshape((c, o * 4))?
@@ -347,14 +354,7 @@ pub fn conv_transpose2x2_nhwc(
     bias: Option<&Tensor>,
 ) -> Result<Tensor> {
     let (n, h, w, c) = x.dims4()?;
-    let (wc, o, kh, kw) = weight.dims4()?;
-    if (wc, kh, kw) != (c, 2, 2) {
-        candle_core::bail!(
-            "conv_transpose2x2_nhwc: kernel {:?} does not fit input {:?}",
-            weight.dims(),
-            x.dims()
-        )
-    }
+    let o = transposed_2x2_outputs("conv_transpose2x2_nhwc", x, c, weight)?;
     // Rows of the linear weight are the output values of one input pixel, ordered
     // (kernel row, kernel column, output channel).
     let kernel = weight.permute((2, 3, 1, 0))?.reshape((4 * o, c))?;

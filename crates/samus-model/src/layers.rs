@@ -276,3 +276,8 @@ impl Module for StackedMlp {
         Ok(x)
     }
 }
+
+/// An NCHW tensor as a view of `N x HW x C` tokens (no copy).
+pub(crate) fn nchw_as_tokens(x: &Tensor) -> Result<Tensor> {
+    x.flatten_from(2)?.transpose(1, 2)
+}

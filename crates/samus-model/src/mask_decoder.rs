@@ -7,7 +7,7 @@ use candle_nn::{ConvTranspose2d, Init, VarBuilder};
 use samus_core::conv::conv_transpose2x2_nhwc;
 use samus_core::{gelu, LayerNorm2d};
 
-use crate::layers::{conv_transpose_2x2, layer_norm_2d, StackedMlp};
+use crate::layers::{conv_transpose_2x2, layer_norm_2d, nchw_as_tokens, StackedMlp};
 use crate::transformer::{TwoWayTransformer, TwoWayTransformerConfig};
 
 /// Number of mask tokens (one single-mask output and three multimask outputs).
@@ -134,7 +134,7 @@ impl MaskDecoder {
                 .broadcast_as((b, NUM_MASK_TOKENS + 1, c))?;
         let tokens = Tensor::cat(&[&output_tokens.contiguous()?, sparse], 1)?;
         let (_, _, h, w) = image_embeddings.dims4()?;
-        let src = as_tokens(image_embeddings)?.broadcast_add(&as_tokens(dense)?)?;
+        let src = nchw_as_tokens(image_embeddings)?.broadcast_add(&nchw_as_tokens(dense)?)?;
         let (hs, src) = self.transformer.forward(&src, image_pe, &tokens)?;
         let iou_token_out = hs.narrow(1, 0, 1)?.squeeze(1)?;
         let up = conv_transpose2x2_nhwc(
@@ -163,9 +163,4 @@ impl MaskDecoder {
         let iou = self.iou_head.forward(&iou_token_out)?;
         Ok((masks, iou))
     }
-}
-
-/// An NCHW tensor as a view of `N x HW x C` tokens (no copy).
-fn as_tokens(x: &Tensor) -> Result<Tensor> {
-    x.flatten_from(2)?.transpose(1, 2)
 }

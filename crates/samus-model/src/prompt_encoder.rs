@@ -8,7 +8,7 @@ use candle_core::{DType, Device, Module, Result, Tensor};
 use candle_nn::{Conv2d, Init, VarBuilder};
 use samus_core::{gelu, LayerNorm2d};
 
-use crate::layers::{conv2d, layer_norm_2d, ConvSpec};
+use crate::layers::{conv2d, layer_norm_2d, nchw_as_tokens, ConvSpec};
 
 /// Label of a foreground point.
 pub const LABEL_FOREGROUND: i64 = 1;
@@ -174,7 +174,7 @@ impl PromptEncoder {
         ];
         let pe_layer = PositionEmbeddingRandom::load(vb.pp("pe_layer"), embed_dim)?;
         let dense_pe = pe_layer.dense(grid, grid, vb.device())?;
-        let dense_pe_tokens = dense_pe.flatten_from(2)?.transpose(1, 2)?.contiguous()?;
+        let dense_pe_tokens = nchw_as_tokens(&dense_pe)?.contiguous()?;
         Ok(Self {
             pe_layer,
             point_embeddings,
