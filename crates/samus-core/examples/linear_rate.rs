@@ -1,34 +1,90 @@
-//! Matrix-product rate of `samus_core::linear::linear` at ViT-B's shapes.
+//! Matrix-product rate at ViT-B's shapes: `samus_core::linear::linear` and the
+//! packed-weight product of `samus_core::packed` (weights packed once, outside the
+//! timing), on rayon's pool as in the model.
 //!
 //! `cargo run --release -p samus-core --example linear_rate`
 
 use candle_core::{Device, Tensor};
+use samus_core::packed::{gemm_packed, Epilogue, LeftOperand, PackedRhs};
+
+fn rate(rows: usize, k: usize, n: usize, mut f: impl FnMut()) -> (f64, f64) {
+    f();
+    let iters = 20;
+    let start = std::time::Instant::now();
+    for _ in 0..iters {
+        f();
+    }
+    let s = start.elapsed().as_secs_f64() / iters as f64;
+    (s * 1e3, 2.0 * (rows * k * n) as f64 / 1e9 / s)
+}
 
 fn main() -> candle_core::Result<()> {
-    let dev = Device::Cpu;
-    for (rows, k, n) in [
-        (1024, 768, 2304),
-        (1024, 768, 3072),
-        (1024, 3072, 768),
-        (1024, 768, 768),
-        (1764, 768, 2304),
-    ] {
-        let x = Tensor::randn(0f32, 1.0, (rows, k), &dev)?;
-        let w = Tensor::randn(0f32, 1.0, (n, k), &dev)?;
-        let b = Tensor::randn(0f32, 1.0, n, &dev)?;
-        samus_core::linear::linear(&x, &w, Some(&b))?;
-        let iters = 20;
-        let start = std::time::Instant::now();
-        for _ in 0..iters {
-            samus_core::linear::linear(&x, &w, Some(&b))?;
+    samus_core::parallel::run_in_pool(|| {
+        let dev = Device::Cpu;
+        let threads = candle_core::utils::get_num_threads();
+        for (rows, k, n) in [
+            (1024, 768, 2304),
+            (1024, 768, 3072),
+            (1024, 3072, 768),
+            (1024, 768, 768),
+            (1024, 768, 192),
+        ] {
+            let x = Tensor::randn(0f32, 1.0, (rows, k), &dev)?;
+            let w = Tensor::randn(0f32, 1.0, (n, k), &dev)?;
+            let b = Tensor::randn(0f32, 1.0, n, &dev)?;
+            let (ms, gflops) = rate(rows, k, n, || {
+                samus_core::linear::linear(&x, &w, Some(&b))
+                    .map(drop)
+                    .unwrap_or(())
+            });
+            let xs = x.flatten_all()?.to_vec1::<f32>()?;
+            let ws = w.flatten_all()?.to_vec1::<f32>()?;
+            let packed = PackedRhs::from_linear_weight(&ws, n, k)?;
+            let mut out = vec![0f32; rows * n];
+            let left = LeftOperand {
+                data: &xs,
+                row_stride: k,
+                segment_offsets: &[0],
+            };
+            let (pms, pgflops) = rate(rows, k, n, || {
+                gemm_packed(rows, left, &packed, &mut out, n, threads, Epilogue::None).unwrap_or(())
+            });
+            println!(
+                "{rows}x{k}x{n}: linear {ms:.2} ms, {gflops:.0} GFLOP/s; packed {pms:.2} ms, {pgflops:.0} GFLOP/s"
+            );
         }
-        let s = start.elapsed().as_secs_f64() / iters as f64;
-        let gflop = 2.0 * (rows * k * n) as f64 / 1e9;
-        println!(
-            "{rows}x{k}x{n}: {:.2} ms, {:.0} GFLOP/s",
-            s * 1e3,
-            gflop / s
-        );
-    }
-    Ok(())
+        // The fused epilogues against their separate passes, at the MLP's shapes.
+        use samus_core::linear::{linear_add_cached, linear_cached, linear_gelu_cached};
+        use samus_core::packed::PackedCache;
+        let x = Tensor::randn(0f32, 1.0, (1024, 768), &dev)?;
+        let w1 = Tensor::randn(0f32, 1.0, (3072, 768), &dev)?;
+        let b1 = Tensor::randn(0f32, 1.0, 3072, &dev)?;
+        let h = Tensor::randn(0f32, 1.0, (1024, 3072), &dev)?;
+        let w2 = Tensor::randn(0f32, 1.0, (768, 3072), &dev)?;
+        let b2 = Tensor::randn(0f32, 1.0, 768, &dev)?;
+        let (c1, c2) = (PackedCache::default(), PackedCache::default());
+        for _ in 0..2 {
+            let (separate, _) = rate(1024, 768, 3072, || {
+                let y = linear_cached(&x, &w1, Some(&b1), &c1).and_then(|y| samus_core::gelu(&y));
+                y.map(drop).unwrap_or(())
+            });
+            let (fused, _) = rate(1024, 768, 3072, || {
+                linear_gelu_cached(&x, &w1, Some(&b1), &c1)
+                    .map(drop)
+                    .unwrap_or(())
+            });
+            println!("lin1 + GELU: separate {separate:.2} ms, fused {fused:.2} ms");
+            let (separate, _) = rate(1024, 3072, 768, || {
+                let y = linear_cached(&h, &w2, Some(&b2), &c2).and_then(|y| &x + y);
+                y.map(drop).unwrap_or(())
+            });
+            let (fused, _) = rate(1024, 3072, 768, || {
+                linear_add_cached(&h, &w2, Some(&b2), &x, &c2)
+                    .map(drop)
+                    .unwrap_or(())
+            });
+            println!("residual + lin2: separate {separate:.2} ms, fused {fused:.2} ms");
+        }
+        Ok(())
+    })
 }

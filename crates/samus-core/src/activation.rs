@@ -55,6 +55,23 @@ impl pulp::WithSimd for GeluKernel<'_> {
     }
 }
 
+/// `values = gelu(values)` in place, vectorised like [`GeluKernel`]: the epilogue of
+/// a matrix product whose output tile is still in the cache.
+pub(crate) fn gelu_in_place(values: &mut [f32]) {
+    struct InPlace<'a>(&'a mut [f32]);
+    impl pulp::WithSimd for InPlace<'_> {
+        type Output = ();
+
+        #[inline(always)]
+        fn with_simd<S: pulp::Simd>(self, _simd: S) {
+            for v in self.0.iter_mut() {
+                *v = gelu_value(*v);
+            }
+        }
+    }
+    pulp::Arch::new().dispatch(InPlace(values));
+}
+
 /// `dst = grad * gelu'(x)`, vectorised like [`GeluKernel`].
 struct GeluBackwardKernel<'a> {
     x: &'a [f32],

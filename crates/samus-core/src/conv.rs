@@ -12,7 +12,12 @@
 use candle_core::{CpuStorage, CustomOp1, DType, Layout, Result, Shape, Tensor};
 use rayon::prelude::*;
 
+use std::sync::Arc;
+
 use crate::cpu_kernel::{contiguous_f32, gemm_parallelism};
+use crate::packed::{
+    self, gemm_packed, Epilogue, LeftOperand, PackedCache, PackedLayer, PackedRhs,
+};
 
 /// Side of the kernels of [`conv3x3_same`] and [`conv3x3_same_nhwc`].
 const KERNEL: usize = 3;
@@ -37,6 +42,17 @@ pub fn conv3x3_same(x: &Tensor, weight: &Tensor) -> Result<Tensor> {
 /// The input is unfolded into `(N H W) x (9 C)` columns and multiplied with the
 /// kernel rearranged to `(9 C) x O`: one matrix product forward, two backward.
 pub fn conv3x3_same_nhwc(x: &Tensor, weight: &Tensor) -> Result<Tensor> {
+    conv3x3_same_nhwc_cached(x, weight, None)
+}
+
+/// [`conv3x3_same_nhwc`] that, without a gradient on an AVX-512 CPU, packs the
+/// kernel once into `cache` for the matrix product of [`crate::packed`] (nine
+/// shifted segments of one product, the kernel read in its packed order).
+pub fn conv3x3_same_nhwc_cached(
+    x: &Tensor,
+    weight: &Tensor,
+    cache: Option<&PackedCache>,
+) -> Result<Tensor> {
     let (n, h, w, c) = x.dims4()?;
     let (o, wc, kh, kw) = weight.dims4()?;
     if (wc, kh, kw) != (c, KERNEL, KERNEL) {
@@ -48,9 +64,20 @@ pub fn conv3x3_same_nhwc(x: &Tensor, weight: &Tensor) -> Result<Tensor> {
     }
     let inference = !x.track_op() && !weight.track_op();
     if inference && x.device().is_cpu() && x.dtype() == DType::F32 && weight.dtype() == DType::F32 {
+        let packed = cache
+            .filter(|_| packed::available() && c >= PACKED_MIN_CHANNELS)
+            .and_then(|cache| {
+                cache.get_or_pack(|| {
+                    let data = weight.flatten_all()?.to_vec1::<f32>()?;
+                    Ok(PackedLayer {
+                        rhs: PackedRhs::from_conv3x3_weight(&data, o, c)?,
+                        bias: None,
+                    })
+                })
+            });
         return x
             .contiguous()?
-            .apply_op2_no_bwd(&weight.contiguous()?, &ShiftedConv3x3);
+            .apply_op2_no_bwd(&weight.contiguous()?, &ShiftedConv3x3 { packed });
     }
     // Column index (ky * 3 + kx) * C + c, matching the unfolding below.
     let kernel = weight.permute((0, 2, 3, 1))?.reshape((o, TAPS * c))?;
@@ -68,8 +95,17 @@ pub fn conv3x3_same_nhwc(x: &Tensor, weight: &Tensor) -> Result<Tensor> {
 /// stride for the whole image, so each tap is one product of `H (W + 2) x C` by
 /// `C x O`; the two extra pixels of every row are dropped at the end. The kernel is
 /// read in PyTorch's `O x C x 3 x 3` layout through strides.
-#[derive(Debug, Clone, Copy)]
-struct ShiftedConv3x3;
+///
+/// With a packed kernel the nine taps are the nine segments of one
+/// [`gemm_packed`] product.
+#[derive(Debug, Clone)]
+struct ShiftedConv3x3 {
+    packed: Option<Arc<PackedLayer>>,
+}
+
+/// Fewer input channels than this make blocks of the shared dimension too short
+/// for the packed product (the CNN branch's first convolution has 3): `gemm` then.
+const PACKED_MIN_CHANNELS: usize = 32;
 
 impl candle_core::CustomOp2 for ShiftedConv3x3 {
     fn name(&self) -> &'static str {
@@ -108,15 +144,37 @@ impl candle_core::CustomOp2 for ShiftedConv3x3 {
         let parallelism = gemm_parallelism(h * wide * o * c);
         let mut padded = vec![0f32; padded_len];
         let mut wide_out = vec![0f32; h * wide * o];
-        for (image, out_image) in x
+        for (image_index, (image, out_image)) in x
             .chunks_exact(h * width * c)
             .zip(out.chunks_exact_mut(h * width * o))
+            .enumerate()
         {
             for (y, row) in image.chunks_exact(width * c).enumerate() {
                 let start = ((y + 1) * wide + 1) * c;
                 padded[start..start + width * c].copy_from_slice(row);
             }
-            for tap in 0..TAPS {
+            if let Some(packed) = &self.packed {
+                let shifts: [usize; TAPS] =
+                    std::array::from_fn(|tap| ((tap / KERNEL) * wide + tap % KERNEL) * c);
+                let left = LeftOperand {
+                    data: &padded,
+                    row_stride: c,
+                    segment_offsets: &shifts,
+                };
+                if image_index > 0 {
+                    wide_out.fill(0.0);
+                }
+                gemm_packed(
+                    h * wide,
+                    left,
+                    &packed.rhs,
+                    &mut wide_out,
+                    o,
+                    candle_core::utils::get_num_threads(),
+                    Epilogue::None,
+                )?;
+            }
+            for tap in (0..TAPS).filter(|_| self.packed.is_none()) {
                 let (ky, kx) = (tap / KERNEL, tap % KERNEL);
                 let shift = (ky * wide + kx) * c;
                 // The rows read: h * wide pixels of c values from `shift`.
@@ -385,6 +443,24 @@ mod tests {
             let unfolded = im2col3x3_nhwc(&x).unwrap().matmul(&kernel.t().unwrap()).unwrap().reshape((n, h, w, o)).unwrap();
             let diff = (fast - unfolded).unwrap().abs().unwrap().flatten_all().unwrap().max(0).unwrap().to_scalar::<f32>().unwrap();
             prop_assert!(diff < 1e-4, "max difference {diff}");
+        }
+
+        /// The packed-kernel form (nine segments of one product), for channel counts
+        /// that take it, against the unfolded product; twice, the second time with
+        /// the cached packing.
+        #[test]
+        fn packed_conv_matches_unfolded(n in 1usize..3, c in PACKED_MIN_CHANNELS..PACKED_MIN_CHANNELS + 40, o in 1usize..40, h in 1usize..7, w in 1usize..7) {
+            let dev = Device::Cpu;
+            let x = Tensor::randn(0f32, 1.0, (n, h, w, c), &dev).unwrap();
+            let k = Tensor::randn(0f32, 1.0, (o, c, 3, 3), &dev).unwrap();
+            let kernel = k.permute((0, 2, 3, 1)).unwrap().reshape((o, 9 * c)).unwrap();
+            let unfolded = im2col3x3_nhwc(&x).unwrap().matmul(&kernel.t().unwrap()).unwrap().reshape((n, h, w, o)).unwrap();
+            let cache = PackedCache::default();
+            for _ in 0..2 {
+                let fast = conv3x3_same_nhwc_cached(&x, &k, Some(&cache)).unwrap();
+                let diff = (fast - &unfolded).unwrap().abs().unwrap().flatten_all().unwrap().max(0).unwrap().to_scalar::<f32>().unwrap();
+                prop_assert!(diff < 1e-3, "max difference {diff}");
+            }
         }
 
         #[test]

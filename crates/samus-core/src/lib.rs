@@ -15,6 +15,11 @@
 //!   backward (feature `cuda`; elsewhere it is [`attention::multi_head_attention`]).
 //! - [`linear`]: `x W^T + b` with the bias accumulated by the matrix product (one
 //!   buffer and one pass fewer) when no gradient is needed.
+//! - [`packed`]: an f32 matrix product for inference on AVX-512 CPUs whose right
+//!   operand (a layer's weights) is packed once and cached ([`packed::PackedCache`]);
+//!   its left operand may be split into shifted segments (the taps of a 3x3
+//!   convolution), and a GELU can be applied to each output tile in the cache.
+//!   [`linear::linear_cached`] and its GELU and residual forms use it.
 //! - [`norm`]: `LayerNorm` over the last axis and `LayerNorm2d` over the channel axis
 //!   of an NCHW tensor.
 //! - [`resize`]: bilinear resizing identical to PyTorch's
@@ -57,6 +62,7 @@ pub mod fixtures;
 pub mod flash;
 pub mod linear;
 pub mod norm;
+pub mod packed;
 pub mod parallel;
 pub mod pool;
 pub mod rel_pos;

@@ -10,7 +10,14 @@
 
 use candle_core::{CpuStorage, CustomOp2, CustomOp3, DType, Layout, Result, Shape, Tensor};
 
+use std::sync::Arc;
+
+use rayon::prelude::*;
+
 use crate::cpu_kernel::{contiguous_f32, gemm_parallelism};
+use crate::packed::{
+    self, gemm_packed, Epilogue, LeftOperand, PackedCache, PackedLayer, PackedRhs,
+};
 
 /// `x W^T + b` for `x` `(..., in)`, `weight` `(out, in)` and `bias` `(out)`.
 pub fn linear(x: &Tensor, weight: &Tensor, bias: Option<&Tensor>) -> Result<Tensor> {
@@ -43,6 +50,209 @@ pub fn linear(x: &Tensor, weight: &Tensor, bias: Option<&Tensor>) -> Result<Tens
         }
     };
     y.reshape(out_dims)
+}
+
+/// [`linear`] with the weight packed once into `cache` for the AVX-512 matrix
+/// product of [`crate::packed`], when no gradient is needed, on the CPU in f32, with
+/// more than a few rows; otherwise exactly [`linear`].
+pub fn linear_cached(
+    x: &Tensor,
+    weight: &Tensor,
+    bias: Option<&Tensor>,
+    cache: &PackedCache,
+) -> Result<Tensor> {
+    match packed_layer(x, weight, bias, None, cache)? {
+        Some(layer) => apply_packed(x, layer, Epilogue::None, None),
+        None => linear(x, weight, bias),
+    }
+}
+
+/// `gelu(x W^T + b)`: [`linear_cached`] with the GELU applied to each output tile
+/// while it is in the cache (no separate pass over the output).
+pub fn linear_gelu_cached(
+    x: &Tensor,
+    weight: &Tensor,
+    bias: Option<&Tensor>,
+    cache: &PackedCache,
+) -> Result<Tensor> {
+    match packed_layer(x, weight, bias, None, cache)? {
+        Some(layer) => apply_packed(x, layer, Epilogue::Gelu, None),
+        None => crate::gelu(&linear(x, weight, bias)?),
+    }
+}
+
+/// `residual + x W^T + b`: [`linear_cached`] whose product accumulates onto the
+/// residual (no separate addition). `residual` has the output's shape.
+pub fn linear_add_cached(
+    x: &Tensor,
+    weight: &Tensor,
+    bias: Option<&Tensor>,
+    residual: &Tensor,
+    cache: &PackedCache,
+) -> Result<Tensor> {
+    match packed_layer(x, weight, bias, Some(residual), cache)? {
+        Some(layer) => apply_packed(x, layer, Epilogue::None, Some(residual)),
+        None => residual + linear(x, weight, bias)?,
+    }
+}
+
+/// The packed layer for an inference product of `x` with `weight`, or `None` when
+/// the product must take [`linear`] (gradients, another device or dtype, few rows,
+/// no AVX-512, a residual of another shape).
+fn packed_layer(
+    x: &Tensor,
+    weight: &Tensor,
+    bias: Option<&Tensor>,
+    residual: Option<&Tensor>,
+    cache: &PackedCache,
+) -> Result<Option<Arc<PackedLayer>>> {
+    let (out_dim, in_dim) = weight.dims2()?;
+    let rows = x.elem_count() / in_dim.max(1);
+    let residual_fits = residual
+        .is_none_or(|r| r.elem_count() == rows * out_dim && r.dims().last() == Some(&out_dim));
+    let packable = packed::available()
+        && rows > FEW_ROWS
+        && residual_fits
+        && x.dims().last() == Some(&in_dim)
+        && std::iter::once(x)
+            .chain(std::iter::once(weight))
+            .chain(bias)
+            .chain(residual)
+            .all(|t| t.device().is_cpu() && t.dtype() == DType::F32 && !t.track_op());
+    if !packable {
+        return Ok(None);
+    }
+    Ok(cache.get_or_pack(|| {
+        let w = weight.flatten_all()?.to_vec1::<f32>()?;
+        let bias = bias
+            .map(|b| b.flatten_all()?.to_vec1::<f32>())
+            .transpose()?;
+        if bias.as_ref().is_some_and(|b| b.len() != out_dim) {
+            candle_core::bail!("linear: bias does not have {out_dim} values")
+        }
+        Ok(PackedLayer {
+            rhs: PackedRhs::from_linear_weight(&w, out_dim, in_dim)?,
+            bias,
+        })
+    }))
+}
+
+/// Runs the packed product on `x` (`(..., in)`), onto `residual` if given.
+fn apply_packed(
+    x: &Tensor,
+    layer: Arc<PackedLayer>,
+    epilogue: Epilogue,
+    residual: Option<&Tensor>,
+) -> Result<Tensor> {
+    let (k, n) = (layer.rhs.k(), layer.rhs.n());
+    let rows = x.elem_count() / k.max(1);
+    let mut out_dims = x.dims().to_vec();
+    if let Some(last) = out_dims.last_mut() {
+        *last = n;
+    }
+    let x2 = x.contiguous()?.reshape((rows, k))?;
+    let op = PackedLinear { layer, epilogue };
+    let y = match residual {
+        Some(r) => x2.apply_op2_no_bwd(&r.contiguous()?.reshape((rows, n))?, &op)?,
+        None => x2.apply_op1_no_bwd(&op)?,
+    };
+    y.reshape(out_dims)
+}
+
+/// Rows per parallel task when the bias is added to a residual.
+const ROWS_PER_TASK: usize = 64;
+
+/// The CPU linear layer on a packed weight: `x`, and optionally the residual to add.
+#[derive(Debug, Clone)]
+struct PackedLinear {
+    layer: Arc<PackedLayer>,
+    epilogue: Epilogue,
+}
+
+impl PackedLinear {
+    fn forward(
+        &self,
+        x: &[f32],
+        x_layout: &Layout,
+        residual: Option<&[f32]>,
+    ) -> Result<(CpuStorage, Shape)> {
+        let (rows, in_dim) = x_layout.shape().dims2()?;
+        let (k, n) = (self.layer.rhs.k(), self.layer.rhs.n());
+        if in_dim != k || residual.is_some_and(|r| r.len() != rows * n) {
+            candle_core::bail!(
+                "linear: x {:?}, packed weight {n} x {k} and residual of {:?} values do not agree",
+                x_layout.dims(),
+                residual.map(<[f32]>::len)
+            )
+        }
+        let mut out = match (residual, &self.layer.bias) {
+            (Some(r), bias) => {
+                // One parallel pass writes the residual plus the bias.
+                let mut out = vec![0f32; rows * n];
+                let task = n.max(1) * ROWS_PER_TASK;
+                out.par_chunks_mut(task).zip(r.par_chunks(task)).for_each(
+                    |(dst, src)| match bias {
+                        Some(b) => {
+                            for (dst_row, src_row) in
+                                dst.chunks_exact_mut(n).zip(src.chunks_exact(n))
+                            {
+                                for ((d, &s), &bv) in dst_row.iter_mut().zip(src_row).zip(b) {
+                                    *d = s + bv;
+                                }
+                            }
+                        }
+                        None => dst.copy_from_slice(src),
+                    },
+                );
+                out
+            }
+            (None, Some(b)) => b.repeat(rows),
+            (None, None) => vec![0f32; rows * n],
+        };
+        let left = LeftOperand {
+            data: x,
+            row_stride: in_dim,
+            segment_offsets: &[0],
+        };
+        gemm_packed(
+            rows,
+            left,
+            &self.layer.rhs,
+            &mut out,
+            n,
+            candle_core::utils::get_num_threads(),
+            self.epilogue,
+        )?;
+        Ok((CpuStorage::F32(out), Shape::from((rows, n))))
+    }
+}
+
+impl candle_core::CustomOp1 for PackedLinear {
+    fn name(&self) -> &'static str {
+        "samus-linear-packed"
+    }
+
+    fn cpu_fwd(&self, x: &CpuStorage, x_layout: &Layout) -> Result<(CpuStorage, Shape)> {
+        self.forward(exact(x, x_layout, "linear input")?, x_layout, None)
+    }
+}
+
+impl CustomOp2 for PackedLinear {
+    fn name(&self) -> &'static str {
+        "samus-linear-packed-residual"
+    }
+
+    fn cpu_fwd(
+        &self,
+        x: &CpuStorage,
+        x_layout: &Layout,
+        r: &CpuStorage,
+        r_layout: &Layout,
+    ) -> Result<(CpuStorage, Shape)> {
+        let x_data = exact(x, x_layout, "linear input")?;
+        let r_data = exact(r, r_layout, "linear residual")?;
+        self.forward(x_data, x_layout, Some(r_data))
+    }
 }
 
 /// The fused CPU linear layer on `(x, weight[, bias])`, all contiguous f32.
@@ -280,6 +490,69 @@ mod tests {
             let diff = (&got - &want).unwrap().abs().unwrap().flatten_all().unwrap().max(0).unwrap().to_scalar::<f32>().unwrap();
             prop_assert!(diff < 1e-4, "max difference {diff}");
         }
+    }
+
+    fn max_difference(a: &Tensor, b: &Tensor) -> f32 {
+        (a - b)
+            .unwrap()
+            .abs()
+            .unwrap()
+            .flatten_all()
+            .unwrap()
+            .max(0)
+            .unwrap()
+            .to_scalar::<f32>()
+            .unwrap()
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(16))]
+
+        /// The packed-weight layers (plain, with GELU, onto a residual) against
+        /// candle's composed operations, called twice so that the second call reads
+        /// the cached packing.
+        #[test]
+        fn cached_layers_match_composed(batch in 1usize..3, rows in 17usize..60, in_dim in 1usize..500, out_dim in 1usize..70, with_bias: bool) {
+            let dev = Device::Cpu;
+            let x = Tensor::randn(0f32, 1.0, (batch, rows, in_dim), &dev).unwrap();
+            let w = Tensor::randn(0f32, 1.0, (out_dim, in_dim), &dev).unwrap();
+            let b = Tensor::randn(0f32, 1.0, out_dim, &dev).unwrap();
+            let r = Tensor::randn(0f32, 1.0, (batch, rows, out_dim), &dev).unwrap();
+            let b = with_bias.then_some(&b);
+            let want = composed(&x, &w, b);
+            let tolerance = 1e-4 * (in_dim as f32).sqrt();
+            let cache = PackedCache::default();
+            for _ in 0..2 {
+                let plain = linear_cached(&x, &w, b, &cache).unwrap();
+                prop_assert_eq!(plain.dims(), want.dims());
+                prop_assert!(max_difference(&plain, &want) < tolerance);
+                let gelu = linear_gelu_cached(&x, &w, b, &cache).unwrap();
+                prop_assert!(max_difference(&gelu, &crate::gelu(&want).unwrap()) < tolerance);
+                let added = linear_add_cached(&x, &w, b, &r, &cache).unwrap();
+                prop_assert!(max_difference(&added, &(&r + &want).unwrap()) < tolerance);
+            }
+        }
+    }
+
+    #[test]
+    fn cached_layers_with_variables_keep_their_gradients() {
+        let dev = Device::Cpu;
+        let w = Var::from_tensor(&Tensor::randn(0f32, 1.0, (3, 4), &dev).unwrap()).unwrap();
+        let x = Tensor::randn(0f32, 1.0, (32, 4), &dev).unwrap();
+        let r = Tensor::randn(0f32, 1.0, (32, 3), &dev).unwrap();
+        let cache = PackedCache::default();
+        for y in [
+            linear_cached(&x, w.as_tensor(), None, &cache).unwrap(),
+            linear_gelu_cached(&x, w.as_tensor(), None, &cache).unwrap(),
+            linear_add_cached(&x, w.as_tensor(), None, &r, &cache).unwrap(),
+        ] {
+            let grads = y.sum_all().unwrap().backward().unwrap();
+            assert!(grads.get(w.as_tensor()).is_some());
+        }
+        // Nothing was packed for the variable.
+        assert!(cache
+            .get_or_pack(|| candle_core::bail!("not packed before"))
+            .is_none());
     }
 
     #[test]

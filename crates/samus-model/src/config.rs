@@ -208,7 +208,7 @@ impl SamusConfig {
                 self.embed_dim
             ));
         }
-        if self.num_heads == 0 || self.embed_dim % self.num_heads != 0 {
+        if self.num_heads == 0 || !self.embed_dim.is_multiple_of(self.num_heads) {
             return fail(format!(
                 "num_heads ({}) must divide embed_dim ({})",
                 self.num_heads, self.embed_dim
@@ -232,7 +232,7 @@ impl SamusConfig {
                 self.patch_size
             ));
         }
-        if self.img_size == 0 || self.img_size % self.patch_size != 0 {
+        if self.img_size == 0 || !self.img_size.is_multiple_of(self.patch_size) {
             return fail(format!(
                 "img_size ({}) must be a positive multiple of patch_size ({})",
                 self.img_size, self.patch_size
@@ -240,14 +240,14 @@ impl SamusConfig {
         }
         let grid = self.grid_size();
         if grid > SAM_POS_EMBED_GRID
-            || SAM_POS_EMBED_GRID % grid != 0
+            || !SAM_POS_EMBED_GRID.is_multiple_of(grid)
             || !(SAM_POS_EMBED_GRID / grid).is_power_of_two()
         {
             return fail(format!(
                 "the token grid img_size / patch_size = {grid} must divide SAM's {SAM_POS_EMBED_GRID}x{SAM_POS_EMBED_GRID} position grid by a power of two"
             ));
         }
-        if self.prompt_embed_dim == 0 || self.prompt_embed_dim % 2 != 0 {
+        if self.prompt_embed_dim == 0 || !self.prompt_embed_dim.is_multiple_of(2) {
             return fail(format!(
                 "prompt_embed_dim must be a positive even number, got {}",
                 self.prompt_embed_dim

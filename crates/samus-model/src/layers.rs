@@ -3,7 +3,8 @@
 
 use candle_core::{Module, Result, Tensor};
 use candle_nn::{Conv2d, Conv2dConfig, ConvTranspose2d, ConvTranspose2dConfig, Init, VarBuilder};
-use samus_core::conv::conv3x3_same_nhwc;
+use samus_core::conv::conv3x3_same_nhwc_cached;
+use samus_core::packed::PackedCache;
 use samus_core::pool::max_pool2x2_nhwc;
 use samus_core::{gelu, LayerNorm, LayerNorm2d};
 
@@ -25,6 +26,8 @@ pub fn pytorch_default_init(fan_in: usize) -> Init {
 pub struct Linear {
     weight: Tensor,
     bias: Option<Tensor>,
+    /// The weight packed for the CPU's inference product, made on first use.
+    packed: PackedCache,
 }
 
 impl Linear {
@@ -37,7 +40,11 @@ impl Linear {
         } else {
             None
         };
-        Ok(Self { weight, bias })
+        Ok(Self {
+            weight,
+            bias,
+            packed: PackedCache::default(),
+        })
     }
 
     /// The `out x in` weight.
@@ -51,9 +58,28 @@ impl Linear {
     }
 }
 
+impl Linear {
+    /// `gelu(self(x))`, with the GELU fused into the product where it runs packed.
+    pub fn forward_gelu(&self, x: &Tensor) -> Result<Tensor> {
+        samus_core::linear::linear_gelu_cached(x, &self.weight, self.bias.as_ref(), &self.packed)
+    }
+
+    /// `residual + self(x)`, with the product accumulating onto `residual` where it
+    /// runs packed.
+    pub fn forward_add(&self, x: &Tensor, residual: &Tensor) -> Result<Tensor> {
+        samus_core::linear::linear_add_cached(
+            x,
+            &self.weight,
+            self.bias.as_ref(),
+            residual,
+            &self.packed,
+        )
+    }
+}
+
 impl Module for Linear {
     fn forward(&self, x: &Tensor) -> Result<Tensor> {
-        samus_core::linear::linear(x, &self.weight, self.bias.as_ref())
+        samus_core::linear::linear_cached(x, &self.weight, self.bias.as_ref(), &self.packed)
     }
 }
 
@@ -161,6 +187,8 @@ pub fn conv_transpose_2x2(
 pub struct ConvNormGelu {
     conv: Conv2d,
     norm: LayerNorm2d,
+    /// The kernel packed for the CPU's inference product, made on first use.
+    packed: PackedCache,
 }
 
 impl ConvNormGelu {
@@ -174,6 +202,7 @@ impl ConvNormGelu {
         Ok(Self {
             conv: conv2d(conv_vb, ConvSpec::same_3x3(in_channels, out_channels))?,
             norm: layer_norm_2d(norm_vb, out_channels)?,
+            packed: PackedCache::default(),
         })
     }
 
@@ -191,7 +220,7 @@ impl ConvNormGelu {
     /// Channels-last `N x H x W x C` in, `N x H x W x O` out: the layout the whole
     /// CNN branch runs in, with no copies between the three operations.
     pub fn forward_nhwc(&self, x: &Tensor) -> Result<Tensor> {
-        let y = conv3x3_same_nhwc(x, self.conv.weight())?;
+        let y = conv3x3_same_nhwc_cached(x, self.conv.weight(), Some(&self.packed))?;
         gelu(&self.norm.forward_nhwc(&y)?)
     }
 }

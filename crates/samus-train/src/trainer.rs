@@ -276,7 +276,12 @@ impl<'m> Trainer<'m> {
             self.state.epoch += 1;
             let stopping = self.steps_done() || out_of_time(elapsed());
             if let Some(val) = val {
-                if self.state.epoch % self.options.eval_every.max(1) == 0 || stopping {
+                if self
+                    .state
+                    .epoch
+                    .is_multiple_of(self.options.eval_every.max(1))
+                    || stopping
+                {
                     let dice = evaluate(self.model, val, self.options.batch_size)?
                         .overall
                         .dice;

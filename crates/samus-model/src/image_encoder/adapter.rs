@@ -3,7 +3,6 @@
 
 use candle_core::{Module, Result, Tensor};
 use candle_nn::VarBuilder;
-use samus_core::gelu;
 
 use crate::layers::Linear;
 
@@ -32,11 +31,11 @@ impl FeatureAdapter {
 
 impl Module for FeatureAdapter {
     fn forward(&self, x: &Tensor) -> Result<Tensor> {
-        let y = self.fc2.forward(&gelu(&self.fc1.forward(x)?)?)?;
+        let hidden = self.fc1.forward_gelu(x)?;
         if self.skip {
-            x + y
+            self.fc2.forward_add(&hidden, x)
         } else {
-            Ok(y)
+            self.fc2.forward(&hidden)
         }
     }
 }

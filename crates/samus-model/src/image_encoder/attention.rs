@@ -3,7 +3,7 @@
 
 use candle_core::{Module, Result, Tensor};
 use candle_nn::{Init, VarBuilder};
-use samus_core::window::{window_partition, window_unpartition};
+use samus_core::window::{window_partition_filled, window_unpartition};
 use samus_core::{attention_merged, AttentionOptions, DecomposedRelPos};
 
 use crate::layers::Linear;
@@ -59,12 +59,36 @@ impl EncoderAttention {
     /// are merged and cropped. On SAMUS's 32 x 32 grid with 14 x 14 windows (padded
     /// to 42 x 42) this skips 42% of the projection work.
     pub fn forward_windowed(&self, x: &Tensor, window: usize) -> Result<Tensor> {
-        let (_, h, w, _) = x.dims4()?;
-        let qkv = pad_with_bias(&self.qkv.forward(x)?, window, self.qkv.bias())?;
-        let (windows, padded) = window_partition(&qkv, window)?;
-        let attended = self.attend(&windows)?;
+        self.windowed(x, window, None)
+    }
+
+    /// `residual + self.forward_windowed(x, window)`, the addition fused into the
+    /// output projection.
+    pub fn forward_windowed_add(
+        &self,
+        x: &Tensor,
+        window: usize,
+        residual: &Tensor,
+    ) -> Result<Tensor> {
+        self.windowed(x, window, Some(residual))
+    }
+
+    /// `residual + self.forward(x)`, the addition fused into the output projection.
+    pub fn forward_add(&self, x: &Tensor, residual: &Tensor) -> Result<Tensor> {
         self.proj
-            .forward(&window_unpartition(&attended, window, padded, (h, w))?)
+            .forward_add(&self.attend(&self.qkv.forward(x)?)?, residual)
+    }
+
+    fn windowed(&self, x: &Tensor, window: usize, residual: Option<&Tensor>) -> Result<Tensor> {
+        let (_, h, w, _) = x.dims4()?;
+        let (windows, padded) =
+            window_partition_filled(&self.qkv.forward(x)?, window, self.qkv.bias())?;
+        let attended = self.attend(&windows)?;
+        let merged = window_unpartition(&attended, window, padded, (h, w))?;
+        match residual {
+            Some(r) => self.proj.forward_add(&merged, r),
+            None => self.proj.forward(&merged),
+        }
     }
 
     /// Attention on projected tokens `B x H x W x 3D` (q, k, v), before the output
@@ -88,36 +112,6 @@ impl EncoderAttention {
             &self.rel_pos
         };
         attention_merged(&q, &k, &v, self.scale, Some(rel_pos), self.options)?.reshape((b, h, w, c))
-    }
-}
-
-/// Pads a BHWC grid at the bottom and right to multiples of `window` with copies of
-/// `bias` (zeros without one): the projection of the zero tokens SAM pads with.
-fn pad_with_bias(x: &Tensor, window: usize, bias: Option<&Tensor>) -> Result<Tensor> {
-    let (b, h, w, c) = x.dims4()?;
-    if window == 0 {
-        candle_core::bail!("window size must be positive")
-    }
-    let (pad_h, pad_w) = (
-        (window - h % window) % window,
-        (window - w % window) % window,
-    );
-    if pad_h == 0 && pad_w == 0 {
-        return Ok(x.clone());
-    }
-    let fill = |rows: usize, cols: usize| match bias {
-        Some(bias) => bias.reshape((1, 1, 1, c))?.broadcast_as((b, rows, cols, c)),
-        None => Tensor::zeros((b, rows, cols, c), x.dtype(), x.device()),
-    };
-    let x = if pad_w > 0 {
-        Tensor::cat(&[x, &fill(h, pad_w)?], 2)?
-    } else {
-        x.clone()
-    };
-    if pad_h > 0 {
-        Tensor::cat(&[&x, &fill(pad_h, w + pad_w)?], 1)
-    } else {
-        Ok(x)
     }
 }
 

@@ -7,7 +7,7 @@
 
 use candle_core::{Module, Result, Tensor};
 use candle_nn::VarBuilder;
-use samus_core::{gelu, LayerNorm};
+use samus_core::LayerNorm;
 
 use super::adapter::FeatureAdapter;
 use super::attention::EncoderAttention;
@@ -35,9 +35,17 @@ impl EncoderMlp {
     }
 }
 
+impl EncoderMlp {
+    /// `residual + self(x)`, the block's second residual connection fused into the
+    /// last product.
+    pub fn forward_add(&self, x: &Tensor, residual: &Tensor) -> Result<Tensor> {
+        self.lin2.forward_add(&self.lin1.forward_gelu(x)?, residual)
+    }
+}
+
 impl Module for EncoderMlp {
     fn forward(&self, x: &Tensor) -> Result<Tensor> {
-        self.lin2.forward(&gelu(&self.lin1.forward(x)?)?)
+        self.lin2.forward(&self.lin1.forward_gelu(x)?)
     }
 }
 
@@ -115,17 +123,17 @@ impl EncoderBlock {
         let shortcut = x;
         let mut x = self.norm1.forward(x)?;
         let mut cnnx = cnnx.clone();
+        // Each residual addition is fused into the product before it.
         let x = match &self.kind {
-            BlockKind::Window { size } => self.attn.forward_windowed(&x, *size)?,
+            BlockKind::Window { size } => self.attn.forward_windowed_add(&x, *size, shortcut)?,
             BlockKind::Global(adapters) => {
-                x = (&x + adapters.space.forward(&x, &cnnx)?)?;
+                x = adapters.space.forward_add(&x, &cnnx, &x)?;
                 cnnx = adapters.refine.forward_nhwc(&cnnx.contiguous()?)?;
-                self.attn.forward(&x)?
+                self.attn.forward_add(&x, shortcut)?
             }
         };
-        let x = (shortcut + x)?;
         let xn = self.norm2.forward(&x)?;
-        let mut x = (&x + self.mlp.forward(&xn)?)?;
+        let mut x = self.mlp.forward_add(&xn, &x)?;
         if let BlockKind::Global(adapters) = &self.kind {
             x = (x + (adapters.mlp.forward(&xn)? * MLP_ADAPTER_SCALE)?)?;
         }

@@ -37,6 +37,21 @@ impl CrossBranchAttention {
     /// `queries` (ViT tokens) and `context` (CNN tokens), both BHWC `B x H x W x D`;
     /// returns BHWC `B x H x W x D`.
     pub fn forward(&self, queries: &Tensor, context: &Tensor) -> Result<Tensor> {
+        self.run(queries, context, None)
+    }
+
+    /// `residual + self.forward(queries, context)`, the addition fused into the
+    /// output projection.
+    pub fn forward_add(
+        &self,
+        queries: &Tensor,
+        context: &Tensor,
+        residual: &Tensor,
+    ) -> Result<Tensor> {
+        self.run(queries, context, Some(residual))
+    }
+
+    fn run(&self, queries: &Tensor, context: &Tensor, residual: Option<&Tensor>) -> Result<Tensor> {
         let (b, h, w, c) = queries.dims4()?;
         let (cb, ch, cw, cc) = context.dims4()?;
         let tokens = |t: Tensor, n: usize| t.reshape((b, n, c));
@@ -51,6 +66,10 @@ impl CrossBranchAttention {
             )
         }
         let out = attention_merged(&q, &k, &v, self.scale, None, self.options)?;
-        self.proj.forward(&out.reshape((b, h, w, c))?)
+        let out = out.reshape((b, h, w, c))?;
+        match residual {
+            Some(r) => self.proj.forward_add(&out, r),
+            None => self.proj.forward(&out),
+        }
     }
 }
