@@ -5,7 +5,7 @@
 //! `cargo run --release -p samus-core --example linear_rate`
 
 use candle_core::{Device, Tensor};
-use samus_core::packed::{gemm_packed, Epilogue, LeftOperand, PackedRhs};
+use samus_core::packed::{gemm_packed, Epilogue, LeftOperand, PackedRhs, ProductOptions};
 
 fn rate(rows: usize, k: usize, n: usize, mut f: impl FnMut()) -> (f64, f64) {
     f();
@@ -47,7 +47,15 @@ fn main() -> candle_core::Result<()> {
                 segment_offsets: &[0],
             };
             let (pms, pgflops) = rate(rows, k, n, || {
-                gemm_packed(rows, left, &packed, &mut out, n, threads, Epilogue::None).unwrap_or(())
+                gemm_packed(
+                    rows,
+                    left,
+                    &packed,
+                    &mut out,
+                    n,
+                    ProductOptions::threaded(threads, Epilogue::None),
+                )
+                .unwrap_or(())
             });
             println!(
                 "{rows}x{k}x{n}: linear {ms:.2} ms, {gflops:.0} GFLOP/s; packed {pms:.2} ms, {pgflops:.0} GFLOP/s"

@@ -16,7 +16,7 @@ use std::sync::Arc;
 
 use crate::cpu_kernel::{contiguous_f32, gemm_parallelism};
 use crate::packed::{
-    self, gemm_packed, Epilogue, LeftOperand, PackedCache, PackedLayer, PackedRhs,
+    self, gemm_packed, Epilogue, LeftOperand, PackedCache, PackedLayer, PackedRhs, ProductOptions,
 };
 
 /// Side of the kernels of [`conv3x3_same`] and [`conv3x3_same_nhwc`].
@@ -170,8 +170,7 @@ impl candle_core::CustomOp2 for ShiftedConv3x3 {
                     &packed.rhs,
                     &mut wide_out,
                     o,
-                    candle_core::utils::get_num_threads(),
-                    Epilogue::None,
+                    ProductOptions::threaded(candle_core::utils::get_num_threads(), Epilogue::None),
                 )?;
             }
             for tap in (0..TAPS).filter(|_| self.packed.is_none()) {

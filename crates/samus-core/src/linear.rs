@@ -16,7 +16,7 @@ use rayon::prelude::*;
 
 use crate::cpu_kernel::{contiguous_f32, gemm_parallelism};
 use crate::packed::{
-    self, gemm_packed, Epilogue, LeftOperand, PackedCache, PackedLayer, PackedRhs,
+    self, gemm_packed, Epilogue, LeftOperand, PackedCache, PackedLayer, PackedRhs, ProductOptions,
 };
 
 /// `x W^T + b` for `x` `(..., in)`, `weight` `(out, in)` and `bias` `(out)`.
@@ -185,44 +185,37 @@ impl PackedLinear {
                 residual.map(<[f32]>::len)
             )
         }
-        let mut out = match (residual, &self.layer.bias) {
-            (Some(r), bias) => {
-                // One parallel pass writes the residual plus the bias.
-                let mut out = vec![0f32; rows * n];
-                let task = n.max(1) * ROWS_PER_TASK;
-                out.par_chunks_mut(task).zip(r.par_chunks(task)).for_each(
-                    |(dst, src)| match bias {
-                        Some(b) => {
-                            for (dst_row, src_row) in
-                                dst.chunks_exact_mut(n).zip(src.chunks_exact(n))
-                            {
-                                for ((d, &s), &bv) in dst_row.iter_mut().zip(src_row).zip(b) {
-                                    *d = s + bv;
-                                }
-                            }
-                        }
-                        None => dst.copy_from_slice(src),
-                    },
-                );
-                out
-            }
-            (None, Some(b)) => b.repeat(rows),
-            (None, None) => vec![0f32; rows * n],
-        };
+        let threads = candle_core::utils::get_num_threads();
+        let options = ProductOptions::threaded(threads, self.epilogue);
         let left = LeftOperand {
             data: x,
             row_stride: in_dim,
             segment_offsets: &[0],
         };
-        gemm_packed(
-            rows,
-            left,
-            &self.layer.rhs,
-            &mut out,
-            n,
-            candle_core::utils::get_num_threads(),
-            self.epilogue,
-        )?;
+        let bias = self.layer.bias.as_deref();
+        let Some(residual) = residual else {
+            // The sums start from the bias in registers: no pass over the output.
+            let mut out = vec![0f32; rows * n];
+            let options = options.overwrite_with(bias);
+            gemm_packed(rows, left, &self.layer.rhs, &mut out, n, options)?;
+            return Ok((CpuStorage::F32(out), Shape::from((rows, n))));
+        };
+        // One parallel pass writes the residual plus the bias; the product adds on.
+        let mut out = vec![0f32; rows * n];
+        let task = n.max(1) * ROWS_PER_TASK;
+        out.par_chunks_mut(task)
+            .zip(residual.par_chunks(task))
+            .for_each(|(dst, src)| match bias {
+                Some(b) => {
+                    for (dst_row, src_row) in dst.chunks_exact_mut(n).zip(src.chunks_exact(n)) {
+                        for ((d, &s), &bv) in dst_row.iter_mut().zip(src_row).zip(b) {
+                            *d = s + bv;
+                        }
+                    }
+                }
+                None => dst.copy_from_slice(src),
+            });
+        gemm_packed(rows, left, &self.layer.rhs, &mut out, n, options)?;
         Ok((CpuStorage::F32(out), Shape::from((rows, n))))
     }
 }

@@ -103,7 +103,7 @@ impl PackedRhs {
     /// Packs a `k x n` operand split into `segments` equally long segments, whose
     /// value at row `row` of segment `segment`, column `col` is
     /// `value(segment, row, col)`.
-    fn pack(
+    pub(crate) fn pack(
         k: usize,
         n: usize,
         segments: usize,
@@ -198,18 +198,79 @@ pub enum Epilogue {
     Gelu,
 }
 
-/// `c += a b` for `a` `m x K` (see [`LeftOperand`]), `b` packed `K x N` and `c`
-/// `m x N` with rows `ldc` apart, then `epilogue` on every output value. Fails if
-/// the operands do not fit or the CPU has no AVX-512 ([`available`]).
+/// How [`gemm_packed`] runs.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct ProductOptions<'a> {
+    /// Threads to split the rows of `c` between (rayon tasks); small products run
+    /// on the calling thread whatever this says.
+    pub threads: usize,
+    /// `c += a b` when true; when false `c = a b + bias` (the old `c` is not read,
+    /// the bias or zeros start the sums in registers).
+    pub accumulate: bool,
+    /// One value per output column, added when `accumulate` is false.
+    pub bias: Option<&'a [f32]>,
+    /// What is applied to each finished output tile.
+    pub epilogue: Epilogue,
+}
+
+impl Default for ProductOptions<'_> {
+    /// One thread, accumulating, no epilogue.
+    fn default() -> Self {
+        Self {
+            threads: 1,
+            accumulate: true,
+            bias: None,
+            epilogue: Epilogue::None,
+        }
+    }
+}
+
+impl<'a> ProductOptions<'a> {
+    /// Accumulating on `threads` threads with `epilogue`.
+    pub fn threaded(threads: usize, epilogue: Epilogue) -> Self {
+        Self {
+            threads,
+            epilogue,
+            ..Self::default()
+        }
+    }
+
+    /// `c = a b + bias` (or `a b` without a bias) instead of accumulating.
+    pub fn overwrite_with(self, bias: Option<&'a [f32]>) -> Self {
+        Self {
+            accumulate: false,
+            bias,
+            ..self
+        }
+    }
+}
+
+/// `c += a b` (or `c = a b`, see [`ProductOptions::accumulate`]) for `a` `m x K`
+/// (see [`LeftOperand`]), `b` packed `K x N` and `c` `m x N` with rows `ldc` apart,
+/// then the options' epilogue on every output value. Fails if the operands do not
+/// fit or the CPU has no AVX-512 ([`available`]).
 pub fn gemm_packed(
     m: usize,
     a: LeftOperand,
     b: &PackedRhs,
     c: &mut [f32],
     ldc: usize,
-    threads: usize,
-    epilogue: Epilogue,
+    options: ProductOptions,
 ) -> Result<()> {
+    let ProductOptions {
+        threads,
+        accumulate,
+        bias,
+        epilogue,
+    } = options;
+    let bias = if accumulate { None } else { bias };
+    if bias.is_some_and(|bias| bias.len() != b.n) {
+        candle_core::bail!(
+            "packed matrix product: bias of {} values for {} columns",
+            bias.map_or(0, <[f32]>::len),
+            b.n
+        )
+    }
     let n = b.n;
     let seg_len = b.k / b.segments.max(1);
     if !available() {
@@ -227,9 +288,15 @@ pub fn gemm_packed(
     }
     if b.blocks.is_empty() {
         // K = 0: nothing to add, but the epilogue still applies.
-        if epilogue == Epilogue::Gelu {
-            for i in 0..m {
-                crate::activation::gelu_in_place(&mut c[i * ldc..][..n]);
+        for i in 0..m {
+            let row = &mut c[i * ldc..][..n];
+            match (accumulate, bias) {
+                (true, _) => {}
+                (false, Some(b)) => row.copy_from_slice(b),
+                (false, None) => row.fill(0.0),
+            }
+            if epilogue == Epilogue::Gelu {
+                crate::activation::gelu_in_place(row);
             }
         }
         return Ok(());
@@ -247,6 +314,11 @@ pub fn gemm_packed(
             c.len()
         )
     }
+    let start = if accumulate {
+        TileStart::Output
+    } else {
+        TileStart::Bias(bias)
+    };
     let threads = if m * n * b.k < PARALLEL_MIN_MACS {
         1
     } else {
@@ -255,14 +327,14 @@ pub fn gemm_packed(
     let rows_per_task = m.div_ceil(threads * TASKS_PER_THREAD).div_ceil(MR) * MR;
     let c = &mut c[..(m - 1) * ldc + n];
     if threads == 1 {
-        rows_task(0, m, a, b, c, ldc, epilogue);
+        rows_task(0..m, a, b, c, ldc, (start, epilogue));
     } else {
         // Whole rows of `c` per task; the last task's final row is shorter.
         let chunk = rows_per_task * ldc;
         c.par_chunks_mut(chunk).enumerate().for_each(|(t, c_rows)| {
             let row0 = t * rows_per_task;
             let rows = rows_per_task.min(m - row0);
-            rows_task(row0, rows, a, b, c_rows, ldc, epilogue);
+            rows_task(row0..row0 + rows, a, b, c_rows, ldc, (start, epilogue));
         });
     }
     Ok(())
@@ -270,14 +342,14 @@ pub fn gemm_packed(
 
 /// Rows `row0 .. row0 + rows` of the product, into `c` (which starts at `row0`).
 fn rows_task(
-    row0: usize,
-    rows: usize,
+    row_range: std::ops::Range<usize>,
     a: LeftOperand,
     b: &PackedRhs,
     c: &mut [f32],
     ldc: usize,
-    epilogue: Epilogue,
+    finish: (TileStart, Epilogue),
 ) {
+    let rows = row_range.len();
     let tiles = rows.div_ceil(MR);
     let longest = b.blocks.iter().map(|blk| blk.len).max().unwrap_or(0);
     A_TILES.with_borrow_mut(|a_tiles| {
@@ -287,7 +359,7 @@ fn rows_task(
         if a_tiles.len() < tiles * MR * longest {
             a_tiles.resize(tiles * MR * longest, 0.0);
         }
-        blocks_task(row0..row0 + rows, a, b, c, ldc, a_tiles, epilogue);
+        blocks_task(row_range, a, b, c, ldc, a_tiles, finish);
     });
 }
 
@@ -304,7 +376,7 @@ fn blocks_task(
     c: &mut [f32],
     ldc: usize,
     a_tiles: &mut [f32],
-    epilogue: Epilogue,
+    (start, epilogue): (TileStart, Epilogue),
 ) {
     let (row0, rows) = (row_range.start, row_range.len());
     let tiles = rows.div_ceil(MR);
@@ -334,8 +406,15 @@ fn blocks_task(
                             b.panel(block, panel).as_ptr(),
                             c_tile.as_mut_ptr(),
                             ldc,
-                            tile_rows,
-                            cols,
+                            TileExtent {
+                                rows: tile_rows,
+                                cols,
+                                start: if block_index == 0 {
+                                    start.offset(col0)
+                                } else {
+                                    TileStart::Output
+                                },
+                            },
                         );
                     }
                 }
@@ -377,7 +456,8 @@ fn pack_left(a: LeftOperand, row0: usize, rows: usize, block: &KBlock, out: &mut
 ///
 /// # Safety
 /// The CPU has AVX-512F; `a` holds `kc * MR` values, `b` `kc * NR`, and `c` is valid
-/// for `(rows - 1) * ldc + cols` values; `rows <= MR`, `cols <= NR`.
+/// for `(rows - 1) * ldc + cols` values; `rows <= MR`, `cols <= NR`; a starting bias
+/// holds at least `cols` values.
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx512f")]
 unsafe fn register_tile(
@@ -386,8 +466,7 @@ unsafe fn register_tile(
     b: *const f32,
     c: *mut f32,
     ldc: usize,
-    rows: usize,
-    cols: usize,
+    TileExtent { rows, cols, start }: TileExtent,
 ) {
     use std::arch::x86_64::{
         __m512, _mm512_fmadd_ps, _mm512_loadu_ps, _mm512_mask_storeu_ps, _mm512_maskz_loadu_ps,
@@ -397,10 +476,21 @@ unsafe fn register_tile(
     let mask1 = lane_mask(cols.saturating_sub(16));
     let mut acc0 = [_mm512_setzero_ps(); MR];
     let mut acc1 = [_mm512_setzero_ps(); MR];
-    for r in 0..rows {
-        let row = c.add(r * ldc);
-        acc0[r] = _mm512_maskz_loadu_ps(mask0, row);
-        acc1[r] = _mm512_maskz_loadu_ps(mask1, row.add(16));
+    match start {
+        TileStart::Output => {
+            for r in 0..rows {
+                let row = c.add(r * ldc);
+                acc0[r] = _mm512_maskz_loadu_ps(mask0, row);
+                acc1[r] = _mm512_maskz_loadu_ps(mask1, row.add(16));
+            }
+        }
+        TileStart::Bias(Some(bias)) => {
+            let b0 = _mm512_maskz_loadu_ps(mask0, bias.as_ptr());
+            let b1 = _mm512_maskz_loadu_ps(mask1, bias.as_ptr().wrapping_add(16));
+            acc0 = [b0; MR];
+            acc1 = [b1; MR];
+        }
+        TileStart::Bias(None) => {}
     }
     for kk in 0..kc {
         let b0: __m512 = _mm512_loadu_ps(b.add(kk * NR));
@@ -433,16 +523,46 @@ unsafe fn register_tile(
     b: *const f32,
     c: *mut f32,
     ldc: usize,
-    rows: usize,
-    cols: usize,
+    TileExtent { rows, cols, start }: TileExtent,
 ) {
     for r in 0..rows {
         for j in 0..cols {
-            let mut sum = *c.add(r * ldc + j);
+            let mut sum = match start {
+                TileStart::Output => *c.add(r * ldc + j),
+                TileStart::Bias(Some(bias)) => bias[j],
+                TileStart::Bias(None) => 0.0,
+            };
             for kk in 0..kc {
                 sum += *a.add(kk * MR + r) * *b.add(kk * NR + j);
             }
             *c.add(r * ldc + j) = sum;
+        }
+    }
+}
+
+/// The part of a register tile that is real, and what its sums start from.
+#[derive(Debug, Clone, Copy)]
+struct TileExtent<'a> {
+    rows: usize,
+    cols: usize,
+    start: TileStart<'a>,
+}
+
+/// What a register tile's sums start from.
+#[derive(Debug, Clone, Copy)]
+enum TileStart<'a> {
+    /// The values already in `c`.
+    Output,
+    /// The bias values of the tile's columns (every row), or zeros.
+    Bias(Option<&'a [f32]>),
+}
+
+impl TileStart<'_> {
+    /// The start of the tile whose first column is `col0`.
+    fn offset(self, col0: usize) -> Self {
+        match self {
+            Self::Bias(Some(b)) => Self::Bias(Some(&b[col0.min(b.len())..])),
+            other => other,
         }
     }
 }
@@ -512,16 +632,22 @@ mod tests {
         /// leave partial register tiles, widths that leave partial panels, shared
         /// dimensions over one block, and one or two threads.
         #[test]
-        fn linear_product_matches_f64(m in 1usize..60, k in 1usize..900, n in 1usize..80, threads in 1usize..3, seed in 0u64..1000) {
+        fn linear_product_matches_f64(m in 1usize..60, k in 1usize..900, n in 1usize..80, threads in 1usize..3, overwrite: bool, seed in 0u64..1000) {
             prop_assume!(available());
             let (x, w, c0) = (values(seed, m * k), values(seed + 1, n * k), values(seed + 2, m * n));
+            let bias = values(seed + 3, n);
             let packed = PackedRhs::from_linear_weight(&w, n, k).unwrap();
             let mut c = c0.clone();
             let left = LeftOperand { data: &x, row_stride: k, segment_offsets: &[0] };
-            gemm_packed(m, left, &packed, &mut c, n, threads, Epilogue::None).unwrap();
+            let mut options = ProductOptions::threaded(threads, Epilogue::None);
+            if overwrite {
+                options = options.overwrite_with(Some(&bias));
+            }
+            gemm_packed(m, left, &packed, &mut c, n, options).unwrap();
             for i in 0..m {
                 for j in 0..n {
-                    let want: f64 = c0[i * n + j] as f64
+                    let start = if overwrite { bias[j] } else { c0[i * n + j] };
+                    let want: f64 = start as f64
                         + (0..k).map(|kk| x[i * k + kk] as f64 * w[j * k + kk] as f64).sum::<f64>();
                     let got = c[i * n + j] as f64;
                     prop_assert!((got - want).abs() <= 1e-5 * (k as f64).sqrt() * 4.0, "({i}, {j}): {got} vs {want}");
@@ -543,7 +669,7 @@ mod tests {
             let packed = PackedRhs::pack(k, n, segments, |s, r, j| w[j * k + r * segments + s]);
             let mut c = vec![0f32; m * n];
             let left = LeftOperand { data: &a, row_stride, segment_offsets: &offsets };
-            gemm_packed(m, left, &packed, &mut c, n, 2, Epilogue::Gelu).unwrap();
+            gemm_packed(m, left, &packed, &mut c, n, ProductOptions::threaded(2, Epilogue::Gelu)).unwrap();
             for i in 0..m {
                 for j in 0..n {
                     let mut sum = 0f64;
@@ -575,20 +701,28 @@ mod tests {
             row_stride: 3,
             segment_offsets: &[0],
         };
-        assert!(gemm_packed(5, short, &packed, &mut c, 4, 1, Epilogue::None).is_err());
+        assert!(gemm_packed(5, short, &packed, &mut c, 4, ProductOptions::default()).is_err());
         let two_segments = LeftOperand {
             data: &x,
             row_stride: 3,
             segment_offsets: &[0, 1],
         };
-        assert!(gemm_packed(5, two_segments, &packed, &mut c, 4, 1, Epilogue::None).is_err());
+        assert!(gemm_packed(
+            5,
+            two_segments,
+            &packed,
+            &mut c,
+            4,
+            ProductOptions::default()
+        )
+        .is_err());
         let left = LeftOperand {
             data: &x,
             row_stride: 3,
             segment_offsets: &[0],
         };
-        assert!(gemm_packed(5, left, &packed, &mut c[..19], 4, 1, Epilogue::None).is_err());
-        assert!(gemm_packed(5, left, &packed, &mut c, 4, 1, Epilogue::None).is_ok());
+        assert!(gemm_packed(5, left, &packed, &mut c[..19], 4, ProductOptions::default()).is_err());
+        assert!(gemm_packed(5, left, &packed, &mut c, 4, ProductOptions::default()).is_ok());
     }
 
     #[test]
