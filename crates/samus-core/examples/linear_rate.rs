@@ -45,6 +45,7 @@ fn main() -> candle_core::Result<()> {
                 data: &xs,
                 row_stride: k,
                 segment_offsets: &[0],
+                grid: None,
             };
             let (pms, pgflops) = rate(rows, k, n, || {
                 gemm_packed(

@@ -141,41 +141,38 @@ impl candle_core::CustomOp2 for ShiftedConv3x3 {
         if out.is_empty() || c == 0 {
             return Ok((CpuStorage::F32(out), Shape::from((n, h, width, o))));
         }
-        let parallelism = gemm_parallelism(h * wide * o * c);
         let mut padded = vec![0f32; padded_len];
-        let mut wide_out = vec![0f32; h * wide * o];
-        for (image_index, (image, out_image)) in x
-            .chunks_exact(h * width * c)
-            .zip(out.chunks_exact_mut(h * width * o))
-            .enumerate()
-        {
-            for (y, row) in image.chunks_exact(width * c).enumerate() {
-                let start = ((y + 1) * wide + 1) * c;
-                padded[start..start + width * c].copy_from_slice(row);
-            }
-            if let Some(packed) = &self.packed {
-                let shifts: [usize; TAPS] =
-                    std::array::from_fn(|tap| ((tap / KERNEL) * wide + tap % KERNEL) * c);
+        let shifts: [usize; TAPS] =
+            std::array::from_fn(|tap| ((tap / KERNEL) * wide + tap % KERNEL) * c);
+        if let Some(packed) = &self.packed {
+            // The h x w real pixels read inside the padded image (a grid), straight
+            // into the output: no dropped columns, no copy.
+            let options =
+                ProductOptions::threaded(candle_core::utils::get_num_threads(), Epilogue::None)
+                    .overwrite_with(None);
+            for (image, out_image) in x
+                .chunks_exact(h * width * c)
+                .zip(out.chunks_exact_mut(h * width * o))
+            {
+                pad_image(image, (width, c), &mut padded);
                 let left = LeftOperand {
                     data: &padded,
                     row_stride: c,
                     segment_offsets: &shifts,
+                    grid: Some((width, wide)),
                 };
-                if image_index > 0 {
-                    wide_out.fill(0.0);
-                }
-                gemm_packed(
-                    h * wide,
-                    left,
-                    &packed.rhs,
-                    &mut wide_out,
-                    o,
-                    ProductOptions::threaded(candle_core::utils::get_num_threads(), Epilogue::None),
-                )?;
+                gemm_packed(h * width, left, &packed.rhs, out_image, o, options)?;
             }
-            for tap in (0..TAPS).filter(|_| self.packed.is_none()) {
-                let (ky, kx) = (tap / KERNEL, tap % KERNEL);
-                let shift = (ky * wide + kx) * c;
+            return Ok((CpuStorage::F32(out), Shape::from((n, h, width, o))));
+        }
+        let parallelism = gemm_parallelism(h * wide * o * c);
+        let mut wide_out = vec![0f32; h * wide * o];
+        for (image, out_image) in x
+            .chunks_exact(h * width * c)
+            .zip(out.chunks_exact_mut(h * width * o))
+        {
+            pad_image(image, (width, c), &mut padded);
+            for (tap, &shift) in shifts.iter().enumerate() {
                 // The rows read: h * wide pixels of c values from `shift`.
                 if shift + h * wide * c > padded.len() {
                     candle_core::bail!("conv3x3: internal padding too small")
@@ -214,6 +211,17 @@ impl candle_core::CustomOp2 for ShiftedConv3x3 {
             }
         }
         Ok((CpuStorage::F32(out), Shape::from((n, h, width, o))))
+    }
+}
+
+/// Copies a channels-last image (`width` pixels of `c` values per row) into the
+/// inside of `padded`, whose rows are `width + 2` pixels with one pixel of zeros
+/// around the image (the border is never written, so it stays zero).
+fn pad_image(image: &[f32], (width, c): (usize, usize), padded: &mut [f32]) {
+    let wide = width + 2;
+    for (y, row) in image.chunks_exact((width * c).max(1)).enumerate() {
+        let start = ((y + 1) * wide + 1) * c;
+        padded[start..start + width * c].copy_from_slice(row);
     }
 }
 

@@ -191,6 +191,7 @@ impl PackedLinear {
             data: x,
             row_stride: in_dim,
             segment_offsets: &[0],
+            grid: None,
         };
         let bias = self.layer.bias.as_deref();
         let Some(residual) = residual else {

@@ -176,15 +176,33 @@ impl PackedRhs {
 }
 
 /// Where the left operand `A` (`m x K`) lies: row `i`, shared index `s seg + c` (of
-/// segment `s`) is `data[i * row_stride + segment_offsets[s] + c]`.
+/// segment `s`) is `data[start(i) + segment_offsets[s] + c]`, with
+/// `start(i) = i * row_stride`, or for a `grid` `(width, padded_width)`
+/// `start(i) = ((i / width) padded_width + i % width) * row_stride`: the pixels of
+/// an image read inside a wider (padded) one, as a 3x3 convolution reads them.
 #[derive(Debug, Clone, Copy)]
 pub struct LeftOperand<'a> {
     /// The values, read in place.
     pub data: &'a [f32],
-    /// Distance between consecutive rows.
+    /// Distance between consecutive rows (pixels of a grid).
     pub row_stride: usize,
     /// Start of each segment within a row (one per segment of the [`PackedRhs`]).
     pub segment_offsets: &'a [usize],
+    /// Rows that are the pixels of a `width`-wide image inside one `padded_width`
+    /// wide, if any.
+    pub grid: Option<(usize, usize)>,
+}
+
+impl LeftOperand<'_> {
+    /// Where row `i` starts in `data`.
+    fn row_start(&self, i: usize) -> usize {
+        match self.grid {
+            Some((width, padded_width)) if width > 0 => {
+                ((i / width) * padded_width + i % width) * self.row_stride
+            }
+            _ => i * self.row_stride,
+        }
+    }
 }
 
 /// What happens to each output tile once its sum is complete, while it is still in
@@ -276,6 +294,14 @@ pub fn gemm_packed(
     if !available() {
         candle_core::bail!("packed matrix product: this CPU has no AVX-512")
     }
+    if a.grid
+        .is_some_and(|(width, padded)| width == 0 || padded < width)
+    {
+        candle_core::bail!(
+            "packed matrix product: grid {:?} is not an image in a wider one",
+            a.grid
+        )
+    }
     if a.segment_offsets.len() != b.segments {
         candle_core::bail!(
             "packed matrix product: {} segment offsets for {} segments",
@@ -304,7 +330,7 @@ pub fn gemm_packed(
     let a_needed = a
         .segment_offsets
         .iter()
-        .map(|off| (m - 1) * a.row_stride + off + seg_len)
+        .map(|off| a.row_start(m - 1) + off + seg_len)
         .max()
         .unwrap_or(0);
     if a.data.len() < a_needed || ldc < n || c.len() < (m - 1) * ldc + n {
@@ -439,7 +465,7 @@ fn pack_left(a: LeftOperand, row0: usize, rows: usize, block: &KBlock, out: &mut
         let tile_rows = MR.min(rows.saturating_sub(t * MR));
         let sources: [&[f32]; MR] = std::array::from_fn(|r| {
             if r < tile_rows {
-                &a.data[(row0 + t * MR + r) * a.row_stride + offset..][..block.len]
+                &a.data[a.row_start(row0 + t * MR + r) + offset..][..block.len]
             } else {
                 &[]
             }
@@ -638,7 +664,7 @@ mod tests {
             let bias = values(seed + 3, n);
             let packed = PackedRhs::from_linear_weight(&w, n, k).unwrap();
             let mut c = c0.clone();
-            let left = LeftOperand { data: &x, row_stride: k, segment_offsets: &[0] };
+            let left = LeftOperand { data: &x, row_stride: k, segment_offsets: &[0], grid: None };
             let mut options = ProductOptions::threaded(threads, Epilogue::None);
             if overwrite {
                 options = options.overwrite_with(Some(&bias));
@@ -656,26 +682,32 @@ mod tests {
         }
 
         /// Segments read at their own offsets (the taps of a convolution), with a
-        /// row stride larger than a segment, and the GELU epilogue.
+        /// row stride larger than a segment, rows on a grid or not, and the GELU
+        /// epilogue.
         #[test]
-        fn segmented_product_with_gelu_matches_f64(m in 1usize..40, seg in 1usize..50, segments in 1usize..4, n in 1usize..40, seed in 0u64..1000) {
+        fn segmented_product_with_gelu_matches_f64(m in 1usize..40, seg in 1usize..50, segments in 1usize..4, n in 1usize..40, gridded: bool, seed in 0u64..1000) {
             prop_assume!(available());
             let k = seg * segments;
             let row_stride = k + 3;
             let offsets: Vec<usize> = (0..segments).map(|s| (segments - 1 - s) * seg + 3).collect();
-            let a = values(seed, m * row_stride + 3);
+            let grid = gridded.then_some((3, 5));
+            let row_start = |i: usize| match grid {
+                Some((w, p)) => ((i / w) * p + i % w) * row_stride,
+                None => i * row_stride,
+            };
+            let a = values(seed, row_start(m - 1) + row_stride + 3);
             let w = values(seed + 1, n * k);
             // Column j, row s * seg + r of B is w[j * k + r * segments + s] (a conv kernel's layout).
             let packed = PackedRhs::pack(k, n, segments, |s, r, j| w[j * k + r * segments + s]);
             let mut c = vec![0f32; m * n];
-            let left = LeftOperand { data: &a, row_stride, segment_offsets: &offsets };
+            let left = LeftOperand { data: &a, row_stride, segment_offsets: &offsets, grid };
             gemm_packed(m, left, &packed, &mut c, n, ProductOptions::threaded(2, Epilogue::Gelu)).unwrap();
             for i in 0..m {
                 for j in 0..n {
                     let mut sum = 0f64;
                     for (s, off) in offsets.iter().enumerate() {
                         for r in 0..seg {
-                            sum += a[i * row_stride + off + r] as f64 * w[j * k + r * segments + s] as f64;
+                            sum += a[row_start(i) + off + r] as f64 * w[j * k + r * segments + s] as f64;
                         }
                     }
                     let want = sum * 0.5 * (1.0 + candle_core::cpu::erf::erf_f64(sum / std::f64::consts::SQRT_2));
@@ -700,12 +732,14 @@ mod tests {
             data: &x[..14],
             row_stride: 3,
             segment_offsets: &[0],
+            grid: None,
         };
         assert!(gemm_packed(5, short, &packed, &mut c, 4, ProductOptions::default()).is_err());
         let two_segments = LeftOperand {
             data: &x,
             row_stride: 3,
             segment_offsets: &[0, 1],
+            grid: None,
         };
         assert!(gemm_packed(
             5,
@@ -720,6 +754,7 @@ mod tests {
             data: &x,
             row_stride: 3,
             segment_offsets: &[0],
+            grid: None,
         };
         assert!(gemm_packed(5, left, &packed, &mut c[..19], 4, ProductOptions::default()).is_err());
         assert!(gemm_packed(5, left, &packed, &mut c, 4, ProductOptions::default()).is_ok());
