@@ -145,6 +145,6 @@ impl ImageEncoder {
             }
         }
         let x = (x + (cnnx * CNN_SKIP_SCALE)?)?;
-        self.neck.forward(&x.permute((0, 3, 1, 2))?)
+        self.neck.forward_nhwc(&x)
     }
 }

@@ -2,7 +2,9 @@
 
 use candle_core::{Module, Result, Tensor};
 use candle_nn::{Conv2d, VarBuilder};
-use samus_core::conv::{conv1x1, conv3x3_same};
+use samus_core::conv::conv3x3_same_nhwc_cached;
+use samus_core::linear::linear_cached;
+use samus_core::packed::PackedCache;
 use samus_core::LayerNorm2d;
 
 use crate::layers::{conv2d, layer_norm_2d, ConvSpec};
@@ -14,6 +16,8 @@ pub struct Neck {
     norm1: LayerNorm2d,
     conv2: Conv2d,
     norm2: LayerNorm2d,
+    /// The two kernels packed for the CPU's inference product, made on first use.
+    packed: [PackedCache; 2],
 }
 
 impl Neck {
@@ -24,16 +28,31 @@ impl Neck {
             norm1: layer_norm_2d(vb.pp("1"), out_channels)?,
             conv2: conv2d(vb.pp("2"), ConvSpec::same_3x3(out_channels, out_channels))?,
             norm2: layer_norm_2d(vb.pp("3"), out_channels)?,
+            packed: Default::default(),
         })
+    }
+
+    /// Channels-last tokens `B x G x G x D` in, NCHW `B x 256 x G x G` out: the
+    /// layout the encoder blocks leave. Runs channels last throughout (the 1x1
+    /// convolution is a linear layer over the channels) and moves the channels
+    /// first once, at the end.
+    pub fn forward_nhwc(&self, x: &Tensor) -> Result<Tensor> {
+        let (out_channels, in_channels, _, _) = self.conv1.weight().dims4()?;
+        let pointwise = self.conv1.weight().reshape((out_channels, in_channels))?;
+        let y = linear_cached(x, &pointwise, None, &self.packed[0])?;
+        let y = self.norm1.forward_nhwc(&y)?;
+        let y = conv3x3_same_nhwc_cached(&y, self.conv2.weight(), Some(&self.packed[1]))?;
+        self.norm2
+            .forward_nhwc(&y)?
+            .permute((0, 3, 1, 2))?
+            .contiguous()
     }
 }
 
 impl Module for Neck {
-    /// NCHW `B x D x G x G` in, `B x 256 x G x G` out.
+    /// NCHW `B x D x G x G` in, `B x 256 x G x G` out (through
+    /// [`Neck::forward_nhwc`]).
     fn forward(&self, x: &Tensor) -> Result<Tensor> {
-        // Written with samus-core's convolutions so that gradients flowing to the
-        // encoder during training go through matrix products.
-        let x = self.norm1.forward(&conv1x1(x, self.conv1.weight())?)?;
-        self.norm2.forward(&conv3x3_same(&x, self.conv2.weight())?)
+        self.forward_nhwc(&x.permute((0, 2, 3, 1))?.contiguous()?)
     }
 }
