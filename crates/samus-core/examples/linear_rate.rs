@@ -62,6 +62,24 @@ fn main() -> candle_core::Result<()> {
                 "{rows}x{k}x{n}: linear {ms:.2} ms, {gflops:.0} GFLOP/s; packed {pms:.2} ms, {pgflops:.0} GFLOP/s"
             );
         }
+        // The 3x3 convolutions of the CNN branch and the refine adapters, packed.
+        for (side, c, o) in [
+            (256, 3, 64),
+            (128, 64, 128),
+            (64, 128, 256),
+            (32, 256, 768),
+            (32, 768, 768),
+        ] {
+            let x = Tensor::randn(0f32, 1.0, (1, side, side, c), &dev)?;
+            let k = Tensor::randn(0f32, 1.0, (o, c, 3, 3), &dev)?;
+            let cache = samus_core::packed::PackedCache::default();
+            let (ms, gflops) = rate(side * side, 9 * c, o, || {
+                samus_core::conv::conv3x3_same_nhwc_cached(&x, &k, Some(&cache))
+                    .map(drop)
+                    .unwrap_or(())
+            });
+            println!("conv3x3 {side}x{side}x{c} -> {o}: {ms:.2} ms, {gflops:.0} GFLOP/s");
+        }
         // The fused epilogues against their separate passes, at the MLP's shapes.
         use samus_core::linear::{linear_add_cached, linear_cached, linear_gelu_cached};
         use samus_core::packed::PackedCache;

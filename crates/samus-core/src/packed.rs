@@ -37,6 +37,9 @@ pub const KC_MAX: usize = 384;
 const PANELS_PER_PASS: usize = 8;
 /// How many steps ahead the register tile prefetches its `B` panel.
 const PREFETCH_STEPS: usize = 8;
+/// Values of `A` a task packs for one block (1 MiB): they are reused by every
+/// panel of `B`, so they should stay in the core's L2 cache.
+const A_TILES_BUDGET: usize = 1 << 18;
 /// Row ranges per thread: more than one, so that a thread that finishes early
 /// (the other core was slowed down) takes over work instead of waiting.
 const TASKS_PER_THREAD: usize = 2;
@@ -60,9 +63,23 @@ pub fn available() -> bool {
 #[derive(Debug, Clone, Copy)]
 struct KBlock {
     segment: usize,
+    /// Consecutive segments in the block (more than one only for short segments,
+    /// which are then taken whole).
+    segments: usize,
     start: usize,
+    /// Rows taken from each segment.
+    piece: usize,
+    /// All the block's rows, `segments * piece`.
     len: usize,
     offset: usize,
+}
+
+impl KBlock {
+    /// Segment and row within it of the block's row `kk`.
+    fn source(&self, kk: usize) -> (usize, usize) {
+        let piece = self.piece.max(1);
+        (self.segment + kk / piece, self.start + kk % piece)
+    }
 }
 
 /// The right operand `B` (`K x N`) of [`gemm_packed`], packed into panels.
@@ -113,23 +130,37 @@ impl PackedRhs {
         let panels = n.div_ceil(NR);
         let mut blocks = Vec::new();
         let mut offset = 0;
-        for segment in 0..segments {
-            let count = seg_len.div_ceil(KC_MAX).max(1);
-            let (base, extra) = (seg_len / count, seg_len % count);
-            let mut start = 0;
-            for b in 0..count {
-                let len = base + usize::from(b < extra);
-                if len == 0 {
-                    continue;
+        let mut push = |segment, count, start, piece| {
+            let len = count * piece;
+            blocks.push(KBlock {
+                segment,
+                segments: count,
+                start,
+                piece,
+                len,
+                offset,
+            });
+            offset += len * panels * NR;
+        };
+        if seg_len > 0 && seg_len <= KC_MAX / 2 {
+            // Short segments (a convolution over few channels) are grouped whole,
+            // so that the output is not revisited once per segment.
+            let per_block = KC_MAX / seg_len;
+            for first in (0..segments).step_by(per_block) {
+                push(first, per_block.min(segments - first), 0, seg_len);
+            }
+        } else {
+            for segment in 0..segments {
+                let count = seg_len.div_ceil(KC_MAX).max(1);
+                let (base, extra) = (seg_len / count, seg_len % count);
+                let mut start = 0;
+                for b in 0..count {
+                    let piece = base + usize::from(b < extra);
+                    if piece > 0 {
+                        push(segment, 1, start, piece);
+                    }
+                    start += piece;
                 }
-                blocks.push(KBlock {
-                    segment,
-                    start,
-                    len,
-                    offset,
-                });
-                offset += len * panels * NR;
-                start += len;
             }
         }
         let mut data = vec![0f32; offset];
@@ -138,8 +169,8 @@ impl PackedRhs {
             for (panel, panel_data) in block_data.chunks_exact_mut(block.len * NR).enumerate() {
                 for jj in 0..NR.min(n - panel * NR) {
                     for kk in 0..block.len {
-                        panel_data[kk * NR + jj] =
-                            value(block.segment, block.start + kk, panel * NR + jj);
+                        let (segment, row) = block.source(kk);
+                        panel_data[kk * NR + jj] = value(segment, row, panel * NR + jj);
                     }
                 }
             }
@@ -350,18 +381,26 @@ pub fn gemm_packed(
     } else {
         threads.max(1)
     };
-    let rows_per_task = m.div_ceil(threads * TASKS_PER_THREAD).div_ceil(MR) * MR;
+    // Rows per task: a share of the threads' work, and few enough that the task's
+    // tiles of `A` for one block stay within the core's L2 cache.
+    let longest = b.blocks.iter().map(|blk| blk.len).max().unwrap_or(1).max(1);
+    let rows_per_task = m
+        .div_ceil(threads * TASKS_PER_THREAD)
+        .min((A_TILES_BUDGET / longest).max(MR))
+        .div_ceil(MR)
+        * MR;
     let c = &mut c[..(m - 1) * ldc + n];
+    // Whole rows of `c` per task; the last task's final row is shorter.
+    let chunk = rows_per_task * ldc;
+    let task = |(t, c_rows): (usize, &mut [f32])| {
+        let row0 = t * rows_per_task;
+        let rows = rows_per_task.min(m - row0);
+        rows_task(row0..row0 + rows, a, b, c_rows, ldc, (start, epilogue));
+    };
     if threads == 1 {
-        rows_task(0..m, a, b, c, ldc, (start, epilogue));
+        c.chunks_mut(chunk).enumerate().for_each(task);
     } else {
-        // Whole rows of `c` per task; the last task's final row is shorter.
-        let chunk = rows_per_task * ldc;
-        c.par_chunks_mut(chunk).enumerate().for_each(|(t, c_rows)| {
-            let row0 = t * rows_per_task;
-            let rows = rows_per_task.min(m - row0);
-            rows_task(row0..row0 + rows, a, b, c_rows, ldc, (start, epilogue));
-        });
+        c.par_chunks_mut(chunk).enumerate().for_each(task);
     }
     Ok(())
 }
@@ -460,19 +499,22 @@ fn blocks_task(
 /// Copies rows `row0 .. row0 + rows` of `a`, shared indices of `block`, into tiles of
 /// `MR` rows stored column by column (`tile[kk * MR + r]`), zero-filling past `rows`.
 fn pack_left(a: LeftOperand, row0: usize, rows: usize, block: &KBlock, out: &mut [f32]) {
-    let offset = a.segment_offsets[block.segment] + block.start;
     for (t, tile) in out.chunks_exact_mut(MR * block.len).enumerate() {
         let tile_rows = MR.min(rows.saturating_sub(t * MR));
-        let sources: [&[f32]; MR] = std::array::from_fn(|r| {
-            if r < tile_rows {
-                &a.data[a.row_start(row0 + t * MR + r) + offset..][..block.len]
-            } else {
-                &[]
-            }
-        });
-        for (kk, column) in tile.chunks_exact_mut(MR).enumerate() {
-            for (value, source) in column.iter_mut().zip(&sources) {
-                *value = source.get(kk).copied().unwrap_or(0.0);
+        for s in 0..block.segments {
+            let offset = a.segment_offsets[block.segment + s] + block.start;
+            let sources: [&[f32]; MR] = std::array::from_fn(|r| {
+                if r < tile_rows {
+                    &a.data[a.row_start(row0 + t * MR + r) + offset..][..block.piece]
+                } else {
+                    &[]
+                }
+            });
+            let piece_tile = &mut tile[s * block.piece * MR..][..block.piece * MR];
+            for (kk, column) in piece_tile.chunks_exact_mut(MR).enumerate() {
+                for (value, source) in column.iter_mut().zip(&sources) {
+                    *value = source.get(kk).copied().unwrap_or(0.0);
+                }
             }
         }
     }
@@ -685,7 +727,7 @@ mod tests {
         /// row stride larger than a segment, rows on a grid or not, and the GELU
         /// epilogue.
         #[test]
-        fn segmented_product_with_gelu_matches_f64(m in 1usize..40, seg in 1usize..50, segments in 1usize..4, n in 1usize..40, gridded: bool, seed in 0u64..1000) {
+        fn segmented_product_with_gelu_matches_f64(m in 1usize..40, seg in 1usize..450, segments in 1usize..4, n in 1usize..40, gridded: bool, seed in 0u64..1000) {
             prop_assume!(available());
             let k = seg * segments;
             let row_stride = k + 3;
