@@ -1,5 +1,7 @@
 //! `exp` and `erf` for f32 written so that the compiler vectorises them: no
-//! branches, no calls into libm, only multiplies, adds and bit operations.
+//! branches, no calls into libm, only multiplies, fused multiply-adds (`mul_add`,
+//! one instruction in the kernels, which `pulp` compiles with FMA enabled) and bit
+//! operations.
 //!
 //! The scalar library functions (`expf`, `erff`) cost tens of cycles each and
 //! cannot be vectorised; the element-wise kernels of this crate (GELU forward and
@@ -59,17 +61,18 @@ pub fn exp_nonpositive(x: f32) -> f32 {
 fn reduced_exp(clamped: f32) -> (f32, i32) {
     const LN2_HI: f32 = 0.693_359_4;
     const LN2_LO: f32 = -2.121_944_4e-4;
-    let t = clamped * std::f32::consts::LOG2_E + ROUND_MAGIC;
+    let t = clamped.mul_add(std::f32::consts::LOG2_E, ROUND_MAGIC);
     let n = t - ROUND_MAGIC;
-    let r = clamped - n * LN2_HI - n * LN2_LO;
-    // Minimax polynomial for e^r on [-ln2/2, ln2/2] (Cephes `expf`).
+    let r = (-n).mul_add(LN2_LO, (-n).mul_add(LN2_HI, clamped));
+    // Minimax polynomial for e^r on [-ln2/2, ln2/2] (Cephes `expf`), in fused
+    // multiply-adds.
     let p = 1.987_569_1e-4_f32;
-    let p = p * r + 1.398_199_9e-3;
-    let p = p * r + 8.333_452e-3;
-    let p = p * r + 4.166_579_6e-2;
-    let p = p * r + 1.666_666_5e-1;
-    let p = p * r + 0.5;
-    let er = p * r * r + r + 1.0;
+    let p = p.mul_add(r, 1.398_199_9e-3);
+    let p = p.mul_add(r, 8.333_452e-3);
+    let p = p.mul_add(r, 4.166_579_6e-2);
+    let p = p.mul_add(r, 1.666_666_5e-1);
+    let p = p.mul_add(r, 0.5);
+    let er = (p * r).mul_add(r, r) + 1.0;
     // The integer n from the bits of t = n + ROUND_MAGIC (exact, since |n| < 2^22):
     // a bit cast and an integer subtraction, which vectorise where `as i32` (a
     // saturating conversion) does not.
@@ -96,9 +99,14 @@ pub fn erf(x: f32) -> f32 {
     const A4: f32 = -1.453_152;
     const A5: f32 = 1.061_405_4;
     let a = x.abs();
-    let t = 1.0 / (P * a + 1.0);
-    let poly = ((((A5 * t + A4) * t + A3) * t + A2) * t + A1) * t;
-    let tail = (1.0 - poly * exp(-a * a)).copysign(x);
+    let t = 1.0 / P.mul_add(a, 1.0);
+    let poly = A5
+        .mul_add(t, A4)
+        .mul_add(t, A3)
+        .mul_add(t, A2)
+        .mul_add(t, A1)
+        * t;
+    let tail = (-poly).mul_add(exp(-a * a), 1.0).copysign(x);
     // 2/sqrt(pi) * sum (-1)^k x^(2k+1) / (k! (2k+1)), k = 0..5.
     const S0: f32 = std::f32::consts::FRAC_2_SQRT_PI;
     const S1: f32 = -0.376_126_4;
@@ -107,7 +115,12 @@ pub fn erf(x: f32) -> f32 {
     const S4: f32 = 0.005_223_977_6;
     const S5: f32 = -8.548_327e-4;
     let z = x * x;
-    let series = x * (((((S5 * z + S4) * z + S3) * z + S2) * z + S1) * z + S0);
+    let series = x * S5
+        .mul_add(z, S4)
+        .mul_add(z, S3)
+        .mul_add(z, S2)
+        .mul_add(z, S1)
+        .mul_add(z, S0);
     if a < ERF_SERIES_LIMIT {
         series
     } else {
