@@ -83,7 +83,7 @@ impl KBlock {
 }
 
 /// The right operand `B` (`K x N`) of [`gemm_packed`], packed into panels.
-#[derive(Debug, Clone)]
+#[derive(Clone)]
 pub struct PackedRhs {
     k: usize,
     n: usize,
@@ -644,13 +644,35 @@ fn lane_mask(lanes: usize) -> u16 {
     }
 }
 
+/// Shapes only: the packed values would fill a screen.
+impl std::fmt::Debug for PackedRhs {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("PackedRhs")
+            .field("k", &self.k)
+            .field("n", &self.n)
+            .field("segments", &self.segments)
+            .field("blocks", &self.blocks.len())
+            .finish_non_exhaustive()
+    }
+}
+
 /// A layer's weights in packed form, with its bias, as [`PackedCache`] keeps them.
-#[derive(Debug, Clone)]
+#[derive(Clone)]
 pub struct PackedLayer {
     /// The packed weights.
     pub rhs: PackedRhs,
     /// The bias, one value per output column.
     pub bias: Option<Vec<f32>>,
+}
+
+/// Shapes only, as for [`PackedRhs`].
+impl std::fmt::Debug for PackedLayer {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("PackedLayer")
+            .field("rhs", &self.rhs)
+            .field("bias", &self.bias.as_ref().map(Vec::len))
+            .finish()
+    }
 }
 
 /// A layer's weights in packed form, made on the first inference call that can use
@@ -800,6 +822,17 @@ mod tests {
         };
         assert!(gemm_packed(5, left, &packed, &mut c[..19], 4, ProductOptions::default()).is_err());
         assert!(gemm_packed(5, left, &packed, &mut c, 4, ProductOptions::default()).is_ok());
+    }
+
+    #[test]
+    fn debug_shows_shapes_not_values() {
+        let layer = PackedLayer {
+            rhs: PackedRhs::from_linear_weight(&values(4, 64 * 48), 48, 64).unwrap(),
+            bias: Some(values(5, 48)),
+        };
+        let text = format!("{layer:?}");
+        assert!(text.contains("k: 64") && text.contains("n: 48"), "{text}");
+        assert!(text.len() < 200, "{text}");
     }
 
     #[test]
