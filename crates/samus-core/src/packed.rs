@@ -201,6 +201,11 @@ impl PackedRhs {
         self.segments
     }
 
+    /// Rows of the longest block of the shared dimension (0 when `K` is 0).
+    fn longest_block(&self) -> usize {
+        self.blocks.iter().map(|blk| blk.len).max().unwrap_or(0)
+    }
+
     fn panel(&self, block: &KBlock, panel: usize) -> &[f32] {
         &self.data[block.offset + panel * block.len * NR..][..block.len * NR]
     }
@@ -383,7 +388,7 @@ pub fn gemm_packed(
     };
     // Rows per task: a share of the threads' work, and few enough that the task's
     // tiles of `A` for one block stay within the core's L2 cache.
-    let longest = b.blocks.iter().map(|blk| blk.len).max().unwrap_or(1).max(1);
+    let longest = b.longest_block().max(1);
     let rows_per_task = m
         .div_ceil(threads * TASKS_PER_THREAD)
         .min((A_TILES_BUDGET / longest).max(MR))
@@ -416,7 +421,7 @@ fn rows_task(
 ) {
     let rows = row_range.len();
     let tiles = rows.div_ceil(MR);
-    let longest = b.blocks.iter().map(|blk| blk.len).max().unwrap_or(0);
+    let longest = b.longest_block();
     A_TILES.with_borrow_mut(|a_tiles| {
         // Every value read is written by `pack_left` first, so a grown buffer's
         // contents do not matter; it is kept for the thread's next product (a fresh
@@ -457,14 +462,18 @@ fn blocks_task(
                     let col0 = panel * NR;
                     let cols = NR.min(b.n - col0);
                     let c_tile = &mut c[t * MR * ldc + col0..];
-                    let needed = (tile_rows - 1) * ldc + cols;
+                    // The extent the kernel touches: `tile_rows` rows of `cols`
+                    // columns `ldc` apart. The task's rows of `c` always hold it (see
+                    // `gemm_packed`); checked here because the kernel writes through
+                    // a raw pointer.
+                    assert!(
+                        c_tile.len() >= (tile_rows - 1) * ldc + cols,
+                        "packed matrix product: output tile outside its rows"
+                    );
                     // SAFETY: AVX-512F was checked by `gemm_packed`; `a_tile` holds
                     // `block.len x MR` values, the panel `block.len x NR`, and
-                    // `c_tile` at least `needed` values, the extent the kernel touches
-                    // for `tile_rows` rows of `cols` columns `ldc` apart.
+                    // `c_tile` the extent checked above.
                     unsafe {
-                        debug_assert!(c_tile.len() >= needed);
-                        let _ = needed;
                         register_tile(
                             block.len,
                             a_tile.as_ptr(),

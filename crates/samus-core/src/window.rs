@@ -10,32 +10,17 @@ use crate::cpu_kernel::contiguous_f32;
 /// bottom and right with zeros so that both sides are multiples of `window`.
 ///
 /// Returns the windows, `(B * nH * nW) x window x window x C`, and the padded size
-/// `(Hp, Wp)` needed by [`window_unpartition`].
+/// `(Hp, Wp)` needed by [`window_unpartition`]. Without a gradient, on the CPU in
+/// f32, it is one parallel pass (see [`window_partition_filled`]).
 pub fn window_partition(x: &Tensor, window: usize) -> Result<(Tensor, (usize, usize))> {
-    let (b, h, w, c) = x.dims4()?;
-    if window == 0 {
-        candle_core::bail!("window size must be positive")
-    }
-    let pad_h = (window - h % window) % window;
-    let pad_w = (window - w % window) % window;
-    let x = if pad_h > 0 || pad_w > 0 {
-        x.pad_with_zeros(1, 0, pad_h)?.pad_with_zeros(2, 0, pad_w)?
-    } else {
-        x.clone()
-    };
-    let (hp, wp) = (h + pad_h, w + pad_w);
-    let windows = x
-        .reshape((b, hp / window, window, wp / window, window, c))?
-        .permute((0, 1, 3, 2, 4, 5))?
-        .contiguous()?
-        .reshape((b * (hp / window) * (wp / window), window, window, c))?;
-    Ok((windows, (hp, wp)))
+    window_partition_filled(x, window, None)
 }
 
 /// [`window_partition`] padding with copies of `fill` (`C` values; zeros without
 /// it) instead of zeros: the windows of a projected grid whose padding tokens are
 /// the projection's bias. Without a gradient, on the CPU in f32, it is one parallel
-/// pass that writes each window row straight from the grid.
+/// pass that writes each window row straight from the grid; otherwise the grid is
+/// padded and rearranged with (differentiable) candle operations.
 pub fn window_partition_filled(
     x: &Tensor,
     window: usize,
@@ -64,20 +49,30 @@ pub fn window_partition_filled(
         };
         return Ok((windows, (hp, wp)));
     }
-    let Some(fill) = fill else {
-        return window_partition(x, window);
-    };
     let (pad_h, pad_w) = (hp - h, wp - w);
-    let block =
-        |rows: usize, cols: usize| fill.reshape((1, 1, 1, c))?.broadcast_as((b, rows, cols, c));
-    let mut padded = x.clone();
-    if pad_w > 0 {
-        padded = Tensor::cat(&[&padded, &block(h, pad_w)?], 2)?;
-    }
-    if pad_h > 0 {
-        padded = Tensor::cat(&[&padded, &block(pad_h, wp)?], 1)?;
-    }
-    window_partition(&padded, window)
+    let padded = match fill {
+        _ if pad_h == 0 && pad_w == 0 => x.clone(),
+        None => x.pad_with_zeros(1, 0, pad_h)?.pad_with_zeros(2, 0, pad_w)?,
+        Some(fill) => {
+            let block = |rows: usize, cols: usize| {
+                fill.reshape((1, 1, 1, c))?.broadcast_as((b, rows, cols, c))
+            };
+            let mut padded = x.clone();
+            if pad_w > 0 {
+                padded = Tensor::cat(&[&padded, &block(h, pad_w)?], 2)?;
+            }
+            if pad_h > 0 {
+                padded = Tensor::cat(&[&padded, &block(pad_h, wp)?], 1)?;
+            }
+            padded
+        }
+    };
+    let windows = padded
+        .reshape((b, hp / window, window, wp / window, window, c))?
+        .permute((0, 1, 3, 2, 4, 5))?
+        .contiguous()?
+        .reshape((b * (hp / window) * (wp / window), window, window, c))?;
+    Ok((windows, (hp, wp)))
 }
 
 /// The CPU form of [`window_partition_filled`]: input `B x H x W x C` (and the
