@@ -8,7 +8,7 @@
 use candle_core::{CpuStorage, CustomOp1, CustomOp2, DType, Layout, Result, Shape, Tensor};
 use rayon::prelude::*;
 
-use crate::cpu_kernel::contiguous_f32;
+use crate::cpu_kernel::{contiguous_f32, par_filled};
 
 use crate::special::{erf, exp};
 
@@ -26,7 +26,7 @@ pub fn gelu(x: &Tensor) -> Result<Tensor> {
 
 /// GELU of one value.
 #[inline(always)]
-fn gelu_value(v: f32) -> f32 {
+pub(crate) fn gelu_value(v: f32) -> f32 {
     (erf(v * std::f32::consts::FRAC_1_SQRT_2) + 1.) * 0.5 * v
 }
 
@@ -101,10 +101,11 @@ impl CustomOp1 for GeluErf {
 
     fn cpu_fwd(&self, storage: &CpuStorage, layout: &Layout) -> Result<(CpuStorage, Shape)> {
         let x = contiguous_f32(storage, layout, "gelu")?;
-        let mut y = vec![0f32; x.len()];
-        y.par_chunks_mut(CHUNK)
-            .zip(x.par_chunks(CHUNK))
-            .for_each(|(dst, src)| pulp::Arch::new().dispatch(GeluKernel { src, dst }));
+        let y = par_filled(x.len(), CHUNK, |index, dst| {
+            let src = &x[index * CHUNK..][..dst.len()];
+            pulp::Arch::new().dispatch(GeluKernel { src, dst });
+            Ok(())
+        })?;
         Ok((CpuStorage::F32(y), layout.shape().clone()))
     }
 

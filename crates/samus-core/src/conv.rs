@@ -16,7 +16,8 @@ use std::sync::Arc;
 
 use crate::cpu_kernel::{contiguous_f32, gemm_parallelism};
 use crate::packed::{
-    self, gemm_packed, Epilogue, LeftOperand, PackedCache, PackedLayer, PackedRhs, ProductOptions,
+    self, gemm_packed_new, Epilogue, LeftOperand, PackedCache, PackedLayer, PackedRhs,
+    ProductOptions,
 };
 
 /// Side of the kernels of [`conv3x3_same`] and [`conv3x3_same_nhwc`].
@@ -132,8 +133,8 @@ impl candle_core::CustomOp2 for ShiftedConv3x3 {
         // One padded image plus two pixels, so that the last taps of the last row
         // (which only feed the dropped columns) stay inside the buffer.
         let padded_len = ((h + 2) * wide + 2) * c;
-        let mut out = vec![0f32; n * h * width * o];
-        if out.is_empty() || c == 0 {
+        if n * h * width * o == 0 || c == 0 {
+            let out = vec![0f32; n * h * width * o];
             return Ok((CpuStorage::F32(out), Shape::from((n, h, width, o))));
         }
         let mut padded = vec![0f32; padded_len];
@@ -141,14 +142,12 @@ impl candle_core::CustomOp2 for ShiftedConv3x3 {
             std::array::from_fn(|tap| ((tap / KERNEL) * wide + tap % KERNEL) * c);
         if let Some(packed) = &self.packed {
             // The h x w real pixels read inside the padded image (a grid), straight
-            // into the output: no dropped columns, no copy.
+            // into the output: no dropped columns, no copy (but for a batch).
             let options =
                 ProductOptions::threaded(candle_core::utils::get_num_threads(), Epilogue::None)
                     .overwrite_with(None);
-            for (image, out_image) in x
-                .chunks_exact(h * width * c)
-                .zip(out.chunks_exact_mut(h * width * o))
-            {
+            let mut out = Vec::new();
+            for image in x.chunks_exact(h * width * c) {
                 pad_image(image, (width, c), &mut padded);
                 let left = LeftOperand {
                     data: &padded,
@@ -156,10 +155,16 @@ impl candle_core::CustomOp2 for ShiftedConv3x3 {
                     segment_offsets: &shifts,
                     grid: Some((width, wide)),
                 };
-                gemm_packed(h * width, left, &packed.rhs, out_image, o, options)?;
+                let image_out = gemm_packed_new(h * width, left, &packed.rhs, options)?;
+                if out.is_empty() {
+                    out = image_out;
+                } else {
+                    out.extend_from_slice(&image_out);
+                }
             }
             return Ok((CpuStorage::F32(out), Shape::from((n, h, width, o))));
         }
+        let mut out = vec![0f32; n * h * width * o];
         let parallelism = gemm_parallelism(h * wide * o * c);
         let mut wide_out = vec![0f32; h * wide * o];
         for (image, out_image) in x

@@ -1,7 +1,10 @@
-//! What the fused CPU operations of this crate share: reading an operand's data and
-//! choosing the threads of a matrix product.
+//! What the fused CPU operations of this crate share: reading an operand's data,
+//! allocating their outputs and choosing the threads of a matrix product.
+
+use std::mem::MaybeUninit;
 
 use candle_core::{CpuStorage, Layout, Result};
+use rayon::prelude::*;
 
 /// The f32 data of a contiguous CPU operand of operation `op` (for error messages).
 pub(crate) fn contiguous_f32<'a>(
@@ -27,5 +30,65 @@ pub(crate) fn gemm_parallelism(macs: usize) -> gemm::Parallelism {
         gemm::Parallelism::Rayon(threads)
     } else {
         gemm::Parallelism::None
+    }
+}
+
+/// Writes zeros into `part` and returns it as initialised values.
+pub(crate) fn zeroed(part: &mut [MaybeUninit<f32>]) -> &mut [f32] {
+    part.fill(MaybeUninit::new(0.0));
+    // SAFETY: every element was written just above, and `MaybeUninit<f32>` has the
+    // layout of `f32`.
+    unsafe { &mut *(part as *mut [MaybeUninit<f32>] as *mut [f32]) }
+}
+
+/// A new buffer of `len` values written in parallel chunks of `chunk` values (the
+/// last one shorter) by `fill(index, chunk)`.
+///
+/// Each chunk is zeroed by the thread that then fills it, just before, so the zeros
+/// are written into that core's cache. A `vec![0.0; len]` instead costs one thread
+/// a `memset` at memory speed while the other cores wait: 50 ms of a 1.3 s ViT-B
+/// forward, summed over its outputs.
+pub(crate) fn par_filled<F>(len: usize, chunk: usize, fill: F) -> Result<Vec<f32>>
+where
+    F: Fn(usize, &mut [f32]) -> Result<()> + Sync + Send,
+{
+    let mut out: Vec<f32> = Vec::with_capacity(len);
+    out.spare_capacity_mut()[..len]
+        .par_chunks_mut(chunk.max(1))
+        .enumerate()
+        .try_for_each(|(index, part)| fill(index, zeroed(part)))?;
+    // SAFETY: the chunks cover the first `len` values and `zeroed` wrote each of
+    // them (on an error or a panic this line is not reached).
+    unsafe { out.set_len(len) };
+    Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn par_filled_hands_out_every_chunk_once() {
+        let out = par_filled(10, 3, |index, part| {
+            assert!(part.iter().all(|&v| v == 0.0));
+            for (i, v) in part.iter_mut().enumerate() {
+                *v = (index * 3 + i) as f32;
+            }
+            Ok(())
+        })
+        .unwrap();
+        assert_eq!(out, (0..10).map(|i| i as f32).collect::<Vec<_>>());
+    }
+
+    #[test]
+    fn par_filled_passes_errors_on() {
+        let result = par_filled(8, 2, |index, _| {
+            if index == 2 {
+                candle_core::bail!("chunk {index} failed")
+            }
+            Ok(())
+        });
+        assert!(result.is_err());
+        assert!(par_filled(0, 4, |_, _| Ok(())).unwrap().is_empty());
     }
 }

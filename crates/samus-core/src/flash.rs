@@ -24,6 +24,7 @@ use candle_core::{CpuStorage, CustomOp3, DType, Layout, Result, Shape, Tensor};
 use rayon::prelude::*;
 
 use crate::attention::{merge_heads, AttentionOptions};
+use crate::cpu_kernel::par_filled;
 use crate::rel_pos::DecomposedRelPos;
 use crate::softmax::{exp_shifted_sum, row_max};
 
@@ -466,8 +467,8 @@ impl CustomOp3 for FusedAttention {
         self.check(&q, &k, &v)?;
         let [batch, heads, nq, d] = q.dims;
         let width = heads * d;
-        let mut out = vec![0f32; batch * nq * width];
         if width == 0 || nq == 0 {
+            let out = vec![0f32; batch * nq * width];
             return Ok((CpuStorage::F32(out), Shape::from((batch, nq, width))));
         }
         // The bias terms of every (batch item, head), `Nq x (kh + kw)` each.
@@ -481,17 +482,14 @@ impl CustomOp3 for FusedAttention {
                 .try_for_each(|(g, chunk)| bias_terms(&q, g / heads, g % heads, rel, chunk))?;
         }
         let per_item = terms.len() / batch;
-        out.par_chunks_mut(nq * width)
-            .enumerate()
-            .flat_map(|(b, item)| {
-                item.par_chunks_mut(QUERY_BLOCK * width)
-                    .enumerate()
-                    .map(move |(i, block)| (b, i * QUERY_BLOCK, block))
-            })
-            .try_for_each(|(b, first, block)| {
-                let terms = &terms[b * per_item..(b + 1) * per_item];
-                self.block((&q, &k, &v), terms, b, first, block)
-            })?;
+        let out = par_filled(batch * nq * width, nq * width, |b, item| {
+            let terms = &terms[b * per_item..(b + 1) * per_item];
+            item.par_chunks_mut(QUERY_BLOCK * width)
+                .enumerate()
+                .try_for_each(|(i, block)| {
+                    self.block((&q, &k, &v), terms, b, i * QUERY_BLOCK, block)
+                })
+        })?;
         Ok((CpuStorage::F32(out), Shape::from((batch, nq, width))))
     }
 }
@@ -573,7 +571,10 @@ mod tests {
         ) {
             let n = gh * gw;
             let qkv = random(&[b, n, 3, heads, d], seed).permute((2, 0, 3, 1, 4)).unwrap();
-            let (q, k, v) = (qkv.get(0).unwrap(), qkv.get(1).unwrap(), qkv.get(2).unwrap());
+            // Views, not copies (`get` would copy the permuted parts).
+            let part = |i: usize| qkv.narrow(0, i, 1).unwrap().squeeze(0).unwrap();
+            let (q, k, v) = (part(0), part(1), part(2));
+            prop_assert!(!q.is_contiguous() || (heads == 1 && n == 1));
             let rel = DecomposedRelPos::new(
                 &random(&[2 * gh - 1, d], seed + 1),
                 &random(&[2 * gw - 1, d], seed + 2),

@@ -12,11 +12,10 @@ use candle_core::{CpuStorage, CustomOp2, CustomOp3, DType, Layout, Result, Shape
 
 use std::sync::Arc;
 
-use rayon::prelude::*;
-
-use crate::cpu_kernel::{contiguous_f32, gemm_parallelism};
+use crate::cpu_kernel::{contiguous_f32, gemm_parallelism, par_filled};
 use crate::packed::{
-    self, gemm_packed, Epilogue, LeftOperand, PackedCache, PackedLayer, PackedRhs, ProductOptions,
+    self, gemm_packed, gemm_packed_new, Epilogue, LeftOperand, PackedCache, PackedLayer, PackedRhs,
+    ProductOptions,
 };
 
 /// `x W^T + b` for `x` `(..., in)`, `weight` `(out, in)` and `bias` `(out)`.
@@ -196,17 +195,14 @@ impl PackedLinear {
         let bias = self.layer.bias.as_deref();
         let Some(residual) = residual else {
             // The sums start from the bias in registers: no pass over the output.
-            let mut out = vec![0f32; rows * n];
-            let options = options.overwrite_with(bias);
-            gemm_packed(rows, left, &self.layer.rhs, &mut out, n, options)?;
+            let out = gemm_packed_new(rows, left, &self.layer.rhs, options.overwrite_with(bias))?;
             return Ok((CpuStorage::F32(out), Shape::from((rows, n))));
         };
         // One parallel pass writes the residual plus the bias; the product adds on.
-        let mut out = vec![0f32; rows * n];
         let task = n.max(1) * ROWS_PER_TASK;
-        out.par_chunks_mut(task)
-            .zip(residual.par_chunks(task))
-            .for_each(|(dst, src)| match bias {
+        let mut out = par_filled(rows * n, task, |index, dst| {
+            let src = &residual[index * task..][..dst.len()];
+            match bias {
                 Some(b) => {
                     for (dst_row, src_row) in dst.chunks_exact_mut(n).zip(src.chunks_exact(n)) {
                         for ((d, &s), &bv) in dst_row.iter_mut().zip(src_row).zip(b) {
@@ -215,7 +211,9 @@ impl PackedLinear {
                     }
                 }
                 None => dst.copy_from_slice(src),
-            });
+            }
+            Ok(())
+        })?;
         gemm_packed(rows, left, &self.layer.rhs, &mut out, n, options)?;
         Ok((CpuStorage::F32(out), Shape::from((rows, n))))
     }

@@ -8,7 +8,14 @@
 use candle_core::{CpuStorage, CustomOp3, DType, Layout, Result, Shape, Tensor, D};
 use rayon::prelude::*;
 
-use crate::cpu_kernel::contiguous_f32;
+use crate::activation::gelu_value;
+use crate::cpu_kernel::{contiguous_f32, par_filled};
+
+/// Values normalised by one parallel task (whole rows, at least one).
+const TASK_VALUES: usize = 1 << 14;
+/// Independent accumulators per sum, so that the compiler keeps them in one SIMD
+/// register (one float accumulator is a serial chain).
+const LANES: usize = 16;
 
 /// Layer normalisation over the last axis with an affine weight and bias
 /// (PyTorch's `nn.LayerNorm(dim, eps)`).
@@ -38,6 +45,26 @@ impl LayerNorm {
     /// Normalises `x` over its last axis.
     pub fn forward(&self, x: &Tensor) -> Result<Tensor> {
         layer_norm_last_dim(x, &self.weight, &self.bias, self.eps)
+    }
+
+    /// `gelu(self.forward(x))`; without a gradient, on the CPU in f32, one pass that
+    /// applies the GELU to each row while it is in the cache.
+    pub fn forward_gelu(&self, x: &Tensor) -> Result<Tensor> {
+        let tensors = [x, &self.weight, &self.bias];
+        let fused = tensors
+            .iter()
+            .all(|t| t.device().is_cpu() && t.dtype() == DType::F32 && !t.track_op());
+        if !fused {
+            return crate::activation::gelu(&self.forward(x)?);
+        }
+        x.contiguous()?.apply_op3_no_bwd(
+            &self.weight.contiguous()?,
+            &self.bias.contiguous()?,
+            &FusedLayerNorm {
+                eps: self.eps,
+                gelu: true,
+            },
+        )
     }
 }
 
@@ -69,12 +96,18 @@ impl LayerNorm2d {
     pub fn forward_nhwc(&self, x: &Tensor) -> Result<Tensor> {
         self.inner.forward(x)
     }
+
+    /// `gelu(self.forward_nhwc(x))`, fused as [`LayerNorm::forward_gelu`].
+    pub fn forward_nhwc_gelu(&self, x: &Tensor) -> Result<Tensor> {
+        self.inner.forward_gelu(x)
+    }
 }
 
 /// `(x - mean) / sqrt(var + eps) * weight + bias` over the last axis.
 ///
-/// The mean and the biased variance are computed in two passes (in f64), as
-/// precisely as PyTorch; candle's fused kernel derives the variance from
+/// The mean and the biased variance are computed in two passes (the CPU forward in
+/// f32 with 16 partial sums per row, its backward in f64), as precisely as
+/// PyTorch; candle's fused kernel derives the variance from
 /// `E[x^2] - E[x]^2`, which loses precision when the mean is large next to the spread.
 /// On the CPU in f32 this is one fused operation with its own backward pass (candle's
 /// has none); elsewhere it is composed of elementary operations.
@@ -87,7 +120,7 @@ pub fn layer_norm_last_dim(x: &Tensor, weight: &Tensor, bias: &Tensor, eps: f64)
         return x.contiguous()?.apply_op3(
             &weight.contiguous()?,
             &bias.contiguous()?,
-            FusedLayerNorm { eps },
+            FusedLayerNorm { eps, gelu: false },
         );
     }
     let mean = x.mean_keepdim(D::Minus1)?;
@@ -110,10 +143,62 @@ fn row_stats(x: &[f32], c: usize, eps: f64) -> Vec<(f64, f64)> {
         .collect()
 }
 
-/// LayerNorm over the last axis as one CPU operation with a hand-written backward.
+/// `sum(f(v))` over `values` with [`LANES`] accumulators (one SIMD register).
+#[inline(always)]
+fn lane_sum(values: &[f32], f: impl Fn(f32) -> f32) -> f32 {
+    let mut acc = [0f32; LANES];
+    let chunks = values.chunks_exact(LANES);
+    let tail: f32 = chunks.remainder().iter().map(|&v| f(v)).sum();
+    for chunk in chunks {
+        for (a, &v) in acc.iter_mut().zip(chunk) {
+            *a += f(v);
+        }
+    }
+    acc.iter().sum::<f32>() + tail
+}
+
+/// Normalises each row of `c` values of `x` into `out` (then the GELU, if asked):
+/// the mean, then the biased variance around it, both in f32 while the row is in
+/// the cache; vectorised by `pulp`.
+struct NormRows<'a> {
+    x: &'a [f32],
+    out: &'a mut [f32],
+    weight: &'a [f32],
+    bias: &'a [f32],
+    eps: f64,
+    gelu: bool,
+}
+
+impl pulp::WithSimd for NormRows<'_> {
+    type Output = ();
+
+    #[inline(always)]
+    fn with_simd<S: pulp::Simd>(self, _simd: S) {
+        let c = self.weight.len().max(1);
+        for (row, out) in self.x.chunks_exact(c).zip(self.out.chunks_exact_mut(c)) {
+            let mean = lane_sum(row, |v| v) / c as f32;
+            let var = lane_sum(row, |v| (v - mean) * (v - mean)) / c as f32;
+            let rstd = (1.0 / (var as f64 + self.eps).sqrt()) as f32;
+            let values = out.iter_mut().zip(row).zip(self.weight).zip(self.bias);
+            if self.gelu {
+                for (((o, &v), &w), &b) in values {
+                    *o = gelu_value((v - mean) * rstd * w + b);
+                }
+            } else {
+                for (((o, &v), &w), &b) in values {
+                    *o = (v - mean) * rstd * w + b;
+                }
+            }
+        }
+    }
+}
+
+/// LayerNorm over the last axis as one CPU operation with a hand-written backward,
+/// optionally followed by the GELU (inference only: the backward is LayerNorm's).
 #[derive(Debug, Clone, Copy)]
 struct FusedLayerNorm {
     eps: f64,
+    gelu: bool,
 }
 
 impl CustomOp3 for FusedLayerNorm {
@@ -141,16 +226,18 @@ impl CustomOp3 for FusedLayerNorm {
                 b.len()
             )
         }
-        let stats = row_stats(x, c, self.eps);
-        let mut out = vec![0f32; x.len()];
-        out.par_chunks_mut(c)
-            .zip(x.par_chunks(c))
-            .zip(stats.par_iter())
-            .for_each(|((o, row), &(mean, rstd))| {
-                for i in 0..c {
-                    o[i] = (((row[i] as f64 - mean) * rstd) as f32) * w[i] + b[i];
-                }
+        let task = (TASK_VALUES / c).max(1) * c;
+        let out = par_filled(x.len(), task, |index, out| {
+            pulp::Arch::new().dispatch(NormRows {
+                x: &x[index * task..][..out.len()],
+                out,
+                weight: w,
+                bias: b,
+                eps: self.eps,
+                gelu: self.gelu,
             });
+            Ok(())
+        })?;
         Ok((CpuStorage::F32(out), l1.shape().clone()))
     }
 
@@ -229,8 +316,34 @@ mod tests {
         out
     }
 
+    fn gelu_f64(v: f64) -> f64 {
+        0.5 * v * (1.0 + candle_core::cpu::erf::erf_f64(v / std::f64::consts::SQRT_2))
+    }
+
     proptest! {
         #![proptest_config(ProptestConfig::with_cases(32))]
+
+        /// Rows as wide as the encoder's (vector lanes and a tail), with a mean far
+        /// from zero; alone and followed by the GELU.
+        #[test]
+        fn wide_rows_match_naive(rows in 1usize..5, c in 1usize..800, offset in -50f32..50.0, seed in 0u64..1000) {
+            let vals = |n: usize, salt: u64| -> Vec<f32> {
+                (0..n).map(|i| ((((i as u64 + 1) * (seed + salt) * 2_654_435_761) >> 9) % 2000) as f32 / 500.0 - 2.0).collect()
+            };
+            let data: Vec<f32> = vals(rows * c, 1).iter().map(|v| v + offset).collect();
+            let (weight, bias) = (vals(c, 2), vals(c, 3));
+            let dev = Device::Cpu;
+            let ln = LayerNorm::new(Tensor::new(&weight[..], &dev).unwrap(), Tensor::new(&bias[..], &dev).unwrap(), 1e-6);
+            let x = Tensor::from_vec(data.clone(), (rows, c), &dev).unwrap();
+            let want = naive(&data, c, &weight, &bias, 1e-6);
+            let got = ln.forward(&x).unwrap().flatten_all().unwrap().to_vec1::<f32>().unwrap();
+            let fused_gelu = ln.forward_gelu(&x).unwrap().flatten_all().unwrap().to_vec1::<f32>().unwrap();
+            for ((g, gg), e) in got.iter().zip(&fused_gelu).zip(&want) {
+                prop_assert!((g - e).abs() < 1e-4, "got {g}, want {e}");
+                let e_gelu = gelu_f64(*e as f64) as f32;
+                prop_assert!((gg - e_gelu).abs() < 1e-4, "gelu: got {gg}, want {e_gelu}");
+            }
+        }
 
         #[test]
         fn layer_norm_2d_matches_naive(n in 1usize..3, c in 1usize..9, h in 1usize..5, w in 1usize..5, seed in 0u32..100) {

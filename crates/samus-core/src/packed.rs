@@ -311,6 +311,52 @@ pub fn gemm_packed(
     ldc: usize,
     options: ProductOptions,
 ) -> Result<()> {
+    run_product(m, a, b, c, ldc, options, |rows| rows)
+}
+
+/// `a b + bias` (the options' bias, then their epilogue) as a new `m x N`
+/// row-major buffer: [`gemm_packed`] without accumulating, with each task's output
+/// rows zeroed by that task just before it writes them (see
+/// [`crate::cpu_kernel::par_filled`]) instead of by one thread beforehand.
+pub fn gemm_packed_new(
+    m: usize,
+    a: LeftOperand,
+    b: &PackedRhs,
+    options: ProductOptions,
+) -> Result<Vec<f32>> {
+    let options = ProductOptions {
+        accumulate: false,
+        ..options
+    };
+    let len = m * b.n;
+    let mut out: Vec<f32> = Vec::with_capacity(len);
+    run_product(
+        m,
+        a,
+        b,
+        &mut out.spare_capacity_mut()[..len],
+        b.n,
+        options,
+        crate::cpu_kernel::zeroed,
+    )?;
+    // SAFETY: `run_product` returned without error, so every task ran and passed its
+    // rows through `zeroed`: with `ldc = N` the tasks' rows cover all `m N` values
+    // (or, with `m` or `N` zero, there are none).
+    unsafe { out.set_len(len) };
+    Ok(out)
+}
+
+/// The body of [`gemm_packed`] on an output of `T`s: `as_values` turns a task's rows
+/// of `c` (every value the task writes) into `f32`s before the task writes them.
+fn run_product<T: Send>(
+    m: usize,
+    a: LeftOperand,
+    b: &PackedRhs,
+    c: &mut [T],
+    ldc: usize,
+    options: ProductOptions,
+    as_values: fn(&mut [T]) -> &mut [f32],
+) -> Result<()> {
     let ProductOptions {
         threads,
         accumulate,
@@ -350,6 +396,13 @@ pub fn gemm_packed(
     }
     if b.blocks.is_empty() {
         // K = 0: nothing to add, but the epilogue still applies.
+        if c.len() < (m - 1) * ldc + n {
+            candle_core::bail!(
+                "packed matrix product: output of {} values for {m} x {n}, ldc {ldc}",
+                c.len()
+            )
+        }
+        let c = as_values(&mut c[..(m - 1) * ldc + n]);
         for i in 0..m {
             let row = &mut c[i * ldc..][..n];
             match (accumulate, bias) {
@@ -397,10 +450,17 @@ pub fn gemm_packed(
     let c = &mut c[..(m - 1) * ldc + n];
     // Whole rows of `c` per task; the last task's final row is shorter.
     let chunk = rows_per_task * ldc;
-    let task = |(t, c_rows): (usize, &mut [f32])| {
+    let task = |(t, c_rows): (usize, &mut [T])| {
         let row0 = t * rows_per_task;
         let rows = rows_per_task.min(m - row0);
-        rows_task(row0..row0 + rows, a, b, c_rows, ldc, (start, epilogue));
+        rows_task(
+            row0..row0 + rows,
+            a,
+            b,
+            as_values(c_rows),
+            ldc,
+            (start, epilogue),
+        );
     };
     if threads == 1 {
         c.chunks_mut(chunk).enumerate().for_each(task);
@@ -743,6 +803,10 @@ mod tests {
                 options = options.overwrite_with(Some(&bias));
             }
             gemm_packed(m, left, &packed, &mut c, n, options).unwrap();
+            if overwrite {
+                // A new output holds the same values, whatever the old one held.
+                prop_assert_eq!(&gemm_packed_new(m, left, &packed, options).unwrap(), &c);
+            }
             for i in 0..m {
                 for j in 0..n {
                     let start = if overwrite { bias[j] } else { c0[i * n + j] };
@@ -774,7 +838,11 @@ mod tests {
             let packed = PackedRhs::pack(k, n, segments, |s, r, j| w[j * k + r * segments + s]);
             let mut c = vec![0f32; m * n];
             let left = LeftOperand { data: &a, row_stride, segment_offsets: &offsets, grid };
-            gemm_packed(m, left, &packed, &mut c, n, ProductOptions::threaded(2, Epilogue::Gelu)).unwrap();
+            let options = ProductOptions::threaded(2, Epilogue::Gelu);
+            gemm_packed(m, left, &packed, &mut c, n, options).unwrap();
+            let fresh = gemm_packed_new(m, left, &packed, options).unwrap();
+            // `gemm_packed_new` never accumulates: the zeros `c` started from.
+            prop_assert_eq!(&fresh, &c);
             for i in 0..m {
                 for j in 0..n {
                     let mut sum = 0f64;
@@ -831,6 +899,28 @@ mod tests {
         };
         assert!(gemm_packed(5, left, &packed, &mut c[..19], 4, ProductOptions::default()).is_err());
         assert!(gemm_packed(5, left, &packed, &mut c, 4, ProductOptions::default()).is_ok());
+        assert!(gemm_packed_new(5, short, &packed, ProductOptions::default()).is_err());
+        assert!(gemm_packed_new(5, left, &packed, ProductOptions::default()).is_ok());
+    }
+
+    #[test]
+    fn a_new_output_without_a_shared_dimension_is_the_bias() {
+        if !available() {
+            return;
+        }
+        let packed = PackedRhs::from_linear_weight(&[], 3, 0).unwrap();
+        let left = LeftOperand {
+            data: &[],
+            row_stride: 0,
+            segment_offsets: &[0],
+            grid: None,
+        };
+        let bias = [1.0, -2.0, 0.5];
+        let options = ProductOptions::default().overwrite_with(Some(&bias));
+        let out = gemm_packed_new(2, left, &packed, options).unwrap();
+        assert_eq!(out, [1.0, -2.0, 0.5, 1.0, -2.0, 0.5]);
+        let none = gemm_packed_new(2, left, &packed, ProductOptions::default()).unwrap();
+        assert_eq!(none, [0.0; 6]);
     }
 
     #[test]

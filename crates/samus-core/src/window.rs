@@ -2,9 +2,8 @@
 //! `window_partition` / `window_unpartition`).
 
 use candle_core::{CpuStorage, CustomOp1, CustomOp2, DType, Layout, Result, Shape, Tensor};
-use rayon::prelude::*;
 
-use crate::cpu_kernel::contiguous_f32;
+use crate::cpu_kernel::{contiguous_f32, par_filled};
 
 /// Splits a BHWC tensor into non-overlapping `window` x `window` windows, padding the
 /// bottom and right with zeros so that both sides are multiples of `window`.
@@ -102,32 +101,28 @@ impl GatherWindows {
             }
         };
         let row_len = win * c;
-        let mut out = vec![0f32; b * nh * nw * win * row_len];
-        if row_len > 0 {
-            out.par_chunks_mut(row_len)
-                .enumerate()
-                .for_each(|(index, dst)| {
-                    // index = ((bi nH + wy) nW + wx) win + i
-                    let i = index % win;
-                    let wx = (index / win) % nw;
-                    let wy = (index / (win * nw)) % nh;
-                    let bi = index / (win * nw * nh);
-                    let y = wy * win + i;
-                    let x0 = wx * win;
-                    let real = if y < h {
-                        w.saturating_sub(x0).min(win)
-                    } else {
-                        0
-                    };
-                    if real > 0 {
-                        let start = ((bi * h + y) * w + x0) * c;
-                        dst[..real * c].copy_from_slice(&x[start..start + real * c]);
-                    }
-                    for pixel in dst[real * c..].chunks_exact_mut(c) {
-                        pixel.copy_from_slice(fill);
-                    }
-                });
-        }
+        let out = par_filled(b * nh * nw * win * row_len, row_len, |index, dst| {
+            // index = ((bi nH + wy) nW + wx) win + i
+            let i = index % win;
+            let wx = (index / win) % nw;
+            let wy = (index / (win * nw)) % nh;
+            let bi = index / (win * nw * nh);
+            let y = wy * win + i;
+            let x0 = wx * win;
+            let real = if y < h {
+                w.saturating_sub(x0).min(win)
+            } else {
+                0
+            };
+            if real > 0 {
+                let start = ((bi * h + y) * w + x0) * c;
+                dst[..real * c].copy_from_slice(&x[start..start + real * c]);
+            }
+            for pixel in dst[real * c..].chunks_exact_mut(c) {
+                pixel.copy_from_slice(fill);
+            }
+            Ok(())
+        })?;
         Ok((
             CpuStorage::F32(out),
             Shape::from((b * nh * nw, win, win, c)),
@@ -189,20 +184,16 @@ impl CustomOp1 for ScatterWindows {
         let (h, w) = self.original;
         let b = n / (nh * nw).max(1);
         let row_len = w * c;
-        let mut out = vec![0f32; b * h * row_len];
-        if row_len > 0 {
-            out.par_chunks_mut(row_len)
-                .enumerate()
-                .for_each(|(index, dst)| {
-                    let (bi, y) = (index / h, index % h);
-                    let (wy, i) = (y / win, y % win);
-                    for (wx, chunk) in dst.chunks_mut(win * c).enumerate() {
-                        let window_index = (bi * nh + wy) * nw + wx;
-                        let start = (window_index * win + i) * win * c;
-                        chunk.copy_from_slice(&data[start..start + chunk.len()]);
-                    }
-                });
-        }
+        let out = par_filled(b * h * row_len, row_len, |index, dst| {
+            let (bi, y) = (index / h, index % h);
+            let (wy, i) = (y / win, y % win);
+            for (wx, chunk) in dst.chunks_mut(win * c).enumerate() {
+                let window_index = (bi * nh + wy) * nw + wx;
+                let start = (window_index * win + i) * win * c;
+                chunk.copy_from_slice(&data[start..start + chunk.len()]);
+            }
+            Ok(())
+        })?;
         Ok((CpuStorage::F32(out), Shape::from((b, h, w, c))))
     }
 }

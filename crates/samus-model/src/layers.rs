@@ -6,7 +6,7 @@ use candle_nn::{Conv2d, Conv2dConfig, ConvTranspose2d, ConvTranspose2dConfig, In
 use samus_core::conv::conv3x3_same_nhwc_cached;
 use samus_core::packed::PackedCache;
 use samus_core::pool::max_pool2x2_nhwc;
-use samus_core::{gelu, LayerNorm, LayerNorm2d};
+use samus_core::{LayerNorm, LayerNorm2d};
 
 /// Epsilon of every `LayerNorm2d` in SAM and SAMUS.
 pub const LAYER_NORM_2D_EPS: f64 = 1e-6;
@@ -221,7 +221,7 @@ impl ConvNormGelu {
     /// CNN branch runs in, with no copies between the three operations.
     pub fn forward_nhwc(&self, x: &Tensor) -> Result<Tensor> {
         let y = conv3x3_same_nhwc_cached(x, self.conv.weight(), Some(&self.packed))?;
-        gelu(&self.norm.forward_nhwc(&y)?)
+        self.norm.forward_nhwc_gelu(&y)
     }
 }
 

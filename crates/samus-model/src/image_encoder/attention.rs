@@ -100,9 +100,9 @@ impl EncoderAttention {
         let qkv = qkv
             .reshape((b, h * w, 3, self.num_heads, head_dim))?
             .permute((2, 0, 3, 1, 4))?;
-        let q = qkv.get(0)?;
-        let k = qkv.get(1)?;
-        let v = qkv.get(2)?;
+        // Views into the projected tokens (`get` would copy each).
+        let part = |i: usize| qkv.narrow(0, i, 1)?.squeeze(0);
+        let (q, k, v) = (part(0)?, part(1)?, part(2)?);
         // Trainable tables change between passes: gather them afresh then.
         let fresh;
         let rel_pos = if self.rel_pos_h.track_op() || self.rel_pos_w.track_op() {
