@@ -21,6 +21,8 @@
 //! Sums run in a different order from `gemm`'s, so results differ in the last bits;
 //! property tests compare with candle's product.
 
+use std::mem::MaybeUninit;
+
 use candle_core::Result;
 use rayon::prelude::*;
 
@@ -311,13 +313,19 @@ pub fn gemm_packed(
     ldc: usize,
     options: ProductOptions,
 ) -> Result<()> {
-    run_product(m, a, b, c, ldc, options, |rows| rows)
+    // SAFETY: `MaybeUninit<f32>` has the layout of `f32`, and the product writes only
+    // `f32` values through this view (never an uninitialised one), so `c` stays
+    // initialised; it is initialised wherever the product reads it.
+    unsafe {
+        let c = &mut *(c as *mut [f32] as *mut [MaybeUninit<f32>]);
+        run_product(m, a, b, c, ldc, options)
+    }
 }
 
 /// `a b + bias` (the options' bias, then their epilogue) as a new `m x N`
-/// row-major buffer: [`gemm_packed`] without accumulating, with each task's output
-/// rows zeroed by that task just before it writes them (see
-/// [`crate::cpu_kernel::par_filled`]) instead of by one thread beforehand.
+/// row-major buffer: [`gemm_packed`] without accumulating, into fresh memory that
+/// nobody zeroes first (the sums start from the bias in registers, so the output
+/// is written once, by the task that computes it).
 pub fn gemm_packed_new(
     m: usize,
     a: LeftOperand,
@@ -330,32 +338,27 @@ pub fn gemm_packed_new(
     };
     let len = m * b.n;
     let mut out: Vec<f32> = Vec::with_capacity(len);
-    run_product(
-        m,
-        a,
-        b,
-        &mut out.spare_capacity_mut()[..len],
-        b.n,
-        options,
-        crate::cpu_kernel::zeroed,
-    )?;
-    // SAFETY: `run_product` returned without error, so every task ran and passed its
-    // rows through `zeroed`: with `ldc = N` the tasks' rows cover all `m N` values
-    // (or, with `m` or `N` zero, there are none).
+    // SAFETY: nothing is read before it is written when not accumulating.
+    unsafe { run_product(m, a, b, &mut out.spare_capacity_mut()[..len], b.n, options)? };
+    // SAFETY: `run_product` returned without error without accumulating, so it wrote
+    // every value of its `m` rows of `N` columns, `N` apart: all `m N` values.
     unsafe { out.set_len(len) };
     Ok(out)
 }
 
-/// The body of [`gemm_packed`] on an output of `T`s: `as_values` turns a task's rows
-/// of `c` (every value the task writes) into `f32`s before the task writes them.
-fn run_product<T: Send>(
+/// The body of [`gemm_packed`], on an output that may be uninitialised where it is
+/// not read. On success every value of the `m` rows of `N` columns has been written.
+///
+/// # Safety
+/// When `options.accumulate` is true, the first `(m - 1) ldc + N` values of `c` are
+/// initialised (otherwise the product writes each value before reading it).
+unsafe fn run_product(
     m: usize,
     a: LeftOperand,
     b: &PackedRhs,
-    c: &mut [T],
+    c: &mut [MaybeUninit<f32>],
     ldc: usize,
     options: ProductOptions,
-    as_values: fn(&mut [T]) -> &mut [f32],
 ) -> Result<()> {
     let ProductOptions {
         threads,
@@ -402,16 +405,21 @@ fn run_product<T: Send>(
                 c.len()
             )
         }
-        let c = as_values(&mut c[..(m - 1) * ldc + n]);
         for i in 0..m {
             let row = &mut c[i * ldc..][..n];
             match (accumulate, bias) {
                 (true, _) => {}
-                (false, Some(b)) => row.copy_from_slice(b),
-                (false, None) => row.fill(0.0),
+                (false, Some(b)) => {
+                    for (v, &bv) in row.iter_mut().zip(b) {
+                        v.write(bv);
+                    }
+                }
+                (false, None) => row.fill(MaybeUninit::new(0.0)),
             }
             if epilogue == Epilogue::Gelu {
-                crate::activation::gelu_in_place(row);
+                // SAFETY: the row was written just above, or (accumulating) was
+                // initialised by the caller.
+                crate::activation::gelu_in_place(unsafe { assume_init(row) });
             }
         }
         return Ok(());
@@ -450,17 +458,11 @@ fn run_product<T: Send>(
     let c = &mut c[..(m - 1) * ldc + n];
     // Whole rows of `c` per task; the last task's final row is shorter.
     let chunk = rows_per_task * ldc;
-    let task = |(t, c_rows): (usize, &mut [T])| {
+    let task = |(t, c_rows): (usize, &mut [MaybeUninit<f32>])| {
         let row0 = t * rows_per_task;
         let rows = rows_per_task.min(m - row0);
-        rows_task(
-            row0..row0 + rows,
-            a,
-            b,
-            as_values(c_rows),
-            ldc,
-            (start, epilogue),
-        );
+        // SAFETY: the caller's guarantee for `c`, restricted to these rows.
+        unsafe { rows_task(row0..row0 + rows, a, b, c_rows, ldc, (start, epilogue)) };
     };
     if threads == 1 {
         c.chunks_mut(chunk).enumerate().for_each(task);
@@ -471,11 +473,14 @@ fn run_product<T: Send>(
 }
 
 /// Rows `row0 .. row0 + rows` of the product, into `c` (which starts at `row0`).
-fn rows_task(
+///
+/// # Safety
+/// As [`run_product`]: `c` is initialised if `finish.0` is [`TileStart::Output`].
+unsafe fn rows_task(
     row_range: std::ops::Range<usize>,
     a: LeftOperand,
     b: &PackedRhs,
-    c: &mut [f32],
+    c: &mut [MaybeUninit<f32>],
     ldc: usize,
     finish: (TileStart, Epilogue),
 ) {
@@ -489,7 +494,8 @@ fn rows_task(
         if a_tiles.len() < tiles * MR * longest {
             a_tiles.resize(tiles * MR * longest, 0.0);
         }
-        blocks_task(row_range, a, b, c, ldc, a_tiles, finish);
+        // SAFETY: passed on from the caller.
+        unsafe { blocks_task(row_range, a, b, c, ldc, a_tiles, finish) };
     });
 }
 
@@ -499,11 +505,18 @@ thread_local! {
 }
 
 /// The body of [`rows_task`], with the thread's `A` tile buffer.
-fn blocks_task(
+///
+/// Block 0 writes every value of the task's rows of `c` (`N` columns) before any
+/// later block or the epilogue reads it; with [`TileStart::Output`] block 0 reads
+/// them too.
+///
+/// # Safety
+/// As [`rows_task`].
+unsafe fn blocks_task(
     row_range: std::ops::Range<usize>,
     a: LeftOperand,
     b: &PackedRhs,
-    c: &mut [f32],
+    c: &mut [MaybeUninit<f32>],
     ldc: usize,
     a_tiles: &mut [f32],
     (start, epilogue): (TileStart, Epilogue),
@@ -532,13 +545,15 @@ fn blocks_task(
                     );
                     // SAFETY: AVX-512F was checked by `gemm_packed`; `a_tile` holds
                     // `block.len x MR` values, the panel `block.len x NR`, and
-                    // `c_tile` the extent checked above.
+                    // `c_tile` the extent checked above. The kernel reads the tile
+                    // only when it starts from the output: after block 0 wrote it,
+                    // or in block 0 when the caller initialised it.
                     unsafe {
                         register_tile(
                             block.len,
                             a_tile.as_ptr(),
                             b.panel(block, panel).as_ptr(),
-                            c_tile.as_mut_ptr(),
+                            c_tile.as_mut_ptr().cast::<f32>(),
                             ldc,
                             TileExtent {
                                 rows: tile_rows,
@@ -556,13 +571,24 @@ fn blocks_task(
                     // The tile's rows of this pass's columns, still in the cache.
                     let (col0, col1) = (first * NR, (last * NR).min(b.n));
                     for r in 0..tile_rows {
-                        let row = &mut c[(t * MR + r) * ldc..];
-                        crate::activation::gelu_in_place(&mut row[col0..col1]);
+                        let row = &mut c[(t * MR + r) * ldc..][col0..col1];
+                        // SAFETY: block 0 wrote these values (every row of the tile,
+                        // every column of the pass's panels).
+                        crate::activation::gelu_in_place(unsafe { assume_init(row) });
                     }
                 }
             }
         }
     }
+}
+
+/// `values` as the `f32`s they hold.
+///
+/// # Safety
+/// Every value has been written.
+unsafe fn assume_init(values: &mut [MaybeUninit<f32>]) -> &mut [f32] {
+    // SAFETY: `MaybeUninit<f32>` has the layout of `f32`; initialised per the caller.
+    unsafe { &mut *(values as *mut [MaybeUninit<f32>] as *mut [f32]) }
 }
 
 /// Copies rows `row0 .. row0 + rows` of `a`, shared indices of `block`, into tiles of
