@@ -58,6 +58,41 @@ pub fn attention_merged(
     unit_stride_rows(q)?.apply_op3_no_bwd(&unit_stride_rows(k)?, &unit_stride_rows(v)?, &op)
 }
 
+/// [`attention_merged`] for padded windows, where only part of each batch item's
+/// query grid is needed: item `i` needs the queries in the first `extents[i].0`
+/// rows and `extents[i].1` columns of the bias's query grid (the real tokens of a
+/// window, see [`crate::window::window_extents`]).
+///
+/// The output rows of the other queries are unspecified: the fused CPU path skips
+/// those queries and leaves zeros (42% of the work of SAMUS's windowed attention,
+/// whose 32 x 32 grid is padded to 42 x 42), the other paths compute them.
+pub fn attention_merged_in(
+    q: &Tensor,
+    k: &Tensor,
+    v: &Tensor,
+    scale: f64,
+    rel_pos: &DecomposedRelPos,
+    extents: &[(usize, usize)],
+    options: AttentionOptions,
+) -> Result<Tensor> {
+    let fusable = [q, k, v]
+        .iter()
+        .all(|t| t.device().is_cpu() && t.dtype() == DType::F32 && !t.track_op())
+        && !rel_pos.tracks_gradient();
+    if !fusable {
+        return attention_merged(q, k, v, scale, Some(rel_pos), options);
+    }
+    let (qh, qw) = rel_pos.query_grid();
+    if let Some(&(rows, cols)) = extents.iter().find(|&&(r, c)| r > qh || c > qw) {
+        candle_core::bail!("query extent {rows}x{cols} exceeds the {qh}x{qw} query grid")
+    }
+    let op = FusedAttention {
+        extents: Some(extents.to_vec()),
+        ..FusedAttention::new(scale, Some(rel_pos))?
+    };
+    unit_stride_rows(q)?.apply_op3_no_bwd(&unit_stride_rows(k)?, &unit_stride_rows(v)?, &op)
+}
+
 /// `t` itself when its last axis is contiguous, else a contiguous copy.
 fn unit_stride_rows(t: &Tensor) -> Result<Tensor> {
     if t.layout().stride().last() == Some(&1) {
@@ -82,6 +117,9 @@ struct HostRelPos {
 pub struct FusedAttention {
     scale: f32,
     rel_pos: Option<HostRelPos>,
+    /// Per batch item, the rows and columns of the query grid to compute (all of
+    /// it when `None`; see [`attention_merged_in`]).
+    extents: Option<Vec<(usize, usize)>>,
 }
 
 impl FusedAttention {
@@ -102,6 +140,7 @@ impl FusedAttention {
         Ok(Self {
             scale: scale as f32,
             rel_pos,
+            extents: None,
         })
     }
 }
@@ -149,6 +188,13 @@ impl<'a> HeadsView<'a> {
             }
         }
         Ok(view)
+    }
+
+    /// Row `i` of head `h` of batch item `b`.
+    fn row(&self, b: usize, h: usize, i: usize) -> &'a [f32] {
+        let start =
+            self.offset + b * self.batch_stride + h * self.head_stride + i * self.row_stride;
+        &self.data[start..start + self.dims[3]]
     }
 
     /// Rows `rows` of head `h` of batch item `b`, as a matrix view.
@@ -377,27 +423,59 @@ impl FusedAttention {
                 candle_core::bail!("relative-position tables do not match head size {d}")
             }
         }
+        if let Some(extents) = &self.extents {
+            if extents.len() != b || self.rel_pos.is_none() {
+                candle_core::bail!(
+                    "fused attention: {} query extents for {b} batch items (and a bias: {})",
+                    extents.len(),
+                    self.rel_pos.is_some()
+                )
+            }
+        }
         Ok(())
     }
 
-    /// Query rows `first..first + out.len() / (H Dh)` of batch item `b`, all heads,
-    /// into `out` (`rows x H Dh`); `terms` holds the bias terms of every head of `b`.
+    /// Queries `queries` (indices into batch item `b`'s queries, ascending, none
+    /// before `first`) of every head, into `out`: the item's output rows from query
+    /// `first` on, `H Dh` values each (rows of other queries are left as they are).
+    /// `terms` holds the bias terms of every head of `b`.
     fn block(
         &self,
         (q, k, v): (&HeadsView, &HeadsView, &HeadsView),
         terms: &[f32],
-        b: usize,
-        first: usize,
+        (b, first, queries): (usize, usize, &[usize]),
         out: &mut [f32],
     ) -> Result<()> {
         let [_, heads, nq, d] = q.dims;
         let nk = k.dims[2];
         let width = heads * d;
-        let rows = out.len() / width.max(1);
+        let rows = queries.len();
+        let per_query = self.rel_pos.as_ref().map_or(0, |r| r.k_size.0 + r.k_size.1);
+        if queries
+            .iter()
+            .any(|&i| i < first || i >= nq || (i - first + 1) * width > out.len())
+        {
+            candle_core::bail!("fused attention: a query block lies outside its output rows")
+        }
+        // Per head: the block's queries and bias terms gathered into contiguous
+        // rows, their scores (in the cache), and their outputs before scattering.
+        let mut q_rows = vec![0f32; rows * d];
+        let mut bias_rows = vec![0f32; rows * per_query];
         let mut scores = vec![0f32; rows * nk];
         let mut inv_sums = vec![0f32; rows];
-        let per_query = self.rel_pos.as_ref().map_or(0, |r| r.k_size.0 + r.k_size.1);
+        let mut head_out = vec![0f32; rows * d];
         for h in 0..heads {
+            for (dst, &i) in q_rows.chunks_exact_mut(d.max(1)).zip(queries) {
+                dst.copy_from_slice(q.row(b, h, i));
+            }
+            let q_block = MatRef {
+                data: &q_rows,
+                offset: 0,
+                rows,
+                cols: d,
+                row_stride: d,
+                col_stride: 1,
+            };
             let score_view = MatMut {
                 data: &mut scores,
                 offset: 0,
@@ -405,16 +483,16 @@ impl FusedAttention {
                 cols: nk,
                 row_stride: nk,
             };
-            matmul(
-                score_view,
-                q.rows(b, h, first, rows),
-                k.rows(b, h, 0, nk).t(),
-                self.scale,
-            )?;
-            let bias = self.rel_pos.as_ref().map(|r| {
-                let start = (h * nq + first) * per_query;
-                (&terms[start..start + rows * per_query], r.k_size.1)
-            });
+            matmul(score_view, q_block, k.rows(b, h, 0, nk).t(), self.scale)?;
+            let bias = match &self.rel_pos {
+                Some(r) => {
+                    for (dst, &i) in bias_rows.chunks_exact_mut(per_query.max(1)).zip(queries) {
+                        dst.copy_from_slice(&terms[(h * nq + i) * per_query..][..per_query]);
+                    }
+                    Some((&bias_rows[..], r.k_size.1))
+                }
+                None => None,
+            };
             pulp::Arch::new().dispatch(BiasExpRows {
                 scores: &mut scores,
                 keys: nk,
@@ -430,20 +508,34 @@ impl FusedAttention {
                 col_stride: 1,
             };
             let out_view = MatMut {
-                data: out,
-                offset: h * d,
+                data: &mut head_out,
+                offset: 0,
                 rows,
                 cols: d,
-                row_stride: width,
+                row_stride: d,
             };
             matmul(out_view, probs, v.rows(b, h, 0, nk), 1.0)?;
-            for (row, &inv) in out.chunks_exact_mut(width).zip(&inv_sums) {
-                for o in &mut row[h * d..(h + 1) * d] {
-                    *o *= inv;
+            let finished = head_out.chunks_exact(d.max(1)).zip(&inv_sums);
+            for ((values, &inv), &i) in finished.zip(queries) {
+                let dst = &mut out[(i - first) * width + h * d..][..d];
+                for (o, &value) in dst.iter_mut().zip(values) {
+                    *o = value * inv;
                 }
             }
         }
         Ok(())
+    }
+
+    /// The query grid of one batch item and the part of it to compute: the bias's
+    /// grid, or the queries as a column (`(Nq, 1)`) without a bias.
+    fn query_grid(&self, nq: usize, b: usize) -> ((usize, usize), (usize, usize)) {
+        let grid = self.rel_pos.as_ref().map_or((nq, 1), |r| r.q_size);
+        let extent = self
+            .extents
+            .as_ref()
+            .and_then(|e| e.get(b).copied())
+            .unwrap_or(grid);
+        (grid, extent)
     }
 }
 
@@ -482,12 +574,24 @@ impl CustomOp3 for FusedAttention {
                 .try_for_each(|(g, chunk)| bias_terms(&q, g / heads, g % heads, rel, chunk))?;
         }
         let per_item = terms.len() / batch;
+        // Blocks of whole rows of the query grid, about QUERY_BLOCK queries each; a
+        // block keeps the queries inside its item's extent (none: it stays zero).
         let out = par_filled(batch * nq * width, nq * width, |b, item| {
             let terms = &terms[b * per_item..(b + 1) * per_item];
-            item.par_chunks_mut(QUERY_BLOCK * width)
+            let ((_, grid_w), (rows, cols)) = self.query_grid(nq, b);
+            let block_rows = (QUERY_BLOCK / grid_w.max(1)).max(1);
+            item.par_chunks_mut(block_rows * grid_w * width)
                 .enumerate()
-                .try_for_each(|(i, block)| {
-                    self.block((&q, &k, &v), terms, b, i * QUERY_BLOCK, block)
+                .try_for_each(|(j, block)| {
+                    let first_row = j * block_rows;
+                    let queries: Vec<usize> = (first_row..(first_row + block_rows).min(rows))
+                        .flat_map(|y| (0..cols).map(move |x| y * grid_w + x))
+                        .collect();
+                    if queries.is_empty() {
+                        return Ok(());
+                    }
+                    let first = first_row * grid_w;
+                    self.block((&q, &k, &v), terms, (b, first, &queries), block)
                 })
         })?;
         Ok((CpuStorage::F32(out), Shape::from((batch, nq, width))))
@@ -589,6 +693,41 @@ mod tests {
             prop_assert!(err <= 1e-5, "relative error {err}");
         }
 
+        /// Only the queries inside each item's extent: those rows equal the full
+        /// attention's, the others stay zero (grids wider than one query block
+        /// included).
+        #[test]
+        fn extents_keep_the_real_queries(
+            b in 1usize..4, heads in 1usize..3, gh in 1usize..13, gw in 1usize..13, d in 1usize..9, seed in 0u64..1000,
+        ) {
+            let n = gh * gw;
+            let qkv = random(&[b, n, 3, heads, d], seed).permute((2, 0, 3, 1, 4)).unwrap();
+            let part = |i: usize| qkv.narrow(0, i, 1).unwrap().squeeze(0).unwrap();
+            let (q, k, v) = (part(0), part(1), part(2));
+            let rel = DecomposedRelPos::new(
+                &random(&[2 * gh - 1, d], seed + 1),
+                &random(&[2 * gw - 1, d], seed + 2),
+                (gh, gw),
+                (gh, gw),
+            ).unwrap();
+            let extents: Vec<(usize, usize)> = (0..b)
+                .map(|i| ((seed as usize + i) % gh + 1, (seed as usize / 7 + 2 * i) % gw + 1))
+                .collect();
+            let scale = 1.0 / (d as f64).sqrt();
+            let got = attention_merged_in(&q, &k, &v, scale, &rel, &extents, AttentionOptions::default())
+                .unwrap().to_vec3::<f32>().unwrap();
+            let want = composed(&q, &k, &v, scale, Some(&rel)).to_vec3::<f32>().unwrap();
+            for (item, (&(rows, cols), (g, w))) in extents.iter().zip(got.iter().zip(&want)).enumerate() {
+                for (index, (g_row, w_row)) in g.iter().zip(w).enumerate() {
+                    let real = index / gw < rows && index % gw < cols;
+                    for (&gv, &wv) in g_row.iter().zip(w_row) {
+                        let expected = if real { wv } else { 0.0 };
+                        prop_assert!((gv - expected).abs() <= 1e-5 * (1.0 + wv.abs()), "item {item}, query {index}: {gv} vs {expected}");
+                    }
+                }
+            }
+        }
+
         /// Cross attention: different query and key counts, more queries than one
         /// block, contiguous inputs, no bias.
         #[test]
@@ -636,6 +775,25 @@ mod tests {
             direct.to_vec3::<f32>().unwrap()
         );
         assert_eq!(out.dims(), &[1, 5, 8]);
+    }
+
+    #[test]
+    fn extents_must_fit_the_grid_and_the_batch() {
+        let (q, k, v) = (
+            random(&[2, 1, 6, 4], 1),
+            random(&[2, 1, 6, 4], 2),
+            random(&[2, 1, 6, 4], 3),
+        );
+        let rel = DecomposedRelPos::new(&random(&[3, 4], 4), &random(&[5, 4], 5), (2, 3), (2, 3))
+            .unwrap();
+        let options = AttentionOptions::default();
+        let run = |extents: &[(usize, usize)]| {
+            attention_merged_in(&q, &k, &v, 0.5, &rel, extents, options).map(|t| t.dims().to_vec())
+        };
+        assert_eq!(run(&[(2, 3), (1, 1)]).unwrap(), [2, 6, 4]);
+        assert!(run(&[(3, 3), (1, 1)]).is_err());
+        assert!(run(&[(2, 4), (1, 1)]).is_err());
+        assert!(run(&[(2, 3)]).is_err());
     }
 
     #[test]

@@ -74,6 +74,22 @@ pub fn window_partition_filled(
     Ok((windows, (hp, wp)))
 }
 
+/// The real part of each window that [`window_partition`] makes of a `batch x H x W`
+/// grid: per window, in the partition's order, how many of its rows and columns hold
+/// grid tokens rather than padding (none for a zero window size).
+pub fn window_extents(batch: usize, (h, w): (usize, usize), window: usize) -> Vec<(usize, usize)> {
+    if window == 0 {
+        return Vec::new();
+    }
+    let (nh, nw) = (h.div_ceil(window), w.div_ceil(window));
+    (0..batch * nh * nw)
+        .map(|index| {
+            let (wy, wx) = ((index / nw) % nh, index % nw);
+            ((h - wy * window).min(window), (w - wx * window).min(window))
+        })
+        .collect()
+}
+
 /// The CPU form of [`window_partition_filled`]: input `B x H x W x C` (and the
 /// fill), output `(B nH nW) x window x window x C`, one task per window row.
 #[derive(Debug, Clone, Copy)]
@@ -248,6 +264,26 @@ mod tests {
     use super::*;
     use candle_core::Device;
     use proptest::prelude::*;
+
+    #[test]
+    fn extents_of_samus_windows() {
+        // SAMUS: a 32 x 32 grid in 14 x 14 windows, padded to 42 x 42.
+        let one = [
+            (14, 14),
+            (14, 14),
+            (14, 4),
+            (14, 14),
+            (14, 14),
+            (14, 4),
+            (4, 14),
+            (4, 14),
+            (4, 4),
+        ];
+        assert_eq!(window_extents(1, (32, 32), 14), one);
+        assert_eq!(window_extents(2, (32, 32), 14), [one, one].concat());
+        assert_eq!(window_extents(1, (4, 6), 2), [(2, 2); 6]);
+        assert!(window_extents(1, (4, 4), 0).is_empty());
+    }
 
     proptest! {
         #![proptest_config(ProptestConfig::with_cases(48))]

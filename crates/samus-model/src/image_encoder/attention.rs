@@ -3,7 +3,8 @@
 
 use candle_core::{Module, Result, Tensor};
 use candle_nn::{Init, VarBuilder};
-use samus_core::window::{window_partition_filled, window_unpartition};
+use samus_core::flash::attention_merged_in;
+use samus_core::window::{window_extents, window_partition_filled, window_unpartition};
 use samus_core::{attention_merged, AttentionOptions, DecomposedRelPos};
 
 use crate::layers::Linear;
@@ -53,11 +54,13 @@ impl EncoderAttention {
 impl EncoderAttention {
     /// Windowed attention over a BHWC grid `B x H x W x D`, with the same result as
     /// SAM's `window_partition` (zero padding), this attention on every window and
-    /// `window_unpartition`, but with both projections computed on the real tokens
-    /// only: a zero padding token's `qkv` is the `qkv` bias, so the projected grid is
-    /// padded with the bias instead; the output projection runs after the windows
-    /// are merged and cropped. On SAMUS's 32 x 32 grid with 14 x 14 windows (padded
-    /// to 42 x 42) this skips 42% of the projection work.
+    /// `window_unpartition`, but with both projections and the queries computed on
+    /// the real tokens only: a zero padding token's `qkv` is the `qkv` bias, so the
+    /// projected grid is padded with the bias instead (padding tokens remain keys
+    /// and values); the padding tokens' queries are skipped, as the merge drops
+    /// their outputs; the output projection runs after the windows are merged and
+    /// cropped. On SAMUS's 32 x 32 grid with 14 x 14 windows (padded to 42 x 42)
+    /// this skips 42% of the projection and query work.
     pub fn forward_windowed(&self, x: &Tensor, window: usize) -> Result<Tensor> {
         self.windowed(x, window, None)
     }
@@ -76,14 +79,15 @@ impl EncoderAttention {
     /// `residual + self.forward(x)`, the addition fused into the output projection.
     pub fn forward_add(&self, x: &Tensor, residual: &Tensor) -> Result<Tensor> {
         self.proj
-            .forward_add(&self.attend(&self.qkv.forward(x)?)?, residual)
+            .forward_add(&self.attend(&self.qkv.forward(x)?, None)?, residual)
     }
 
     fn windowed(&self, x: &Tensor, window: usize, residual: Option<&Tensor>) -> Result<Tensor> {
-        let (_, h, w, _) = x.dims4()?;
+        let (b, h, w, _) = x.dims4()?;
         let (windows, padded) =
             window_partition_filled(&self.qkv.forward(x)?, window, self.qkv.bias())?;
-        let attended = self.attend(&windows)?;
+        // Only the real tokens' outputs survive the merge: their queries suffice.
+        let attended = self.attend(&windows, Some(&window_extents(b, (h, w), window)))?;
         let merged = window_unpartition(&attended, window, padded, (h, w))?;
         match residual {
             Some(r) => self.proj.forward_add(&merged, r),
@@ -92,8 +96,9 @@ impl EncoderAttention {
     }
 
     /// Attention on projected tokens `B x H x W x 3D` (q, k, v), before the output
-    /// projection: `B x H x W x D`.
-    fn attend(&self, qkv: &Tensor) -> Result<Tensor> {
+    /// projection: `B x H x W x D`. With `extents` (one per batch item, see
+    /// [`attention_merged_in`]) the other queries' outputs are unspecified.
+    fn attend(&self, qkv: &Tensor, extents: Option<&[(usize, usize)]>) -> Result<Tensor> {
         let (b, h, w, c3) = qkv.dims4()?;
         let c = c3 / 3;
         let head_dim = c / self.num_heads;
@@ -111,13 +116,20 @@ impl EncoderAttention {
         } else {
             &self.rel_pos
         };
-        attention_merged(&q, &k, &v, self.scale, Some(rel_pos), self.options)?.reshape((b, h, w, c))
+        let merged = match extents {
+            Some(extents) => {
+                attention_merged_in(&q, &k, &v, self.scale, rel_pos, extents, self.options)?
+            }
+            None => attention_merged(&q, &k, &v, self.scale, Some(rel_pos), self.options)?,
+        };
+        merged.reshape((b, h, w, c))
     }
 }
 
 impl Module for EncoderAttention {
     /// BHWC `B x side x side x D` in and out.
     fn forward(&self, x: &Tensor) -> Result<Tensor> {
-        self.proj.forward(&self.attend(&self.qkv.forward(x)?)?)
+        self.proj
+            .forward(&self.attend(&self.qkv.forward(x)?, None)?)
     }
 }
