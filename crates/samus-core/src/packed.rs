@@ -606,12 +606,109 @@ fn pack_left(a: LeftOperand, row0: usize, rows: usize, block: &KBlock, out: &mut
                 }
             });
             let piece_tile = &mut tile[s * block.piece * MR..][..block.piece * MR];
-            for (kk, column) in piece_tile.chunks_exact_mut(MR).enumerate() {
+            // Sixteen columns at a time transposed in registers, the rest one by one.
+            let whole = block.piece / TRANSPOSED * TRANSPOSED;
+            let (head, tail) = piece_tile.split_at_mut(whole * MR);
+            for (chunk, columns) in head.chunks_exact_mut(TRANSPOSED * MR).enumerate() {
+                transpose_columns(&sources, chunk * TRANSPOSED, columns);
+            }
+            for (kk, column) in tail.chunks_exact_mut(MR).enumerate() {
                 for (value, source) in column.iter_mut().zip(&sources) {
-                    *value = source.get(kk).copied().unwrap_or(0.0);
+                    *value = source.get(whole + kk).copied().unwrap_or(0.0);
                 }
             }
         }
+    }
+}
+
+/// Columns that [`transpose_columns`] moves at once.
+const TRANSPOSED: usize = 16;
+
+/// `out[kk * MR + r] = sources[r][kk0 + kk]` for `kk < 16`, zero for an empty source:
+/// sixteen columns of up to [`MR`] rows, transposed in AVX-512 registers when the CPU
+/// has them.
+fn transpose_columns(sources: &[&[f32]; MR], kk0: usize, out: &mut [f32]) {
+    let fits = out.len() >= TRANSPOSED * MR
+        && sources
+            .iter()
+            .all(|s| s.is_empty() || s.len() >= kk0 + TRANSPOSED);
+    #[cfg(target_arch = "x86_64")]
+    if fits && available() {
+        // SAFETY: AVX-512F is available, every non-empty source holds the sixteen
+        // values read and `out` the sixteen columns written (checked just above).
+        unsafe { transpose16(sources, kk0, out) };
+        return;
+    }
+    for (kk, column) in out.chunks_exact_mut(MR).take(TRANSPOSED).enumerate() {
+        for (value, source) in column.iter_mut().zip(sources) {
+            *value = source.get(kk0 + kk).copied().unwrap_or(0.0);
+        }
+    }
+}
+
+/// The AVX-512 body of [`transpose_columns`]: a 16 x 16 transpose (rows past `MR`
+/// and empty sources are zeros) in four rounds of shuffles, then each column's first
+/// `MR` values stored.
+///
+/// # Safety
+/// The CPU has AVX-512F; each non-empty source holds at least `kk0 + 16` values and
+/// `out` at least `16 * MR`.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f")]
+unsafe fn transpose16(sources: &[&[f32]; MR], kk0: usize, out: &mut [f32]) {
+    use std::arch::x86_64::{
+        __m512, _mm512_castpd_ps, _mm512_castps_pd, _mm512_loadu_ps, _mm512_mask_storeu_ps,
+        _mm512_setzero_ps, _mm512_shuffle_f32x4, _mm512_unpackhi_pd, _mm512_unpackhi_ps,
+        _mm512_unpacklo_pd, _mm512_unpacklo_ps,
+    };
+    let r: [__m512; 16] = std::array::from_fn(|i| match sources.get(i) {
+        Some(s) if !s.is_empty() => _mm512_loadu_ps(s.as_ptr().add(kk0)),
+        _ => _mm512_setzero_ps(),
+    });
+    // 32-bit interleave of row pairs, then 64-bit interleave of pair pairs: within
+    // each 128-bit lane, four rows' values of one column.
+    let t: [__m512; 16] = std::array::from_fn(|i| {
+        let (a, b) = (r[i / 2 * 2], r[i / 2 * 2 + 1]);
+        if i % 2 == 0 {
+            _mm512_unpacklo_ps(a, b)
+        } else {
+            _mm512_unpackhi_ps(a, b)
+        }
+    });
+    let u: [__m512; 16] = std::array::from_fn(|i| {
+        // Groups of four: (t0, t2) -> lo, hi; (t1, t3) -> lo, hi.
+        let base = i / 4 * 4;
+        let (a, b) = (
+            _mm512_castps_pd(t[base + (i % 4) / 2]),
+            _mm512_castps_pd(t[base + (i % 4) / 2 + 2]),
+        );
+        _mm512_castpd_ps(if i % 2 == 0 {
+            _mm512_unpacklo_pd(a, b)
+        } else {
+            _mm512_unpackhi_pd(a, b)
+        })
+    });
+    // 128-bit lanes: rows 0-3 with 4-7, 8-11 with 12-15, then the two halves.
+    let v: [__m512; 16] = std::array::from_fn(|i| {
+        let (base, j) = (i / 8 * 8, i % 4);
+        let (a, b) = (u[base + j], u[base + j + 4]);
+        if i % 8 < 4 {
+            _mm512_shuffle_f32x4::<0x88>(a, b)
+        } else {
+            _mm512_shuffle_f32x4::<0xdd>(a, b)
+        }
+    });
+    let columns: [__m512; 16] = std::array::from_fn(|i| {
+        let (a, b) = (v[i % 8], v[i % 8 + 8]);
+        if i < 8 {
+            _mm512_shuffle_f32x4::<0x88>(a, b)
+        } else {
+            _mm512_shuffle_f32x4::<0xdd>(a, b)
+        }
+    });
+    let mask = ((1u32 << MR) - 1) as u16;
+    for (kk, &column) in columns.iter().enumerate() {
+        _mm512_mask_storeu_ps(out.as_mut_ptr().add(kk * MR), mask, column);
     }
 }
 
@@ -927,6 +1024,29 @@ mod tests {
         assert!(gemm_packed(5, left, &packed, &mut c, 4, ProductOptions::default()).is_ok());
         assert!(gemm_packed_new(5, short, &packed, ProductOptions::default()).is_err());
         assert!(gemm_packed_new(5, left, &packed, ProductOptions::default()).is_ok());
+    }
+
+    #[test]
+    fn sixteen_columns_transpose_like_one_by_one() {
+        let rows: Vec<Vec<f32>> = (0..MR).map(|r| values(r as u64 + 7, 40)).collect();
+        for tile_rows in [MR, 9, 1] {
+            let sources: [&[f32]; MR] =
+                std::array::from_fn(|r| if r < tile_rows { &rows[r][..] } else { &[] });
+            for kk0 in [0, 5, 24] {
+                let mut out = vec![f32::NAN; TRANSPOSED * MR];
+                transpose_columns(&sources, kk0, &mut out);
+                for kk in 0..TRANSPOSED {
+                    for r in 0..MR {
+                        let want = if r < tile_rows {
+                            rows[r][kk0 + kk]
+                        } else {
+                            0.0
+                        };
+                        assert_eq!(out[kk * MR + r], want, "column {kk}, row {r}, from {kk0}");
+                    }
+                }
+            }
+        }
     }
 
     #[test]
