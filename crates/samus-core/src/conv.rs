@@ -14,7 +14,7 @@ use rayon::prelude::*;
 
 use std::sync::Arc;
 
-use crate::cpu_kernel::{contiguous_f32, gemm_parallelism};
+use crate::cpu_kernel::{contiguous_f32, gemm_parallelism, par_filled};
 use crate::packed::{
     self, gemm_packed_new, Epilogue, LeftOperand, PackedCache, PackedLayer, PackedRhs,
     ProductOptions,
@@ -143,9 +143,8 @@ impl candle_core::CustomOp2 for ShiftedConv3x3 {
         if let Some(packed) = &self.packed {
             // The h x w real pixels read inside the padded image (a grid), straight
             // into the output: no dropped columns, no copy (but for a batch).
-            let options =
-                ProductOptions::threaded(candle_core::utils::get_num_threads(), Epilogue::None)
-                    .overwrite_with(None);
+            let options = ProductOptions::threaded(crate::cpu_kernel::threads(), Epilogue::None)
+                .overwrite_with(None);
             let mut out = Vec::new();
             for image in x.chunks_exact(h * width * c) {
                 pad_image(image, (width, c), &mut padded);
@@ -431,6 +430,78 @@ pub fn conv_transpose2x2_nhwc(
         .reshape((n, 2 * h, 2 * w, o))
 }
 
+/// [`conv_transpose2x2_nhwc`] followed by `epilogue` that, without a gradient on an
+/// AVX-512 CPU, packs the kernel (and the bias repeated for the four taps) once
+/// into `cache`: one packed product over the pixels, the epilogue applied to each
+/// output tile in the cache, then one parallel pass that writes every 2 x 2 block
+/// into its place (instead of the kernel rearranged on every call, an unpacked
+/// product and a transposing copy).
+pub fn conv_transpose2x2_nhwc_cached(
+    x: &Tensor,
+    weight: &Tensor,
+    bias: Option<&Tensor>,
+    cache: &PackedCache,
+    epilogue: Epilogue,
+) -> Result<Tensor> {
+    let (n, h, w, c) = x.dims4()?;
+    let o = transposed_2x2_outputs("conv_transpose2x2_nhwc", x, c, weight)?;
+    let inference = [Some(x), Some(weight), bias]
+        .into_iter()
+        .flatten()
+        .all(|t| t.device().is_cpu() && t.dtype() == DType::F32 && !t.track_op());
+    let packed = inference
+        .then(|| {
+            cache.get_or_pack(|| {
+                // Column (ky * 2 + kx) * O + o of the product.
+                let kernel = weight.permute((2, 3, 1, 0))?.reshape((4 * o, c))?;
+                Ok(PackedLayer {
+                    rhs: PackedRhs::from_linear_weight(
+                        &kernel.flatten_all()?.to_vec1::<f32>()?,
+                        4 * o,
+                        c,
+                    )?,
+                    bias: bias.map(|b| b.repeat(4)?.to_vec1::<f32>()).transpose()?,
+                })
+            })
+        })
+        .flatten()
+        .filter(|_| packed::available());
+    let Some(layer) = packed.filter(|_| n * h * w * o > 0) else {
+        let y = conv_transpose2x2_nhwc(x, weight, bias)?;
+        return match epilogue {
+            Epilogue::None => Ok(y),
+            Epilogue::Gelu => crate::activation::gelu(&y),
+        };
+    };
+    let x = x.contiguous()?;
+    let (storage, layout) = x.storage_and_layout();
+    let candle_core::Storage::Cpu(storage) = &*storage else {
+        candle_core::bail!("conv_transpose2x2_nhwc: the input is not on the CPU")
+    };
+    let data = contiguous_f32(storage, layout, "conv_transpose2x2_nhwc")?;
+    let options = ProductOptions::threaded(crate::cpu_kernel::threads(), epilogue)
+        .overwrite_with(layer.bias.as_deref());
+    let left = LeftOperand {
+        data,
+        row_stride: c,
+        segment_offsets: &[0],
+        grid: None,
+    };
+    // Pixel (y, x) gives 4 O values, (ky, kx, o): output row 2 y + ky takes the
+    // 2 O values of ky from each pixel of input row y, in order.
+    let blocks = gemm_packed_new(n * h * w, left, &layer.rhs, options)?;
+    let row_len = 2 * w * o;
+    let out = par_filled(n * 2 * h * row_len, row_len, |index, row| {
+        let (image_row, ky) = (index / 2, index % 2);
+        let pixels = &blocks[image_row * w * 4 * o..][..w * 4 * o];
+        for (dst, pixel) in row.chunks_exact_mut(2 * o).zip(pixels.chunks_exact(4 * o)) {
+            dst.copy_from_slice(&pixel[ky * 2 * o..][..2 * o]);
+        }
+        Ok(())
+    })?;
+    Tensor::from_vec(out, (n, 2 * h, 2 * w, o), x.device())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -450,6 +521,30 @@ mod tests {
             let unfolded = im2col3x3_nhwc(&x).unwrap().matmul(&kernel.t().unwrap()).unwrap().reshape((n, h, w, o)).unwrap();
             let diff = (fast - unfolded).unwrap().abs().unwrap().flatten_all().unwrap().max(0).unwrap().to_scalar::<f32>().unwrap();
             prop_assert!(diff < 1e-4, "max difference {diff}");
+        }
+
+        /// The packed transposed convolution, with and without its GELU, against the
+        /// composed one; twice, the second time with the cached packing.
+        #[test]
+        fn packed_transposed_conv_matches_composed(n in 1usize..3, c in 1usize..70, o in 1usize..40, h in 1usize..6, w in 1usize..6, with_bias: bool, gelu: bool) {
+            let dev = Device::Cpu;
+            let x = Tensor::randn(0f32, 1.0, (n, h, w, c), &dev).unwrap();
+            let k = Tensor::randn(0f32, 1.0, (c, o, 2, 2), &dev).unwrap();
+            let b = with_bias.then(|| Tensor::randn(0f32, 1.0, o, &dev).unwrap());
+            let mut want = conv_transpose2x2_nhwc(&x, &k, b.as_ref()).unwrap();
+            let epilogue = if gelu {
+                want = crate::activation::gelu(&want).unwrap();
+                Epilogue::Gelu
+            } else {
+                Epilogue::None
+            };
+            let cache = PackedCache::default();
+            for _ in 0..2 {
+                let got = conv_transpose2x2_nhwc_cached(&x, &k, b.as_ref(), &cache, epilogue).unwrap();
+                prop_assert_eq!(got.dims(), want.dims());
+                let diff = (&got - &want).unwrap().abs().unwrap().flatten_all().unwrap().max(0).unwrap().to_scalar::<f32>().unwrap();
+                prop_assert!(diff < 1e-4, "max difference {diff}");
+            }
         }
 
         /// The packed-kernel form (nine segments of one product), for channel counts

@@ -22,10 +22,17 @@ pub(crate) fn contiguous_f32<'a>(
 /// others costs more than it saves (the decoder's prompt-token layers).
 const PARALLEL_MIN_MACS: usize = 1 << 21;
 
-/// The `gemm` parallelism for a product of `macs` multiply-adds: candle's thread
+/// Threads that a kernel's parallel split can use: those of the rayon pool it runs
+/// in. (candle's `get_num_threads` asks the operating system again on every call,
+/// reading `/proc` and cgroup files: some 0.1 ms per decoder pass.)
+pub(crate) fn threads() -> usize {
+    rayon::current_num_threads()
+}
+
+/// The `gemm` parallelism for a product of `macs` multiply-adds: the pool's thread
 /// count, or one thread for small products.
 pub(crate) fn gemm_parallelism(macs: usize) -> gemm::Parallelism {
-    let threads = candle_core::utils::get_num_threads();
+    let threads = threads();
     if threads > 1 && macs >= PARALLEL_MIN_MACS {
         gemm::Parallelism::Rayon(threads)
     } else {

@@ -4,8 +4,9 @@
 
 use candle_core::{Module, Result, Tensor};
 use candle_nn::{ConvTranspose2d, Init, VarBuilder};
-use samus_core::conv::conv_transpose2x2_nhwc;
-use samus_core::{gelu, LayerNorm2d};
+use samus_core::conv::conv_transpose2x2_nhwc_cached;
+use samus_core::packed::{Epilogue, PackedCache};
+use samus_core::LayerNorm2d;
 
 use crate::layers::{conv_transpose_2x2, layer_norm_2d, nchw_as_tokens, StackedMlp};
 use crate::transformer::{TwoWayTransformer, TwoWayTransformerConfig};
@@ -35,6 +36,8 @@ pub struct MaskDecoder {
     upscale1: ConvTranspose2d,
     upscale_norm: LayerNorm2d,
     upscale2: ConvTranspose2d,
+    /// The two transposed convolutions' kernels packed for inference.
+    upscale_packed: [PackedCache; 2],
     hypernetworks: Vec<StackedMlp>,
     iou_head: StackedMlp,
 }
@@ -75,6 +78,7 @@ impl MaskDecoder {
             upscale1: conv_transpose_2x2(up.pp("0"), embed_dim, embed_dim / 4)?,
             upscale_norm: layer_norm_2d(up.pp("1"), embed_dim / 4)?,
             upscale2: conv_transpose_2x2(up.pp("3"), embed_dim / 4, embed_dim / 8)?,
+            upscale_packed: Default::default(),
             hypernetworks,
             iou_head: StackedMlp::load(
                 vb.pp("iou_prediction_head"),
@@ -134,20 +138,26 @@ impl MaskDecoder {
                 .broadcast_as((b, NUM_MASK_TOKENS + 1, c))?;
         let tokens = Tensor::cat(&[&output_tokens.contiguous()?, sparse], 1)?;
         let (_, _, h, w) = image_embeddings.dims4()?;
-        let src = nchw_as_tokens(image_embeddings)?.broadcast_add(&nchw_as_tokens(dense)?)?;
+        // The sum in NCHW (both operands read in order; `dense` may be a broadcast
+        // view), then one transposition to tokens.
+        let src = nchw_as_tokens(&image_embeddings.broadcast_add(dense)?)?.contiguous()?;
         let (hs, src) = self.transformer.forward(&src, image_pe, &tokens)?;
         let iou_token_out = hs.narrow(1, 0, 1)?.squeeze(1)?;
-        let up = conv_transpose2x2_nhwc(
+        let up = conv_transpose2x2_nhwc_cached(
             &src.reshape((b, h, w, c))?,
             self.upscale1.weight(),
             self.upscale1.bias(),
+            &self.upscale_packed[0],
+            Epilogue::None,
         )?;
-        let up = gelu(&self.upscale_norm.forward_nhwc(&up)?)?;
-        let up = gelu(&conv_transpose2x2_nhwc(
+        let up = self.upscale_norm.forward_nhwc_gelu(&up)?;
+        let up = conv_transpose2x2_nhwc_cached(
             &up,
             self.upscale2.weight(),
             self.upscale2.bias(),
-        )?)?;
+            &self.upscale_packed[1],
+            Epilogue::Gelu,
+        )?;
         let (_, uh, uw, uc) = up.dims4()?;
         let hyper_in = self
             .hypernetworks

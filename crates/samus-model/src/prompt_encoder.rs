@@ -254,11 +254,11 @@ impl PromptEncoder {
         };
         let dense = match prompts.masks {
             Some(m) => self.mask_downscaling.forward(&m.to_dtype(DType::F32)?)?,
+            // A broadcast view: the decoder adds it without a copy.
             None => self
                 .no_mask
                 .reshape((1, self.embed_dim, 1, 1))?
-                .broadcast_as((batch, self.embed_dim, self.grid, self.grid))?
-                .contiguous()?,
+                .broadcast_as((batch, self.embed_dim, self.grid, self.grid))?,
         };
         Ok((sparse, dense))
     }
