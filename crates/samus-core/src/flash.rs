@@ -7,13 +7,15 @@
 //!
 //! - queries, keys and values are read in place through their strides (the views
 //!   that split a fused `qkv` projection into heads cost no copy);
-//! - the work is split into blocks of [`QUERY_BLOCK`] queries of one batch item,
-//!   all heads, run in parallel; a block's scores (`QUERY_BLOCK x Nk`) stay in the
-//!   cache, never in a full `Nq x Nk` matrix per head;
+//! - the work is split into blocks of whole rows of one batch item's query grid,
+//!   about [`QUERY_BLOCK`] queries, all heads, run in parallel; a block's scores
+//!   (`QUERY_BLOCK x Nk`) stay in the cache, never in a full `Nq x Nk` matrix per
+//!   head; a block gathers its queries, so it can skip some ([`attention_merged_in`]:
+//!   the padding tokens of a window);
 //! - SAM's decomposed relative-position bias is computed and added inside the block,
 //!   and the softmax is normalised after the product with the values;
 //! - the two matrix products use the `gemm` crate's kernels (AVX-512 where the CPU
-//!   has it) and write straight into the merged output.
+//!   has it); each query's output is scaled into its row of the merged output.
 //!
 //! Otherwise (gradients, another device or dtype) it runs
 //! [`crate::cuda_attention::fused_attention`]: the fused CUDA kernels on a GPU with
@@ -666,6 +668,30 @@ mod tests {
             .unwrap()
     }
 
+    /// Self-attention inputs over a `gh x gw` grid: q, k and v as strided views of one
+    /// fused qkv tensor (as the encoder reads them; `get` would copy the permuted
+    /// parts), and a random decomposed bias.
+    fn grid_case(
+        b: usize,
+        heads: usize,
+        (gh, gw): (usize, usize),
+        d: usize,
+        seed: u64,
+    ) -> (Tensor, Tensor, Tensor, DecomposedRelPos) {
+        let qkv = random(&[b, gh * gw, 3, heads, d], seed)
+            .permute((2, 0, 3, 1, 4))
+            .unwrap();
+        let part = |i: usize| qkv.narrow(0, i, 1).unwrap().squeeze(0).unwrap();
+        let rel = DecomposedRelPos::new(
+            &random(&[2 * gh - 1, d], seed + 1),
+            &random(&[2 * gw - 1, d], seed + 2),
+            (gh, gw),
+            (gh, gw),
+        )
+        .unwrap();
+        (part(0), part(1), part(2), rel)
+    }
+
     proptest! {
         #![proptest_config(ProptestConfig::with_cases(40))]
 
@@ -675,18 +701,8 @@ mod tests {
         fn fused_matches_composed_with_rel_pos(
             b in 1usize..3, heads in 1usize..4, gh in 1usize..10, gw in 1usize..10, d in 1usize..20, seed in 0u64..1000,
         ) {
-            let n = gh * gw;
-            let qkv = random(&[b, n, 3, heads, d], seed).permute((2, 0, 3, 1, 4)).unwrap();
-            // Views, not copies (`get` would copy the permuted parts).
-            let part = |i: usize| qkv.narrow(0, i, 1).unwrap().squeeze(0).unwrap();
-            let (q, k, v) = (part(0), part(1), part(2));
-            prop_assert!(n == 1 || !q.is_contiguous());
-            let rel = DecomposedRelPos::new(
-                &random(&[2 * gh - 1, d], seed + 1),
-                &random(&[2 * gw - 1, d], seed + 2),
-                (gh, gw),
-                (gh, gw),
-            ).unwrap();
+            let (q, k, v, rel) = grid_case(b, heads, (gh, gw), d, seed);
+            prop_assert!(gh * gw == 1 || !q.is_contiguous());
             let scale = 1.0 / (d as f64).sqrt();
             let got = fused(&q, &k, &v, scale, Some(&rel));
             let want = composed(&q, &k, &v, scale, Some(&rel));
@@ -702,16 +718,7 @@ mod tests {
         fn extents_keep_the_real_queries(
             b in 1usize..4, heads in 1usize..3, gh in 1usize..13, gw in 1usize..13, d in 1usize..9, seed in 0u64..1000,
         ) {
-            let n = gh * gw;
-            let qkv = random(&[b, n, 3, heads, d], seed).permute((2, 0, 3, 1, 4)).unwrap();
-            let part = |i: usize| qkv.narrow(0, i, 1).unwrap().squeeze(0).unwrap();
-            let (q, k, v) = (part(0), part(1), part(2));
-            let rel = DecomposedRelPos::new(
-                &random(&[2 * gh - 1, d], seed + 1),
-                &random(&[2 * gw - 1, d], seed + 2),
-                (gh, gw),
-                (gh, gw),
-            ).unwrap();
+            let (q, k, v, rel) = grid_case(b, heads, (gh, gw), d, seed);
             let extents: Vec<(usize, usize)> = (0..b)
                 .map(|i| ((seed as usize + i) % gh + 1, (seed as usize / 7 + 2 * i) % gw + 1))
                 .collect();
