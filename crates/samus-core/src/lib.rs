@@ -26,6 +26,7 @@
 //!   `F.interpolate(mode="bilinear", align_corners=False)` (no antialias), linear
 //!   resizing along one axis, and nearest resizing.
 //! - [`window`]: window partition and unpartition with zero padding.
+//! - [`layout`]: NCHW to channels-last and back in one parallel pass.
 //! - [`activation`]: the exact (erf) GELU.
 //! - [`pool`]: 2x2 max pooling whose backward is correct (candle's scales it down).
 //! - [`conv`]: a 3x3 convolution whose backward is made of matrix products.
@@ -60,6 +61,7 @@ mod cpu_kernel;
 pub mod cuda_attention;
 pub mod fixtures;
 pub mod flash;
+pub mod layout;
 pub mod linear;
 pub mod norm;
 pub mod packed;

@@ -5,10 +5,11 @@
 use candle_core::{Module, Result, Tensor};
 use candle_nn::{ConvTranspose2d, Init, VarBuilder};
 use samus_core::conv::conv_transpose2x2_nhwc_cached;
+use samus_core::layout::channels_last;
 use samus_core::packed::{Epilogue, PackedCache};
 use samus_core::LayerNorm2d;
 
-use crate::layers::{conv_transpose_2x2, layer_norm_2d, nchw_as_tokens, StackedMlp};
+use crate::layers::{conv_transpose_2x2, layer_norm_2d, StackedMlp};
 use crate::transformer::{TwoWayTransformer, TwoWayTransformerConfig};
 
 /// Number of mask tokens (one single-mask output and three multimask outputs).
@@ -140,7 +141,7 @@ impl MaskDecoder {
         let (_, _, h, w) = image_embeddings.dims4()?;
         // The sum in NCHW (both operands read in order; `dense` may be a broadcast
         // view), then one transposition to tokens.
-        let src = nchw_as_tokens(&image_embeddings.broadcast_add(dense)?)?.contiguous()?;
+        let src = channels_last(&image_embeddings.broadcast_add(dense)?)?.reshape((b, h * w, c))?;
         let (hs, src) = self.transformer.forward(&src, image_pe, &tokens)?;
         let iou_token_out = hs.narrow(1, 0, 1)?.squeeze(1)?;
         let up = conv_transpose2x2_nhwc_cached(

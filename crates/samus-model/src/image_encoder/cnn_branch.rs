@@ -3,6 +3,7 @@
 
 use candle_core::{Module, Result, Tensor};
 use candle_nn::VarBuilder;
+use samus_core::layout::channels_last;
 
 use crate::config::SamusConfig;
 use crate::layers::{ConvNormGelu, DownConvNormGelu};
@@ -41,9 +42,7 @@ impl CnnEmbed {
 impl Module for CnnEmbed {
     /// `B x 3 x S x S` in, BHWC `B x G x G x D` out. The stages run channels-last.
     fn forward(&self, x: &Tensor) -> Result<Tensor> {
-        let mut x = self
-            .inc
-            .forward_nhwc(&x.permute((0, 2, 3, 1))?.contiguous()?)?;
+        let mut x = self.inc.forward_nhwc(&channels_last(x)?)?;
         for down in &self.downs {
             x = down.forward_nhwc(&x)?;
         }

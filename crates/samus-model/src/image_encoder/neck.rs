@@ -3,6 +3,7 @@
 use candle_core::{Module, Result, Tensor};
 use candle_nn::{Conv2d, VarBuilder};
 use samus_core::conv::conv3x3_same_nhwc_cached;
+use samus_core::layout::{channels_first, channels_last};
 use samus_core::linear::linear_cached;
 use samus_core::packed::PackedCache;
 use samus_core::LayerNorm2d;
@@ -42,10 +43,7 @@ impl Neck {
         let y = linear_cached(x, &pointwise, None, &self.packed[0])?;
         let y = self.norm1.forward_nhwc(&y)?;
         let y = conv3x3_same_nhwc_cached(&y, self.conv2.weight(), Some(&self.packed[1]))?;
-        self.norm2
-            .forward_nhwc(&y)?
-            .permute((0, 3, 1, 2))?
-            .contiguous()
+        channels_first(&self.norm2.forward_nhwc(&y)?)
     }
 }
 
@@ -53,6 +51,6 @@ impl Module for Neck {
     /// NCHW `B x D x G x G` in, `B x 256 x G x G` out (through
     /// [`Neck::forward_nhwc`]).
     fn forward(&self, x: &Tensor) -> Result<Tensor> {
-        self.forward_nhwc(&x.permute((0, 2, 3, 1))?.contiguous()?)
+        self.forward_nhwc(&channels_last(x)?)
     }
 }

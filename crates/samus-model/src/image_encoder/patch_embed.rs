@@ -3,6 +3,7 @@
 
 use candle_core::{Module, Result, Tensor};
 use candle_nn::{Conv2d, VarBuilder};
+use samus_core::layout::channels_last;
 use samus_core::resize::resize_bilinear;
 
 use crate::config::{SamusConfig, SAM_PATCH_KERNEL};
@@ -44,6 +45,6 @@ impl Module for PatchEmbed {
     /// `B x 3 x S x S` in, BHWC `B x G x G x D` out.
     fn forward(&self, x: &Tensor) -> Result<Tensor> {
         let x = resize_bilinear(x, self.resized, self.resized)?;
-        x.apply(&self.proj)?.permute((0, 2, 3, 1))?.contiguous()
+        channels_last(&x.apply(&self.proj)?)
     }
 }
