@@ -3,6 +3,7 @@
 
 use candle_core::{Module, Result, Tensor};
 use candle_nn::{Init, VarBuilder};
+use samus_core::layout::{channels_first, channels_last};
 use samus_model::layers::{ConvNormGelu, Linear};
 
 use crate::cross_transformer::{CrossTransformer, CROSS_TRANSFORMER_DEPTH};
@@ -129,10 +130,10 @@ impl DenseFeatureAdapter {
 impl Module for DenseFeatureAdapter {
     /// NCHW in, NCHW out; the stages run channels-last.
     fn forward(&self, x: &Tensor) -> Result<Tensor> {
-        let mut x = x.permute((0, 2, 3, 1))?.contiguous()?;
+        let mut x = channels_last(x)?;
         for stage in &self.stages {
             x = stage.forward_nhwc(&x)?;
         }
-        x.permute((0, 3, 1, 2))?.contiguous()
+        channels_first(&x)
     }
 }

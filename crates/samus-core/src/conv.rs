@@ -14,7 +14,7 @@ use rayon::prelude::*;
 
 use std::sync::Arc;
 
-use crate::cpu_kernel::{contiguous_f32, gemm_parallelism, par_filled};
+use crate::cpu_kernel::{contiguous_f32, cpu_f32_inference, gemm_parallelism, par_filled};
 use crate::packed::{
     self, gemm_packed_new, Epilogue, LeftOperand, PackedCache, PackedLayer, PackedRhs,
     ProductOptions,
@@ -445,11 +445,8 @@ pub fn conv_transpose2x2_nhwc_cached(
 ) -> Result<Tensor> {
     let (n, h, w, c) = x.dims4()?;
     let o = transposed_2x2_outputs("conv_transpose2x2_nhwc", x, c, weight)?;
-    let inference = [Some(x), Some(weight), bias]
-        .into_iter()
-        .flatten()
-        .all(|t| t.device().is_cpu() && t.dtype() == DType::F32 && !t.track_op());
-    let packed = inference
+    let packable = packed::available() && cpu_f32_inference([x, weight].into_iter().chain(bias));
+    let packed = packable
         .then(|| {
             cache.get_or_pack(|| {
                 // Column (ky * 2 + kx) * O + o of the product.
@@ -464,8 +461,7 @@ pub fn conv_transpose2x2_nhwc_cached(
                 })
             })
         })
-        .flatten()
-        .filter(|_| packed::available());
+        .flatten();
     let Some(layer) = packed.filter(|_| n * h * w * o > 0) else {
         let y = conv_transpose2x2_nhwc(x, weight, bias)?;
         return match epilogue {

@@ -26,7 +26,7 @@ use candle_core::{CpuStorage, CustomOp3, DType, Layout, Result, Shape, Tensor};
 use rayon::prelude::*;
 
 use crate::attention::{merge_heads, AttentionOptions};
-use crate::cpu_kernel::par_filled;
+use crate::cpu_kernel::{cpu_f32_inference, par_filled};
 use crate::rel_pos::DecomposedRelPos;
 use crate::softmax::{exp_shifted_sum, row_max};
 
@@ -47,19 +47,7 @@ pub fn attention_merged(
     rel_pos: Option<&DecomposedRelPos>,
     options: AttentionOptions,
 ) -> Result<Tensor> {
-    let fusable = [q, k, v]
-        .iter()
-        .all(|t| t.device().is_cpu() && t.dtype() == DType::F32 && !t.track_op())
-        && rel_pos.is_none_or(|r| !r.tracks_gradient());
-    if !fusable {
-        // On a CUDA device (feature `cuda`) the fused GPU kernels, with their own
-        // backward; otherwise the composed, differentiable path.
-        return merge_heads(&crate::cuda_attention::fused_attention(
-            q, k, v, scale, rel_pos, options,
-        )?);
-    }
-    let op = FusedAttention::new(scale, rel_pos)?;
-    unit_stride_rows(q)?.apply_op3_no_bwd(&unit_stride_rows(k)?, &unit_stride_rows(v)?, &op)
+    attention_of_queries(q, k, v, scale, rel_pos, None, options)
 }
 
 /// [`attention_merged`] for padded windows, where only part of each batch item's
@@ -79,20 +67,31 @@ pub fn attention_merged_in(
     extents: &[(usize, usize)],
     options: AttentionOptions,
 ) -> Result<Tensor> {
-    let fusable = [q, k, v]
-        .iter()
-        .all(|t| t.device().is_cpu() && t.dtype() == DType::F32 && !t.track_op())
-        && !rel_pos.tracks_gradient();
+    attention_of_queries(q, k, v, scale, Some(rel_pos), Some(extents), options)
+}
+
+/// The body of [`attention_merged`] and [`attention_merged_in`]: the fused operation
+/// when nothing needs a gradient on the CPU in f32, with the query extents if given.
+fn attention_of_queries(
+    q: &Tensor,
+    k: &Tensor,
+    v: &Tensor,
+    scale: f64,
+    rel_pos: Option<&DecomposedRelPos>,
+    extents: Option<&[(usize, usize)]>,
+    options: AttentionOptions,
+) -> Result<Tensor> {
+    let fusable = cpu_f32_inference([q, k, v]) && rel_pos.is_none_or(|r| !r.tracks_gradient());
     if !fusable {
-        return attention_merged(q, k, v, scale, Some(rel_pos), options);
-    }
-    let (qh, qw) = rel_pos.query_grid();
-    if let Some(&(rows, cols)) = extents.iter().find(|&&(r, c)| r > qh || c > qw) {
-        candle_core::bail!("query extent {rows}x{cols} exceeds the {qh}x{qw} query grid")
+        // On a CUDA device (feature `cuda`) the fused GPU kernels, with their own
+        // backward; otherwise the composed, differentiable path.
+        return merge_heads(&crate::cuda_attention::fused_attention(
+            q, k, v, scale, rel_pos, options,
+        )?);
     }
     let op = FusedAttention {
-        extents: Some(extents.to_vec()),
-        ..FusedAttention::new(scale, Some(rel_pos))?
+        extents: extents.map(<[_]>::to_vec),
+        ..FusedAttention::new(scale, rel_pos)?
     };
     unit_stride_rows(q)?.apply_op3_no_bwd(&unit_stride_rows(k)?, &unit_stride_rows(v)?, &op)
 }
@@ -428,11 +427,20 @@ impl FusedAttention {
             }
         }
         if let Some(extents) = &self.extents {
-            if extents.len() != b || self.rel_pos.is_none() {
+            let Some(grid) = self.rel_pos.as_ref().map(|r| r.q_size) else {
+                candle_core::bail!("fused attention: query extents need a bias's query grid")
+            };
+            if extents.len() != b {
                 candle_core::bail!(
-                    "fused attention: {} query extents for {b} batch items (and a bias: {})",
-                    extents.len(),
-                    self.rel_pos.is_some()
+                    "fused attention: {} query extents for {b} batch items",
+                    extents.len()
+                )
+            }
+            if let Some(&(rows, cols)) = extents.iter().find(|&&(r, c)| r > grid.0 || c > grid.1) {
+                candle_core::bail!(
+                    "query extent {rows}x{cols} exceeds the {}x{} query grid",
+                    grid.0,
+                    grid.1
                 )
             }
         }

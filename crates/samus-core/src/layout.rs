@@ -7,9 +7,9 @@
 //! transposes instead; otherwise they are candle's (differentiable) permute and
 //! copy.
 
-use candle_core::{CpuStorage, CustomOp1, DType, Layout, Result, Shape, Tensor};
+use candle_core::{CpuStorage, CustomOp1, Layout, Result, Shape, Tensor};
 
-use crate::cpu_kernel::{contiguous_f32, par_filled};
+use crate::cpu_kernel::{contiguous_f32, cpu_f32_inference, par_filled};
 
 /// Output rows (of the transposed matrix) written by one parallel task: with 256
 /// channels, 32 rows are 32 KiB, which stay in the L1 cache while every input row
@@ -19,7 +19,7 @@ const ROWS_PER_TASK: usize = 32;
 /// NCHW `N x C x H x W` to a contiguous NHWC `N x H x W x C`.
 pub fn channels_last(x: &Tensor) -> Result<Tensor> {
     let (n, c, h, w) = x.dims4()?;
-    if !fast(x) {
+    if !cpu_f32_inference([x]) {
         return x.permute((0, 2, 3, 1))?.contiguous();
     }
     x.contiguous()?
@@ -31,17 +31,13 @@ pub fn channels_last(x: &Tensor) -> Result<Tensor> {
 /// NHWC `N x H x W x C` to a contiguous NCHW `N x C x H x W`.
 pub fn channels_first(x: &Tensor) -> Result<Tensor> {
     let (n, h, w, c) = x.dims4()?;
-    if !fast(x) {
+    if !cpu_f32_inference([x]) {
         return x.permute((0, 3, 1, 2))?.contiguous();
     }
     x.contiguous()?
         .reshape((n, h * w, c))?
         .apply_op1_no_bwd(&TransposeLastTwo)?
         .reshape((n, c, h, w))
-}
-
-fn fast(x: &Tensor) -> bool {
-    x.device().is_cpu() && x.dtype() == DType::F32 && !x.track_op()
 }
 
 /// `N x R x S` to `N x S x R`, each task writing [`ROWS_PER_TASK`] rows of the

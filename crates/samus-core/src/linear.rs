@@ -8,11 +8,11 @@
 //! (differentiable) operations when a gradient is needed, on other devices and in
 //! other dtypes.
 
-use candle_core::{CpuStorage, CustomOp2, CustomOp3, DType, Layout, Result, Shape, Tensor};
+use candle_core::{CpuStorage, CustomOp2, CustomOp3, Layout, Result, Shape, Tensor};
 
 use std::sync::Arc;
 
-use crate::cpu_kernel::{contiguous_f32, gemm_parallelism, par_filled};
+use crate::cpu_kernel::{contiguous_f32, cpu_f32_inference, gemm_parallelism, par_filled};
 use crate::packed::{
     self, gemm_packed, gemm_packed_new, Epilogue, LeftOperand, PackedCache, PackedLayer, PackedRhs,
     ProductOptions,
@@ -31,10 +31,7 @@ pub fn linear(x: &Tensor, weight: &Tensor, bias: Option<&Tensor>) -> Result<Tens
     }
     let rows = x.elem_count() / in_dim.max(1);
     let x2 = x.contiguous()?.reshape((rows, in_dim))?;
-    let fusable = std::iter::once(x)
-        .chain(std::iter::once(weight))
-        .chain(bias)
-        .all(|t| t.device().is_cpu() && t.dtype() == DType::F32 && !t.track_op());
+    let fusable = cpu_f32_inference([x, weight].into_iter().chain(bias));
     let y = if fusable {
         let weight = weight.contiguous()?;
         match bias {
@@ -113,11 +110,7 @@ fn packed_layer(
         && rows >= PACKED_MIN_ROWS
         && residual_fits
         && x.dims().last() == Some(&in_dim)
-        && std::iter::once(x)
-            .chain(std::iter::once(weight))
-            .chain(bias)
-            .chain(residual)
-            .all(|t| t.device().is_cpu() && t.dtype() == DType::F32 && !t.track_op());
+        && cpu_f32_inference([x, weight].into_iter().chain(bias).chain(residual));
     if !packable {
         return Ok(None);
     }
@@ -567,8 +560,8 @@ mod tests {
     #[test]
     fn a_wrong_input_width_is_an_error() {
         let dev = Device::Cpu;
-        let x = Tensor::zeros((2, 5), DType::F32, &dev).unwrap();
-        let w = Tensor::zeros((3, 4), DType::F32, &dev).unwrap();
+        let x = Tensor::zeros((2, 5), candle_core::DType::F32, &dev).unwrap();
+        let w = Tensor::zeros((3, 4), candle_core::DType::F32, &dev).unwrap();
         assert!(linear(&x, &w, None).is_err());
     }
 }

@@ -9,13 +9,11 @@ use candle_core::{CpuStorage, CustomOp3, DType, Layout, Result, Shape, Tensor, D
 use rayon::prelude::*;
 
 use crate::activation::gelu_value;
-use crate::cpu_kernel::{contiguous_f32, par_filled};
+use crate::cpu_kernel::{contiguous_f32, cpu_f32_inference, par_filled};
+use crate::softmax::LANES;
 
 /// Values normalised by one parallel task (whole rows, at least one).
 const TASK_VALUES: usize = 1 << 14;
-/// Independent accumulators per sum, so that the compiler keeps them in one SIMD
-/// register (one float accumulator is a serial chain).
-const LANES: usize = 16;
 
 /// Layer normalisation over the last axis with an affine weight and bias
 /// (PyTorch's `nn.LayerNorm(dim, eps)`).
@@ -50,11 +48,7 @@ impl LayerNorm {
     /// `gelu(self.forward(x))`; without a gradient, on the CPU in f32, one pass that
     /// applies the GELU to each row while it is in the cache.
     pub fn forward_gelu(&self, x: &Tensor) -> Result<Tensor> {
-        let tensors = [x, &self.weight, &self.bias];
-        let fused = tensors
-            .iter()
-            .all(|t| t.device().is_cpu() && t.dtype() == DType::F32 && !t.track_op());
-        if !fused {
+        if !cpu_f32_inference([x, &self.weight, &self.bias]) {
             return crate::activation::gelu(&self.forward(x)?);
         }
         x.contiguous()?.apply_op3_no_bwd(

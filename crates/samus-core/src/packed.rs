@@ -26,6 +26,8 @@ use std::mem::MaybeUninit;
 use candle_core::Result;
 use rayon::prelude::*;
 
+use crate::cpu_kernel::assume_init;
+
 /// Output columns of one panel of a [`PackedRhs`] (two AVX-512 vectors).
 pub const NR: usize = 32;
 /// Rows of `C` in one register tile: 14 x 2 accumulators, two `B` vectors and one
@@ -582,15 +584,6 @@ unsafe fn blocks_task(
     }
 }
 
-/// `values` as the `f32`s they hold.
-///
-/// # Safety
-/// Every value has been written.
-unsafe fn assume_init(values: &mut [MaybeUninit<f32>]) -> &mut [f32] {
-    // SAFETY: `MaybeUninit<f32>` has the layout of `f32`; initialised per the caller.
-    unsafe { &mut *(values as *mut [MaybeUninit<f32>] as *mut [f32]) }
-}
-
 /// Copies rows `row0 .. row0 + rows` of `a`, shared indices of `block`, into tiles of
 /// `MR` rows stored column by column (`tile[kk * MR + r]`), zero-filling past `rows`.
 fn pack_left(a: LeftOperand, row0: usize, rows: usize, block: &KBlock, out: &mut [f32]) {
@@ -612,11 +605,7 @@ fn pack_left(a: LeftOperand, row0: usize, rows: usize, block: &KBlock, out: &mut
             for (chunk, columns) in head.chunks_exact_mut(TRANSPOSED * MR).enumerate() {
                 transpose_columns(&sources, chunk * TRANSPOSED, columns);
             }
-            for (kk, column) in tail.chunks_exact_mut(MR).enumerate() {
-                for (value, source) in column.iter_mut().zip(&sources) {
-                    *value = source.get(whole + kk).copied().unwrap_or(0.0);
-                }
-            }
+            copy_columns(&sources, whole, tail);
         }
     }
 }
@@ -639,7 +628,14 @@ fn transpose_columns(sources: &[&[f32]; MR], kk0: usize, out: &mut [f32]) {
         unsafe { transpose16(sources, kk0, out) };
         return;
     }
-    for (kk, column) in out.chunks_exact_mut(MR).take(TRANSPOSED).enumerate() {
+    let len = out.len().min(TRANSPOSED * MR);
+    copy_columns(sources, kk0, &mut out[..len]);
+}
+
+/// `out[kk * MR + r] = sources[r][kk0 + kk]` one value at a time, for as many
+/// columns as `out` holds, zero where a source ends.
+fn copy_columns(sources: &[&[f32]; MR], kk0: usize, out: &mut [f32]) {
+    for (kk, column) in out.chunks_exact_mut(MR).enumerate() {
         for (value, source) in column.iter_mut().zip(sources) {
             *value = source.get(kk0 + kk).copied().unwrap_or(0.0);
         }

@@ -79,7 +79,7 @@ fn rows_per_task(len: usize) -> usize {
 
 /// Independent accumulators per reduction, so that the compiler can keep them in one
 /// SIMD register (a float sum or maximum in one accumulator is a serial chain).
-const LANES: usize = 16;
+pub(crate) const LANES: usize = 16;
 
 /// The largest value of `row`, ignoring NaNs (a NaN still makes the whole softmax
 /// row NaN: `exp(NaN - max)` is NaN, and so is the sum every value is divided by).

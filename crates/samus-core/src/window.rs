@@ -1,9 +1,9 @@
 //! Window partition and unpartition for windowed attention (SAM's
 //! `window_partition` / `window_unpartition`).
 
-use candle_core::{CpuStorage, CustomOp1, CustomOp2, DType, Layout, Result, Shape, Tensor};
+use candle_core::{CpuStorage, CustomOp1, CustomOp2, Layout, Result, Shape, Tensor};
 
-use crate::cpu_kernel::{contiguous_f32, par_filled};
+use crate::cpu_kernel::{contiguous_f32, cpu_f32_inference, par_filled};
 
 /// Splits a BHWC tensor into non-overlapping `window` x `window` windows, padding the
 /// bottom and right with zeros so that both sides are multiples of `window`.
@@ -35,10 +35,7 @@ pub fn window_partition_filled(
         }
     }
     let (hp, wp) = (h.div_ceil(window) * window, w.div_ceil(window) * window);
-    let fast = x.device().is_cpu()
-        && x.dtype() == DType::F32
-        && !x.track_op()
-        && fill.is_none_or(|f| f.device().is_cpu() && f.dtype() == DType::F32 && !f.track_op());
+    let fast = cpu_f32_inference(std::iter::once(x).chain(fill));
     if fast {
         let op = GatherWindows { window };
         let x = x.contiguous()?;
@@ -235,7 +232,7 @@ pub fn window_unpartition(
             "padded grid {hp}x{wp} does not hold {h}x{w} in {window}x{window} windows"
         )
     }
-    if windows.device().is_cpu() && windows.dtype() == DType::F32 && !windows.track_op() {
+    if cpu_f32_inference([windows]) {
         let dims = windows.dims();
         if dims[1] != window || dims[2] != window {
             candle_core::bail!("windows {:?} are not {window}x{window}", dims)

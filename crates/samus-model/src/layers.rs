@@ -4,6 +4,7 @@
 use candle_core::{Module, Result, Tensor};
 use candle_nn::{Conv2d, Conv2dConfig, ConvTranspose2d, ConvTranspose2dConfig, Init, VarBuilder};
 use samus_core::conv::conv3x3_same_nhwc_cached;
+use samus_core::layout::{channels_first, channels_last};
 use samus_core::packed::PackedCache;
 use samus_core::pool::max_pool2x2_nhwc;
 use samus_core::{LayerNorm, LayerNorm2d};
@@ -228,10 +229,7 @@ impl ConvNormGelu {
 impl Module for ConvNormGelu {
     /// NCHW in, NCHW out (through [`ConvNormGelu::forward_nhwc`]).
     fn forward(&self, x: &Tensor) -> Result<Tensor> {
-        let nhwc = x.permute((0, 2, 3, 1))?.contiguous()?;
-        self.forward_nhwc(&nhwc)?
-            .permute((0, 3, 1, 2))?
-            .contiguous()
+        channels_first(&self.forward_nhwc(&channels_last(x)?)?)
     }
 }
 
@@ -260,10 +258,7 @@ impl DownConvNormGelu {
 impl Module for DownConvNormGelu {
     /// NCHW in, NCHW out at half the resolution.
     fn forward(&self, x: &Tensor) -> Result<Tensor> {
-        let nhwc = x.permute((0, 2, 3, 1))?.contiguous()?;
-        self.forward_nhwc(&nhwc)?
-            .permute((0, 3, 1, 2))?
-            .contiguous()
+        channels_first(&self.forward_nhwc(&channels_last(x)?)?)
     }
 }
 /// SAM's `MLP`: `num_layers` linears (`layers.{i}`) with ReLU between them.
