@@ -1,16 +1,16 @@
 //! AutoSAMUS: SAMUS whose prompts come from the auto prompt generator.
 
 use std::collections::HashMap;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
-use candle_core::{DType, Device, Module, Result as CandleResult, Tensor};
+use candle_core::{Device, Module, Result as CandleResult, Tensor};
 use image::DynamicImage;
 use samus_core::parallel::run_in_pool;
 use samus_core::resize::resize_bilinear;
-use samus_model::checkpoint::{read_tensors, DEFAULT_INIT_SEED};
-use samus_model::preprocess::image_to_input;
+use samus_model::checkpoint::read_tensors;
 use samus_model::{
-    DecoderOutput, Error, LoadReport, MissingTensors, Result, Samus, SamusConfig, WeightStore,
+    DecoderOutput, Error, ImageEmbedding, LoadReport, MissingTensors, Prediction, Result, Samus,
+    SamusConfig, SamusLoader, WeightStore,
 };
 
 use crate::generator::{DenseFeatureAdapter, GeneratedPrompts, PromptGenerator};
@@ -36,7 +36,7 @@ pub fn read_apg_tensors(path: &Path) -> Result<HashMap<String, Tensor>> {
     };
     match problem {
         Some(message) => Err(Error::Checkpoint {
-            path: path.to_path_buf(),
+            path: Some(path.to_path_buf()),
             message,
         }),
         None => Ok(tensors),
@@ -60,24 +60,14 @@ pub struct AutoOutput {
     pub masks: Tensor,
 }
 
-/// The segmentation of one image by [`AutoSamus::segment`].
-#[derive(Debug, Clone)]
-pub struct Segmentation {
-    /// `1 x 1 x 4G x 4G` logits in the model's frame.
-    pub low_res_logits: Tensor,
-    /// `1 x 1` predicted IoU.
-    pub iou: Tensor,
-    /// `1 x 1 x H x W` logits at the image's size.
-    pub logits: Tensor,
-    /// `1 x 1 x H x W` binary mask (`u8`, 1 where the logit is positive).
-    pub mask: Tensor,
-}
-
 /// What loading AutoSAMUS did.
 #[derive(Debug, Clone)]
 pub struct AutoLoadReport {
     /// The SAMUS part.
     pub samus: LoadReport,
+    /// Every tensor of the loaded model (SAMUS and APG, fresh ones included) by
+    /// reference name: what one AutoSAMUS checkpoint of it holds.
+    pub tensors: HashMap<String, Tensor>,
     /// APG tensors that were freshly initialised (all of them when no APG weights
     /// were given, none otherwise).
     pub apg_initialised: Vec<String>,
@@ -103,70 +93,22 @@ impl AutoSamus {
         })
     }
 
-    /// Builds AutoSAMUS from checkpoint tensors: the SAMUS tensors (or SAM ones,
-    /// converted) and, if any are present, the APG tensors, strictly; without APG
-    /// tensors a fresh APG is initialised as the reference does (seeded with `seed`).
-    pub fn from_tensors(
-        tensors: HashMap<String, Tensor>,
-        cfg: &SamusConfig,
-        device: &Device,
-        seed: u64,
-    ) -> Result<(Self, AutoLoadReport)> {
-        let (apg, samus): (HashMap<_, _>, HashMap<_, _>) =
-            tensors.into_iter().partition(|(k, _)| is_apg_tensor(k));
-        let (samus, samus_report) = Samus::from_tensors(samus, cfg, device, seed)?;
-        let missing = if apg.is_empty() {
-            MissingTensors::Initialise { seed }
-        } else {
-            MissingTensors::Error
-        };
-        let store = WeightStore::new(apg, missing);
-        let model = Self::new(samus, store.var_builder(device)).map_err(|e| Error::Checkpoint {
-            path: "<APG weights>".into(),
-            message: e.to_string(),
-        })?;
-        let unused = store.unused();
-        if !unused.is_empty() {
-            return Err(Error::Checkpoint {
-                path: "<APG weights>".into(),
-                message: format!("unexpected APG tensors: {}", unused.join(", ")),
-            });
-        }
-        Ok((
-            model,
-            AutoLoadReport {
-                samus: samus_report,
-                apg_initialised: store.initialised(),
-            },
-        ))
+    /// Loads AutoSAMUS from one checkpoint that holds SAMUS (or SAM) and the APG,
+    /// with the configuration inferred from its tensor shapes, onto the CPU.
+    pub fn load(path: impl AsRef<Path>) -> Result<Self> {
+        Self::loader(path).load()
     }
 
-    /// Loads AutoSAMUS from one checkpoint holding everything, or from a SAMUS
-    /// checkpoint plus an APG checkpoint; with neither APG tensors nor `apg`, the
-    /// APG starts fresh (for training).
-    pub fn from_checkpoints(
-        checkpoint: impl AsRef<Path>,
-        apg: Option<&Path>,
-        cfg: &SamusConfig,
-        device: &Device,
-    ) -> Result<(Self, AutoLoadReport)> {
-        let checkpoint = checkpoint.as_ref();
-        cfg.validate()?;
-        let mut tensors = read_tensors(checkpoint)?;
-        if let Some(apg_path) = apg {
-            tensors.extend(read_apg_tensors(apg_path)?);
-        }
-        let shown = apg.map_or_else(
-            || checkpoint.display().to_string(),
-            |a| format!("{} + {}", checkpoint.display(), a.display()),
-        );
-        Self::from_tensors(tensors, cfg, device, DEFAULT_INIT_SEED).map_err(|e| match e {
-            Error::Checkpoint { message, .. } => Error::Checkpoint {
-                path: shown.into(),
-                message,
-            },
-            other => other,
-        })
+    /// A loader for the checkpoint at `path`: add a separate APG checkpoint, set the
+    /// configuration or the device, then [`AutoSamusLoader::load`].
+    pub fn loader(path: impl AsRef<Path>) -> AutoSamusLoader {
+        AutoSamusLoader::new(Samus::loader(path))
+    }
+
+    /// A loader for checkpoint tensors already in memory (SAMUS or SAM tensors and,
+    /// unless [`AutoSamusLoader::fresh_apg`] is set, the APG's).
+    pub fn loader_from_tensors(tensors: HashMap<String, Tensor>) -> AutoSamusLoader {
+        AutoSamusLoader::new(Samus::loader_from_tensors(tensors))
     }
 
     /// The SAMUS model underneath.
@@ -219,43 +161,163 @@ impl AutoSamus {
         })
     }
 
-    /// Segments images of any size (grey or colour, 8 or 16 bit; converted as the
-    /// SAMUS predictor does) in one batch; masks come back at each image's size.
-    pub fn segment(&self, images: &[DynamicImage]) -> Result<Vec<Segmentation>> {
-        if images.is_empty() {
+    /// Embeds one image with the SAMUS image encoder (the same embedding as
+    /// [`Samus::embed`]: one embedding serves both prompted and automatic decoding).
+    pub fn embed(&self, image: &DynamicImage) -> Result<ImageEmbedding> {
+        self.samus.embed(image)
+    }
+
+    /// Segments the image of `embedding` without any prompt: one mask at the
+    /// image's size.
+    pub fn segment(&self, embedding: &ImageEmbedding) -> Result<Prediction> {
+        Ok(self
+            .segment_batch(std::slice::from_ref(embedding))?
+            .remove(0))
+    }
+
+    /// [`AutoSamus::segment`] for several embeddings at once (one decoder pass).
+    pub fn segment_batch(&self, embeddings: &[ImageEmbedding]) -> Result<Vec<Prediction>> {
+        if embeddings.is_empty() {
             return Ok(Vec::new());
         }
-        let size = self.samus.config().img_size;
-        let device = self.samus.device();
-        let inputs = images
+        let tensors: Vec<Tensor> = embeddings.iter().map(|e| e.tensor().clone()).collect();
+        let batch = Tensor::cat(&tensors, 0)?;
+        let (_, _, out) = self.decode(&batch)?;
+        let iou = out.iou.to_vec2::<f32>()?;
+        embeddings
             .iter()
-            .map(|img| {
-                if img.width() == 0 || img.height() == 0 {
-                    return Err(Error::Image {
-                        path: Default::default(),
-                        message: "the image is empty".into(),
-                    });
-                }
-                image_to_input(img, size, device)
-            })
-            .collect::<Result<Vec<_>>>()?;
-        let batch = Tensor::cat(&inputs, 0)?;
-        let out = self.forward(&batch)?;
-        images
-            .iter()
+            .zip(iou)
             .enumerate()
-            .map(|(i, img)| {
+            .map(|(i, (embedding, iou))| {
+                let (h, w) = embedding.original_size();
                 let low = out.low_res_logits.narrow(0, i, 1)?;
-                let full = out.masks.narrow(0, i, 1)?;
-                let logits = resize_bilinear(&full, img.height() as usize, img.width() as usize)?;
-                let mask = logits.gt(0.0)?.to_dtype(DType::U8)?;
-                Ok(Segmentation {
-                    iou: out.iou.narrow(0, i, 1)?,
-                    low_res_logits: low,
-                    logits,
-                    mask,
-                })
+                let logits =
+                    run_in_pool(|| resize_bilinear(&self.samus.upscale_logits(&low)?, h, w))?;
+                Prediction::from_logits(low, logits, &iou)
             })
             .collect()
+    }
+
+    /// Segments images of any size in one batch (the encoder runs once over all of
+    /// them); masks come back at each image's size.
+    pub fn segment_images(&self, images: &[DynamicImage]) -> Result<Vec<Prediction>> {
+        self.segment_batch(&self.samus.embed_batch(images)?)
+    }
+}
+
+/// Builds an [`AutoSamus`]: the SAMUS part through [`samus_model::SamusLoader`],
+/// the APG from the same checkpoint or from [`AutoSamusLoader::apg`].
+#[derive(Debug)]
+#[must_use = "a loader does nothing until `load` is called"]
+pub struct AutoSamusLoader {
+    samus: SamusLoader,
+    apg: Option<PathBuf>,
+    fresh_apg: bool,
+}
+
+impl AutoSamusLoader {
+    fn new(samus: SamusLoader) -> Self {
+        Self {
+            samus,
+            apg: None,
+            fresh_apg: false,
+        }
+    }
+
+    /// Reads the APG from this checkpoint (only `prompt_generator.*` and
+    /// `feature_adapter.*` tensors).
+    pub fn apg(mut self, path: impl AsRef<Path>) -> Self {
+        self.apg = Some(path.as_ref().to_path_buf());
+        self
+    }
+
+    /// Without APG tensors, start a freshly initialised APG (to train it) instead
+    /// of failing.
+    pub fn fresh_apg(mut self, fresh: bool) -> Self {
+        self.fresh_apg = fresh;
+        self
+    }
+
+    /// The model configuration (default: inferred from the tensor shapes).
+    pub fn config(mut self, config: SamusConfig) -> Self {
+        self.samus = self.samus.config(config);
+        self
+    }
+
+    /// The device the weights go to (default: the CPU).
+    pub fn device(mut self, device: &Device) -> Self {
+        self.samus = self.samus.device(device);
+        self
+    }
+
+    /// The seed of fresh tensors (a SAM checkpoint's SAMUS parts, a fresh APG).
+    pub fn init_seed(mut self, seed: u64) -> Self {
+        self.samus = self.samus.init_seed(seed);
+        self
+    }
+
+    /// Builds the model.
+    pub fn load(self) -> Result<AutoSamus> {
+        Ok(self.load_with_report()?.0)
+    }
+
+    /// Builds the model and says what loading did.
+    pub fn load_with_report(self) -> Result<(AutoSamus, AutoLoadReport)> {
+        let mut parts = self.samus.into_parts()?;
+        if let Some(apg_path) = &self.apg {
+            parts.tensors.extend(read_apg_tensors(apg_path)?);
+        }
+        let shown = match (&parts.path, &self.apg) {
+            (Some(ck), Some(apg)) => Some(PathBuf::from(format!(
+                "{} + {}",
+                ck.display(),
+                apg.display()
+            ))),
+            (ck, _) => ck.clone(),
+        };
+        let (apg, samus_tensors): (HashMap<_, _>, HashMap<_, _>) =
+            std::mem::take(&mut parts.tensors)
+                .into_iter()
+                .partition(|(k, _)| is_apg_tensor(k));
+        if apg.is_empty() && !self.fresh_apg {
+            return Err(Error::Checkpoint {
+                path: shown,
+                message: "holds no auto prompt generator (prompt_generator.*, feature_adapter.*): \
+                          give the APG checkpoint too"
+                    .into(),
+            });
+        }
+        parts.tensors = samus_tensors;
+        let (device, seed) = (parts.device.clone(), parts.init_seed);
+        let (samus, samus_report, _) = parts.build(None)?;
+        let missing = if apg.is_empty() {
+            MissingTensors::Initialise { seed }
+        } else {
+            MissingTensors::Error
+        };
+        let store = WeightStore::new(apg, missing);
+        let apg_error = |message: String| Error::Checkpoint {
+            path: shown.clone(),
+            message,
+        };
+        let model = AutoSamus::new(samus, store.var_builder(&device))
+            .map_err(|e| apg_error(format!("APG weights: {e}")))?;
+        let unused = store.unused();
+        if !unused.is_empty() {
+            return Err(apg_error(format!(
+                "unexpected APG tensors: {}",
+                unused.join(", ")
+            )));
+        }
+        let mut tensors = samus_report.tensors.clone();
+        tensors.extend(store.requested_tensors());
+        Ok((
+            model,
+            AutoLoadReport {
+                samus: samus_report,
+                tensors,
+                apg_initialised: store.initialised(),
+            },
+        ))
     }
 }

@@ -9,18 +9,24 @@
 //! images without any prompt.
 //!
 //! ```
-//! use candle_core::Device;
+//! # fn main() -> Result<(), Box<dyn std::error::Error>> {
+//! # use candle_core::Device;
+//! # use samus_model::SamusConfig;
+//! # // Untrained weights saved as one checkpoint, for illustration.
+//! # let dir = std::env::temp_dir().join(format!("samus-apg-doc-{}", std::process::id()));
+//! # std::fs::create_dir_all(&dir)?;
+//! # let (_, tensors) = samus_model::train::random_weights(&SamusConfig::tiny(), 0, &Device::Cpu)?;
+//! # let (_, fresh) = samus_apg::AutoSamus::loader_from_tensors(tensors).fresh_apg(true).load_with_report()?;
+//! # let checkpoint = dir.join("autosamus_tiny.safetensors");
+//! # samus_model::checkpoint::save_safetensors(&checkpoint, &fresh.tensors, None)?;
 //! use samus_apg::AutoSamus;
-//! use samus_model::{Samus, SamusConfig};
 //!
-//! # fn main() -> samus_model::Result<()> {
-//! // Untrained weights, for illustration; use `AutoSamus::from_checkpoints` for real ones.
-//! let (_, tensors) = Samus::random_with_tensors(&SamusConfig::tiny(), 0, &Device::Cpu)?;
-//! let (auto, report) = AutoSamus::from_tensors(tensors, &SamusConfig::tiny(), &Device::Cpu, 0)?;
-//! assert!(!report.apg_initialised.is_empty());
+//! let auto = AutoSamus::load(&checkpoint)?;           // SAMUS and the APG, config inferred
 //! let image = image::DynamicImage::new_luma8(320, 240);
-//! let result = auto.segment(&[image])?;
-//! assert_eq!(result[0].mask.dims(), &[1, 1, 240, 320]);
+//! let embedding = auto.embed(&image)?;                // a samus_model::ImageEmbedding
+//! let prediction = auto.segment(&embedding)?;         // a samus_model::Prediction
+//! assert_eq!(prediction.best().image.dimensions(), (320, 240));
+//! # std::fs::remove_dir_all(&dir).ok();
 //! # Ok(())
 //! # }
 //! ```
@@ -31,6 +37,6 @@ pub mod cross_transformer;
 pub mod generator;
 
 pub use attention::{softmax_one, ApgAttention};
-pub use auto_samus::{read_apg_tensors, AutoLoadReport, AutoOutput, AutoSamus, Segmentation};
+pub use auto_samus::{read_apg_tensors, AutoLoadReport, AutoOutput, AutoSamus, AutoSamusLoader};
 pub use cross_transformer::CrossTransformer;
 pub use generator::{DenseFeatureAdapter, GeneratedPrompts, PromptGenerator};

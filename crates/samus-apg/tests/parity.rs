@@ -21,13 +21,12 @@ fn autosamus_matches_reference() {
     };
     let cfg = SamusConfig::from_json_file(dir.join("samus_tiny.json")).unwrap();
     let apg = dir.join("autosamus_tiny_apg.safetensors");
-    let (auto, report) = AutoSamus::from_checkpoints(
-        dir.join("samus_tiny.safetensors"),
-        Some(apg.as_path()),
-        &cfg,
-        &Device::Cpu,
-    )
-    .unwrap();
+    let (auto, report) = AutoSamus::loader(dir.join("samus_tiny.safetensors"))
+        .apg(&apg)
+        .config(cfg.clone())
+        .device(&Device::Cpu)
+        .load_with_report()
+        .unwrap();
     assert!(report.apg_initialised.is_empty());
     assert!(report.samus.initialised.is_empty());
     let io =
@@ -63,7 +62,10 @@ fn one_file_and_two_files_load_the_same_model() {
     let tmp = tempfile::tempdir().unwrap();
     let combined = tmp.path().join("autosamus.safetensors");
     candle_core::safetensors::save(&all, &combined).unwrap();
-    let (one, report) = AutoSamus::from_checkpoints(&combined, None, &cfg, &Device::Cpu).unwrap();
+    let (one, report) = AutoSamus::loader(&combined)
+        .config(cfg.clone())
+        .load_with_report()
+        .unwrap();
     assert!(report.apg_initialised.is_empty());
     let io =
         candle_core::safetensors::load(dir.join("autosamus_tiny_io.safetensors"), &Device::Cpu)
@@ -73,9 +75,11 @@ fn one_file_and_two_files_load_the_same_model() {
     check(&io, "low_res_logits", &out.low_res_logits);
 
     // A SAMUS checkpoint alone gets a fresh, seeded APG.
-    let (fresh, report) =
-        AutoSamus::from_checkpoints(dir.join("samus_tiny.safetensors"), None, &cfg, &Device::Cpu)
-            .unwrap();
+    let (fresh, report) = AutoSamus::loader(dir.join("samus_tiny.safetensors"))
+        .config(cfg.clone())
+        .fresh_apg(true)
+        .load_with_report()
+        .unwrap();
     assert!(report
         .apg_initialised
         .iter()
@@ -102,16 +106,53 @@ fn one_file_and_two_files_load_the_same_model() {
     let samus_only =
         candle_core::safetensors::load(dir.join("samus_tiny.safetensors"), &Device::Cpu).unwrap();
     candle_core::safetensors::save(&samus_only, &wrong).unwrap();
-    let err = AutoSamus::from_checkpoints(
-        dir.join("samus_tiny.safetensors"),
-        Some(wrong.as_path()),
-        &cfg,
-        &Device::Cpu,
-    )
-    .unwrap_err()
-    .to_string();
+    let err = AutoSamus::loader(dir.join("samus_tiny.safetensors"))
+        .apg(&wrong)
+        .config(cfg.clone())
+        .load()
+        .unwrap_err()
+        .to_string();
     assert!(
         err.contains("wrong_apg.safetensors") && err.contains("not an APG checkpoint"),
+        "{err}"
+    );
+}
+
+#[test]
+fn segment_on_an_embedding_matches_the_batched_forward_pass() {
+    let Some(dir) = fixtures_or_skip(env!("CARGO_MANIFEST_DIR")) else {
+        return;
+    };
+    let auto = AutoSamus::loader(dir.join("samus_tiny.safetensors"))
+        .apg(dir.join("autosamus_tiny_apg.safetensors"))
+        .load()
+        .unwrap();
+    let image = image::open(dir.join("busi/benign0001.png")).unwrap();
+    let embedding = auto.embed(&image).unwrap();
+    let prediction = auto.segment(&embedding).unwrap();
+    assert_eq!(prediction.masks().len(), 1);
+    assert_eq!(prediction.best().image.dimensions(), (256, 256));
+    let io =
+        candle_core::safetensors::load(dir.join("autosamus_tiny_io.safetensors"), &Device::Cpu)
+            .unwrap();
+    let reference = io["low_res_logits"].narrow(0, 0, 1).unwrap();
+    let err = relative_error(prediction.low_res_logits(), &reference).unwrap();
+    assert!(err <= 1e-4, "relative error {err:e}");
+    // The same embedding serves prompted SAMUS decoding.
+    let prompted = auto
+        .samus()
+        .predict(
+            &embedding,
+            &samus_model::Prompts::new().point(128.0, 128.0, samus_model::Label::Foreground),
+        )
+        .unwrap();
+    assert_eq!(prompted.best().image.dimensions(), (256, 256));
+    // A SAMUS checkpoint without APG tensors is refused unless a fresh APG is asked for.
+    let err = AutoSamus::load(dir.join("samus_tiny.safetensors"))
+        .unwrap_err()
+        .to_string();
+    assert!(
+        err.contains("samus_tiny.safetensors") && err.contains("no auto prompt generator"),
         "{err}"
     );
 }

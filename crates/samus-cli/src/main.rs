@@ -1,25 +1,15 @@
 //! `samus`: segment ultrasound images with SAMUS from the command line.
 
-mod auto;
-mod bench;
-mod checkpoint_tools;
-mod data;
-mod demo;
-mod device;
-mod images;
-mod metrics;
-mod model_source;
-mod output;
-mod prompt_file;
-mod prompts;
-mod report;
-mod segment;
-mod synth;
-mod train;
+mod cmd;
+mod support;
 
 use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
+
+use cmd::*;
+use support::device::{parse_device, ComputeDevice};
+use support::RunContext;
 
 /// Segment ultrasound images with SAMUS (SAM adapted to ultrasound).
 #[derive(Debug, Parser)]
@@ -36,34 +26,17 @@ struct Cli {
     device: ComputeDevice,
 }
 
-/// The `--device` choice.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum ComputeDevice {
-    Cpu,
-    Cuda(usize),
-}
-
-fn parse_device(text: &str) -> Result<ComputeDevice, String> {
-    match text {
-        "cpu" => Ok(ComputeDevice::Cpu),
-        "cuda" => Ok(ComputeDevice::Cuda(0)),
-        other => match other.strip_prefix("cuda:").map(str::parse::<usize>) {
-            Some(Ok(n)) => Ok(ComputeDevice::Cuda(n)),
-            _ => Err(format!("`{other}` is not `cpu`, `cuda` or `cuda:N`")),
-        },
-    }
-}
-
-/// Applies `--threads` and checks `--device` before any work starts.
-fn configure(cli: &Cli) -> anyhow::Result<()> {
-    device::select(cli.device)?;
+/// Applies `--threads` and opens `--device` before any work starts: the context
+/// every command runs in.
+fn configure(cli: &Cli) -> anyhow::Result<RunContext> {
+    let device = support::device::open(cli.device)?;
     if let Some(n) = cli.threads {
         // Read by rayon's global pool and by candle's kernels when they first run; no
         // thread exists yet.
         std::env::set_var("RAYON_NUM_THREADS", n.to_string());
         std::env::set_var("CANDLE_NUM_THREADS", n.to_string());
     }
-    Ok(())
+    Ok(RunContext { device })
 }
 
 #[derive(Debug, Subcommand)]
@@ -90,34 +63,25 @@ enum Command {
     #[command(after_help = synth::EXAMPLES)]
     Synth(synth::SynthArgs),
     /// Train SAMUS or AutoSAMUS on a dataset in the US30K layout.
-    #[command(after_help = train::TRAIN_EXAMPLES)]
+    #[command(after_help = train::EXAMPLES)]
     Train(train::TrainArgs),
     /// Evaluate a checkpoint on a split: per-dataset Dice, IoU, accuracy, SE, SP, HD, HD95.
-    #[command(after_help = train::EVAL_EXAMPLES)]
-    Eval(train::EvalArgs),
+    #[command(after_help = eval::EXAMPLES)]
+    Eval(eval::EvalArgs),
     /// Convert a SAM or SAMUS checkpoint (.pth or safetensors) to a SAMUS safetensors file.
-    #[command(after_help = checkpoint_tools::CONVERT_EXAMPLES)]
-    Convert(checkpoint_tools::ConvertArgs),
+    #[command(after_help = convert::EXAMPLES)]
+    Convert(convert::ConvertArgs),
     /// Describe a checkpoint: kind, configuration, parameter counts, missing and
     /// unexpected tensors.
-    #[command(after_help = checkpoint_tools::INFO_EXAMPLES)]
-    Info(checkpoint_tools::InfoArgs),
+    #[command(after_help = info::EXAMPLES)]
+    Info(info::InfoArgs),
     /// Time SAMUS here: encoder, decoder per prompt, images/s, peak memory.
     #[command(after_help = bench::EXAMPLES)]
     Bench(bench::BenchArgs),
     /// Print a shell completion script (bash, zsh, fish, elvish, powershell).
-    #[command(after_help = COMPLETIONS_EXAMPLES)]
-    Completions {
-        /// The shell.
-        #[arg(value_enum)]
-        shell: clap_complete::Shell,
-    },
+    #[command(after_help = completions::EXAMPLES)]
+    Completions(completions::CompletionsArgs),
 }
-
-/// Examples printed by `samus completions --help`.
-const COMPLETIONS_EXAMPLES: &str = "Examples:
-  samus completions bash > ~/.local/share/bash-completion/completions/samus
-  samus completions zsh > ~/.zfunc/_samus";
 
 /// Keeps large tensor buffers in the heap instead of mapping fresh pages for each
 /// (glibc maps every allocation above its threshold anew, and the page faults on
@@ -186,22 +150,21 @@ fn main() -> ExitCode {
         Ok(cli) => cli,
         Err(e) => return usage_error(&e),
     };
-    let result = configure(&cli).and_then(|()| match cli.command {
-        Command::Demo(args) => demo::run(args),
-        Command::Segment(args) => segment::run(args),
-        Command::Auto(args) => auto::run(args),
+    let result = configure(&cli).and_then(|ctx| match cli.command {
+        Command::Demo(args) => demo::run(args, &ctx),
+        Command::Segment(args) => segment::run(args, &ctx),
+        Command::Auto(args) => auto::run(args, &ctx),
         Command::Data(args) => data::run(args),
         Command::Metrics(args) => metrics::run(args),
         Command::Synth(args) => synth::run(args),
-        Command::Train(args) => train::run_train(args),
-        Command::Eval(args) => train::run_eval(args),
-        Command::Convert(args) => checkpoint_tools::run_convert(args),
-        Command::Bench(args) => bench::run(args),
-        Command::Info(args) => checkpoint_tools::run_info(args),
-        Command::Completions { shell } => {
+        Command::Train(args) => train::run(args, &ctx),
+        Command::Eval(args) => eval::run(args, &ctx),
+        Command::Convert(args) => convert::run(args),
+        Command::Bench(args) => bench::run(args, &ctx),
+        Command::Info(args) => info::run(args),
+        Command::Completions(args) => {
             use clap::CommandFactory;
-            clap_complete::generate(shell, &mut Cli::command(), "samus", &mut std::io::stdout());
-            Ok(())
+            completions::run(args, &mut Cli::command())
         }
     });
     match result {

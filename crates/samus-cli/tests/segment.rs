@@ -10,7 +10,7 @@ use std::path::Path;
 
 use candle_core::{Device, Tensor};
 use samus_core::fixtures::relative_error;
-use samus_model::{Point, Predictor, PromptSet, Samus, SamusConfig};
+use samus_model::{Label, Prompts, Samus, SamusConfig};
 
 #[test]
 fn segment_reproduces_reference_logits() {
@@ -76,7 +76,7 @@ fn other_config() -> SamusConfig {
 }
 
 fn save_random_checkpoint(cfg: &SamusConfig, path: &Path) -> Samus {
-    let (model, tensors) = Samus::random_with_tensors(cfg, 11, &Device::Cpu).unwrap();
+    let (model, tensors) = samus_model::train::random_weights(cfg, 11, &Device::Cpu).unwrap();
     candle_core::safetensors::save(&tensors, path).unwrap();
     model
 }
@@ -120,27 +120,21 @@ fn segment_serves_any_configuration_of_the_family() {
         let out = samus(&args);
         assert!(out.status.success(), "{}", stderr(&out));
         let saved = candle_core::safetensors::load(&logits, &Device::Cpu).unwrap();
-        let mut predictor = Predictor::new(&model);
-        predictor
-            .set_image(&image::DynamicImage::ImageRgb8(img.clone()))
+        let embedding = model
+            .embed(&image::DynamicImage::ImageRgb8(img.clone()))
             .unwrap();
-        let want = predictor
-            .predict(&PromptSet {
-                points: vec![
-                    Point::foreground(150.0, 80.0),
-                    Point {
-                        x: 20.0,
-                        y: 20.0,
-                        label: 0,
-                    },
-                ],
-                bbox: Some([100.0, 50.0, 220.0, 160.0]),
-                mask_input: None,
-                multimask: true,
-            })
+        let want = model
+            .predict(
+                &embedding,
+                &Prompts::new()
+                    .point(150.0, 80.0, Label::Foreground)
+                    .point(20.0, 20.0, Label::Background)
+                    .bbox([100.0, 50.0, 220.0, 160.0])
+                    .multimask(true),
+            )
             .unwrap();
         assert_eq!(saved["low_res_logits"].dims(), &[1, 3, 128, 128]);
-        assert!(relative_error(&saved["low_res_logits"], &want.low_res_logits).unwrap() < 1e-6);
+        assert!(relative_error(&saved["low_res_logits"], want.low_res_logits()).unwrap() < 1e-6);
         assert_eq!(
             image::open(&mask).unwrap().to_luma8().dimensions(),
             (300, 200)
@@ -285,7 +279,7 @@ fn plain_sam_checkpoint_warns_that_samus_parts_are_untrained() {
         global_attn_indexes: vec![1],
         ..other_config()
     };
-    let (_, all) = Samus::random_with_tensors(&cfg, 4, &Device::Cpu).unwrap();
+    let (_, all) = samus_model::train::random_weights(&cfg, 4, &Device::Cpu).unwrap();
     let sam: HashMap<String, Tensor> = all
         .into_iter()
         .filter(|(k, _)| {

@@ -36,6 +36,8 @@
 //! - [`parallel`]: running a whole forward pass on rayon's pool, so that the
 //!   kernels' parallel splits are cheap.
 //! - [`fixtures`]: locating the reference parity fixtures and comparing with them.
+//! - [`atomic_write`]: the one way every crate of the project writes a file
+//!   (temporary file and rename, umask permissions, never onto an input).
 //!
 //! Every operation is differentiable: it is either composed of candle operations
 //! or, on the CPU in f32, one fused operation with a hand-written backward pass
@@ -55,6 +57,7 @@
 //! ```
 
 pub mod activation;
+pub mod atomic_write;
 pub mod attention;
 pub mod conv;
 mod cpu_kernel;

@@ -32,7 +32,10 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
             }
         }
     }
-    sheet.save(&out)?;
+    let format = image::ImageFormat::from_path(&out)?;
+    let mut encoded = Vec::new();
+    sheet.write_to(&mut std::io::Cursor::new(&mut encoded), format)?;
+    samus_core::atomic_write::write_atomic(std::path::Path::new(&out), &encoded)?;
     println!("wrote {out}");
     // Timing (single thread) and global-threshold Dice at default difficulty.
     for kind in Kind::ALL {

@@ -8,6 +8,7 @@ use serde::Serialize;
 
 use crate::io::read_label;
 use crate::split::{read_split, ClassMap, SplitEntry, MAIN_PATIENT_DIR};
+use crate::{Error, Result};
 
 /// Counts for one source dataset.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
@@ -122,11 +123,14 @@ pub fn check_dataset(root: &Path) -> CheckReport {
             Ok(entries) => {
                 for (line, entry) in entries {
                     match report.datasets.get_mut(&entry.dataset) {
-                        None => report.problems.push(format!(
-                            "{}:{line}: dataset `{}` is not in class.json",
-                            path.display(),
-                            entry.dataset
-                        )),
+                        None => report.problems.push(
+                            Error::UnknownDataset {
+                                path: path.clone(),
+                                line,
+                                dataset: entry.dataset,
+                            }
+                            .to_string(),
+                        ),
                         Some(counts) => {
                             *counts.split_lines.entry(split.clone()).or_default() += 1;
                             to_verify.push((path.display().to_string(), line, entry));
@@ -152,26 +156,26 @@ pub fn check_dataset(root: &Path) -> CheckReport {
     report
 }
 
-fn verify_pair(root: &Path, entry: &SplitEntry, classes: u32) -> Result<(), String> {
+fn verify_pair(root: &Path, entry: &SplitEntry, classes: u32) -> Result<()> {
     let image_path = entry.image_path(root);
     let label_path = entry.label_path(root);
     for p in [&image_path, &label_path] {
         if !p.exists() {
-            return Err(format!("{} does not exist", p.display()));
+            return Err(Error::Missing { path: p.clone() });
         }
     }
-    let image_size = image::image_dimensions(&image_path)
-        .map_err(|e| format!("{} is not a readable image: {e}", image_path.display()))?;
-    let label = read_label(&label_path).map_err(|e| e.to_string())?;
+    let image_size = image::image_dimensions(&image_path).map_err(|source| Error::Decode {
+        path: image_path.clone(),
+        source,
+    })?;
+    let label = read_label(&label_path)?;
     if image_size != label.dimensions() {
-        return Err(format!(
-            "{} is {}x{} but its label is {}x{}",
-            image_path.display(),
-            image_size.0,
-            image_size.1,
-            label.width(),
-            label.height()
-        ));
+        return Err(Error::SizeMismatch {
+            image: image_path,
+            image_size,
+            label: label_path,
+            label_size: label.dimensions(),
+        });
     }
     // 2-class datasets may store the foreground as any value above 0 (e.g. 255).
     if classes > 2 {
@@ -180,10 +184,11 @@ fn verify_pair(root: &Path, entry: &SplitEntry, classes: u32) -> Result<(), Stri
             .map(|p| p[0])
             .find(|&v| u32::from(v) >= classes)
         {
-            return Err(format!(
-                "{}: label value {bad} but the dataset has {classes} classes",
-                label_path.display()
-            ));
+            return Err(Error::LabelOutOfRange {
+                path: label_path,
+                value: bad,
+                classes,
+            });
         }
     }
     Ok(())

@@ -10,10 +10,11 @@ use rand::seq::SliceRandom;
 use rand::{rngs::StdRng, SeedableRng};
 use rayon::prelude::*;
 
-use crate::io::{read_image_grey8, read_label, ReadError};
+use crate::io::{read_image_grey8, read_label};
 use crate::prompt::{fixed_box, fixed_click, jittered_box, random_click, BoxPrompt, Click};
-use crate::split::{read_split, ClassMap, DataError, SplitEntry, MAIN_PATIENT_DIR};
+use crate::split::{read_split, ClassMap, SplitEntry, MAIN_PATIENT_DIR};
 use crate::transform::{validation_transform, Augmentation, TransformedPair};
+use crate::{Error, Result};
 
 /// How prompts are drawn.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -198,34 +199,29 @@ impl Us30kSplit {
     /// Opens split `split` (e.g. `train`, `val`, `test-Breast-BUSI`) of the dataset at
     /// `root`: reads `class.json` and the split file, and checks that every line names
     /// a listed dataset and a valid class.
-    pub fn open(
-        root: impl AsRef<Path>,
-        split: &str,
-        options: DatasetOptions,
-    ) -> Result<Self, DataError> {
+    pub fn open(root: impl AsRef<Path>, split: &str, options: DatasetOptions) -> Result<Self> {
         let root = root.as_ref().to_path_buf();
         let main = root.join(MAIN_PATIENT_DIR);
         let classes = ClassMap::read(&main.join("class.json"))?;
         let split_path = main.join(format!("{split}.txt"));
         let entries = read_split(&split_path)?;
         for (line, entry) in &entries {
-            let bad = |message: String| DataError::BadLine {
-                path: split_path.clone(),
-                line: *line,
-                message,
-            };
             let Some(n) = classes.classes(&entry.dataset) else {
-                return Err(bad(format!(
-                    "dataset `{}` is not in class.json",
-                    entry.dataset
-                )));
+                return Err(Error::UnknownDataset {
+                    path: split_path.clone(),
+                    line: *line,
+                    dataset: entry.dataset.clone(),
+                });
             };
             let class_id = entry.class_id.unwrap_or(u32::from(options.test_class_id));
             if class_id == 0 || class_id >= n {
-                return Err(bad(format!(
-                    "class id {class_id} is not a foreground class of `{}` (it has {n} classes)",
-                    entry.dataset
-                )));
+                return Err(Error::BadClassId {
+                    path: split_path.clone(),
+                    line: *line,
+                    dataset: entry.dataset.clone(),
+                    class_id,
+                    classes: n,
+                });
             }
         }
         Ok(Self {
@@ -260,25 +256,25 @@ impl Us30kSplit {
     }
 
     /// Sample `index` with the random numbers of epoch 0.
-    pub fn get(&self, index: usize) -> Result<Sample, DataError> {
+    pub fn get(&self, index: usize) -> Result<Sample> {
         self.get_in_epoch(index, 0)
     }
 
     /// Sample `index` with the random numbers of `epoch` (augmentations and random
     /// prompts differ from epoch to epoch, and are the same on every run).
-    pub fn get_in_epoch(&self, index: usize, epoch: u64) -> Result<Sample, DataError> {
-        let (line, entry) = self.entries.get(index).ok_or_else(|| DataError::BadLine {
-            path: self.split_path.clone(),
-            line: 0,
-            message: format!(
-                "sample {index} out of range (the split has {})",
-                self.entries.len()
-            ),
-        })?;
-        let in_context = |source: ReadError| DataError::Sample {
+    pub fn get_in_epoch(&self, index: usize, epoch: u64) -> Result<Sample> {
+        let (line, entry) = self
+            .entries
+            .get(index)
+            .ok_or_else(|| Error::IndexOutOfRange {
+                path: self.split_path.clone(),
+                index,
+                len: self.entries.len(),
+            })?;
+        let in_context = |source: Error| Error::Sample {
             split: self.split_path.clone(),
             line: *line,
-            source,
+            source: Box::new(source),
         };
         let pair = match self.cache.get(index) {
             Some(pair) => pair,
@@ -329,13 +325,13 @@ impl Us30kSplit {
         })
     }
 
-    fn read_pair(&self, entry: &SplitEntry) -> Result<(GrayImage, GrayImage), ReadError> {
+    fn read_pair(&self, entry: &SplitEntry) -> Result<(GrayImage, GrayImage)> {
         let image_path = entry.image_path(&self.root);
         let label_path = entry.label_path(&self.root);
         let image = read_image_grey8(&image_path)?;
         let label = read_label(&label_path)?;
         if image.dimensions() != label.dimensions() {
-            return Err(ReadError::SizeMismatch {
+            return Err(Error::SizeMismatch {
                 image: image_path,
                 image_size: image.dimensions(),
                 label: label_path,
@@ -354,7 +350,7 @@ impl Us30kSplit {
         &self,
         batch_size: usize,
         epoch: u64,
-    ) -> impl Iterator<Item = Result<Batch, DataError>> + '_ {
+    ) -> impl Iterator<Item = Result<Batch>> + '_ {
         let mut order: Vec<usize> = (0..self.entries.len()).collect();
         order.shuffle(&mut StdRng::seed_from_u64(sample_seed(
             self.options.seed,
@@ -366,7 +362,7 @@ impl Us30kSplit {
             .map(<[usize]>::to_vec)
             .collect();
         chunks.into_iter().map(move |chunk| {
-            let decoded: Vec<Result<Sample, DataError>> = chunk
+            let decoded: Vec<Result<Sample>> = chunk
                 .par_iter()
                 .map(|&i| self.get_in_epoch(i, epoch))
                 .collect();

@@ -1,65 +1,28 @@
 //! Reading US30K images and label maps.
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
 use image::{DynamicImage, GrayImage};
 use samus_model::preprocess::to_grey_unit;
 
-/// Errors reading one sample's files.
-#[derive(Debug, thiserror::Error)]
-pub enum ReadError {
-    /// The file does not exist.
-    #[error("{} does not exist", path.display())]
-    Missing {
-        /// The file.
-        path: PathBuf,
-    },
-    /// The file exists but is not a decodable PNG (or other supported image).
-    #[error("{} is not a readable image: {message}", path.display())]
-    Unreadable {
-        /// The file.
-        path: PathBuf,
-        /// The decoder's message.
-        message: String,
-    },
-    /// The image and its label map differ in size.
-    #[error("{} is {}x{} but its label {} is {}x{}", image.display(), image_size.0, image_size.1, label.display(), label_size.0, label_size.1)]
-    SizeMismatch {
-        /// The image file.
-        image: PathBuf,
-        /// Its width and height.
-        image_size: (u32, u32),
-        /// The label file.
-        label: PathBuf,
-        /// Its width and height.
-        label_size: (u32, u32),
-    },
-    /// The label map holds a value that cannot be a class id.
-    #[error("{}: label value {value} is not a class id (0..=255)", path.display())]
-    BadLabel {
-        /// The label file.
-        path: PathBuf,
-        /// The offending value.
-        value: u32,
-    },
-}
+use crate::{Error, Result};
 
 /// Decodes an image file of any supported format from its bytes.
-pub fn decode(path: &Path, bytes: &[u8]) -> Result<DynamicImage, ReadError> {
-    image::load_from_memory(bytes).map_err(|e| ReadError::Unreadable {
+pub fn decode(path: &Path, bytes: &[u8]) -> Result<DynamicImage> {
+    image::load_from_memory(bytes).map_err(|source| Error::Decode {
         path: path.to_path_buf(),
-        message: e.to_string(),
+        source,
     })
 }
 
-fn read_bytes(path: &Path) -> Result<Vec<u8>, ReadError> {
-    std::fs::read(path).map_err(|e| match e.kind() {
-        std::io::ErrorKind::NotFound => ReadError::Missing {
+fn read_bytes(path: &Path) -> Result<Vec<u8>> {
+    std::fs::read(path).map_err(|source| match source.kind() {
+        std::io::ErrorKind::NotFound => Error::Missing {
             path: path.to_path_buf(),
         },
-        _ => ReadError::Unreadable {
+        _ => Error::Io {
             path: path.to_path_buf(),
-            message: e.to_string(),
+            source,
         },
     })
 }
@@ -96,20 +59,20 @@ pub fn grey8_from_image(image: &DynamicImage) -> GrayImage {
 }
 
 /// Reads an ultrasound image as 8-bit grey ([`grey8_from_image`]).
-pub fn read_image_grey8(path: &Path) -> Result<GrayImage, ReadError> {
+pub fn read_image_grey8(path: &Path) -> Result<GrayImage> {
     Ok(grey8_from_image(&decode(path, &read_bytes(path)?)?))
 }
 
 /// Converts a decoded label map to class ids: grey values are taken as they are (16-bit
 /// maps must hold values up to 255), colour maps by their first channel.
-pub fn label_from_image(path: &Path, image: &DynamicImage) -> Result<GrayImage, ReadError> {
+pub fn label_from_image(path: &Path, image: &DynamicImage) -> Result<GrayImage> {
     match image {
         DynamicImage::ImageLuma8(img) => Ok(img.clone()),
         DynamicImage::ImageLuma16(img) => {
             let mut out = GrayImage::new(img.width(), img.height());
             for (o, p) in out.pixels_mut().zip(img.pixels()) {
                 if p[0] > 255 {
-                    return Err(ReadError::BadLabel {
+                    return Err(Error::BadLabel {
                         path: path.to_path_buf(),
                         value: u32::from(p[0]),
                     });
@@ -128,7 +91,7 @@ pub fn label_from_image(path: &Path, image: &DynamicImage) -> Result<GrayImage, 
 }
 
 /// Reads a label map (pixel value = class id).
-pub fn read_label(path: &Path) -> Result<GrayImage, ReadError> {
+pub fn read_label(path: &Path) -> Result<GrayImage> {
     label_from_image(path, &decode(path, &read_bytes(path)?)?)
 }
 

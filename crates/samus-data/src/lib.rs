@@ -6,7 +6,10 @@
 //! lines name samples. [`Us30kSplit`] opens a split and yields [`Sample`]s: the image
 //! at 256 x 256 in [0, 1], the binary target at 256 and 128, a click and a box
 //! prompt, transformed as the reference does ([`transform`], [`prompt`]); its
-//! [`Us30kSplit::batches`] decode seeded, shuffled batches in parallel.
+//! [`Us30kSplit::batches`] decode seeded, shuffled batches in parallel. Every fallible
+//! function returns [`Result`], whose [`Error`] names the file (and line) at fault;
+//! every file written ([`synth::write_dataset`]) goes through
+//! [`samus_core::atomic_write`].
 //!
 //! ```
 //! use samus_data::split::SplitEntry;
@@ -19,6 +22,7 @@
 
 pub mod check;
 pub mod dataset;
+mod error;
 pub mod io;
 pub mod prompt;
 pub mod split;
@@ -26,4 +30,5 @@ pub mod synth;
 pub mod transform;
 
 pub use dataset::{Batch, DatasetOptions, PromptMode, Sample, Us30kSplit};
-pub use split::{ClassMap, DataError, SplitEntry};
+pub use error::{Error, Result};
+pub use split::{ClassMap, SplitEntry};

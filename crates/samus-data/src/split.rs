@@ -4,55 +4,10 @@ use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::str::FromStr;
 
+use crate::{Error, Result};
+
 /// Folder of a US30K root that holds `class.json` and the split files.
 pub const MAIN_PATIENT_DIR: &str = "MainPatient";
-
-/// Errors reading the data description.
-#[derive(Debug, thiserror::Error)]
-pub enum DataError {
-    /// A file could not be read.
-    #[error("{}: {source}", path.display())]
-    Io {
-        /// The file.
-        path: PathBuf,
-        /// What the OS said.
-        source: std::io::Error,
-    },
-    /// A split line is malformed.
-    #[error("{}:{line}: {message}", path.display())]
-    BadLine {
-        /// The split file.
-        path: PathBuf,
-        /// 1-based line number.
-        line: usize,
-        /// What is wrong.
-        message: String,
-    },
-    /// `class.json` is malformed.
-    #[error("{}: {message}", path.display())]
-    BadClassMap {
-        /// The class map file.
-        path: PathBuf,
-        /// What is wrong.
-        message: String,
-    },
-    /// A sample's files are missing, unreadable or inconsistent.
-    #[error("{}:{line}: {source}", split.display())]
-    Sample {
-        /// The split file naming the sample.
-        split: PathBuf,
-        /// 1-based line number in it.
-        line: usize,
-        /// What is wrong with the sample.
-        source: crate::io::ReadError,
-    },
-    /// The split file lists no sample.
-    #[error("{}: the split is empty", path.display())]
-    EmptySplit {
-        /// The split file.
-        path: PathBuf,
-    },
-}
 
 /// One sample of a split: `<class id>/<dataset>/<name>` (train, val) or
 /// `<dataset>/<name>` (test).
@@ -69,7 +24,7 @@ pub struct SplitEntry {
 impl FromStr for SplitEntry {
     type Err = String;
 
-    fn from_str(line: &str) -> Result<Self, String> {
+    fn from_str(line: &str) -> std::result::Result<Self, String> {
         let parts: Vec<&str> = line.trim().split('/').collect();
         let nonempty = |s: &str, what: &str| {
             if s.is_empty() {
@@ -120,8 +75,8 @@ impl SplitEntry {
 /// Reads a split file as `(line number, entry)` pairs; blank lines are skipped, a
 /// malformed line is an error naming the file and the line, and an empty split is an
 /// error.
-pub fn read_split(path: &Path) -> Result<Vec<(usize, SplitEntry)>, DataError> {
-    let text = std::fs::read_to_string(path).map_err(|source| DataError::Io {
+pub fn read_split(path: &Path) -> Result<Vec<(usize, SplitEntry)>> {
+    let text = std::fs::read_to_string(path).map_err(|source| Error::Io {
         path: path.to_path_buf(),
         source,
     })?;
@@ -130,15 +85,15 @@ pub fn read_split(path: &Path) -> Result<Vec<(usize, SplitEntry)>, DataError> {
         if line.trim().is_empty() {
             continue;
         }
-        let entry = line.parse().map_err(|message| DataError::BadLine {
+        let entry = line.parse().map_err(|reason| Error::BadLine {
             path: path.to_path_buf(),
             line: i + 1,
-            message,
+            reason,
         })?;
         entries.push((i + 1, entry));
     }
     if entries.is_empty() {
-        return Err(DataError::EmptySplit {
+        return Err(Error::EmptySplit {
             path: path.to_path_buf(),
         });
     }
@@ -153,15 +108,15 @@ pub struct ClassMap {
 
 impl ClassMap {
     /// Reads `class.json`.
-    pub fn read(path: &Path) -> Result<Self, DataError> {
-        let text = std::fs::read_to_string(path).map_err(|source| DataError::Io {
+    pub fn read(path: &Path) -> Result<Self> {
+        let text = std::fs::read_to_string(path).map_err(|source| Error::Io {
             path: path.to_path_buf(),
             source,
         })?;
         let classes: BTreeMap<String, u32> =
-            serde_json::from_str(&text).map_err(|e| DataError::BadClassMap {
+            serde_json::from_str(&text).map_err(|source| Error::ClassMap {
                 path: path.to_path_buf(),
-                message: e.to_string(),
+                source,
             })?;
         Ok(Self { classes })
     }
@@ -219,10 +174,7 @@ mod tests {
         let err = read_split(&path).unwrap_err().to_string();
         assert!(err.contains("train.txt:3:"), "{err}");
         std::fs::write(&path, "\n  \n").unwrap();
-        assert!(matches!(
-            read_split(&path),
-            Err(DataError::EmptySplit { .. })
-        ));
+        assert!(matches!(read_split(&path), Err(Error::EmptySplit { .. })));
         std::fs::write(&path, "1/BUSI/a\nBUSI/b\n").unwrap();
         assert_eq!(read_split(&path).unwrap().len(), 2);
     }

@@ -5,7 +5,7 @@ use std::path::Path;
 
 use image::{GrayImage, ImageBuffer, Luma, Rgb, RgbImage, Rgba, RgbaImage};
 use samus_core::fixtures::fixtures_or_skip;
-use samus_data::{DataError, DatasetOptions, Us30kSplit};
+use samus_data::{DatasetOptions, Error, Us30kSplit};
 
 fn write_split(root: &Path, name: &str, lines: &[&str]) {
     std::fs::write(
@@ -263,7 +263,7 @@ fn bad_data_is_named_and_can_be_skipped() {
     write_split(root, "empty", &["", "  "]);
     assert!(matches!(
         Us30kSplit::open(root, "empty", DatasetOptions::evaluation()),
-        Err(DataError::EmptySplit { .. })
+        Err(Error::EmptySplit { .. })
     ));
     let err = Us30kSplit::open(root, "absent", DatasetOptions::evaluation())
         .unwrap_err()

@@ -9,15 +9,13 @@
 
 use std::collections::HashMap;
 use std::io::Read;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
 use candle_core::{Device, Tensor};
 use samus_core::resize::resize_linear_along;
 
 use crate::config::SamusConfig;
 use crate::error::{Error, Result};
-use crate::samus::Samus;
-use crate::weights::{MissingTensors, TrainablePredicate, WeightStore};
 
 /// A tensor that every SAMUS checkpoint has and SAM checkpoints lack.
 pub const SAMUS_MARKER: &str = "image_encoder.cnn_embed.inc.conv.0.weight";
@@ -38,6 +36,9 @@ pub enum CheckpointKind {
 /// What loading a checkpoint did.
 #[derive(Debug, Clone)]
 pub struct LoadReport {
+    /// The configuration the model was built with (given, or inferred from the
+    /// tensor shapes).
+    pub config: SamusConfig,
     /// Every tensor of the loaded model by reference name (after conversion, fresh
     /// tensors included): what a SAMUS checkpoint of this model holds.
     pub tensors: HashMap<String, Tensor>,
@@ -50,10 +51,7 @@ pub struct LoadReport {
 }
 
 fn checkpoint_error(path: &Path, message: impl Into<String>) -> Error {
-    Error::Checkpoint {
-        path: path.to_path_buf(),
-        message: message.into(),
-    }
+    Error::checkpoint(Some(path), message)
 }
 
 /// The file formats a checkpoint can have.
@@ -66,14 +64,8 @@ enum Format {
 
 fn sniff_format(path: &Path) -> Result<Format> {
     let mut head = [0u8; 8];
-    let mut file = std::fs::File::open(path).map_err(|source| Error::Io {
-        path: path.to_path_buf(),
-        source,
-    })?;
-    let n = file.read(&mut head).map_err(|source| Error::Io {
-        path: path.to_path_buf(),
-        source,
-    })?;
+    let mut file = std::fs::File::open(path).map_err(Error::io(path))?;
+    let n = file.read(&mut head).map_err(Error::io(path))?;
     if n >= 4 && head[..4] == *b"PK\x03\x04" {
         return Ok(Format::PthZip);
     }
@@ -161,105 +153,6 @@ pub fn convert_sam_tensors(
     Ok(())
 }
 
-impl Samus {
-    /// Loads a SAMUS or SAM checkpoint for `cfg` onto `device`.
-    ///
-    /// A SAMUS checkpoint must hold every tensor at the right shape; a SAM checkpoint
-    /// is converted (see the module docs) and the report lists the tensors that start
-    /// untrained.
-    pub fn from_checkpoint(
-        path: impl AsRef<Path>,
-        cfg: &SamusConfig,
-        device: &Device,
-    ) -> Result<(Self, LoadReport)> {
-        let path = path.as_ref();
-        cfg.validate()?;
-        let tensors = read_tensors(path)?;
-        Self::from_tensors(tensors, cfg, device, DEFAULT_INIT_SEED).map_err(|e| match e {
-            Error::Checkpoint { message, .. } => checkpoint_error(path, message),
-            other => other,
-        })
-    }
-
-    /// Builds the model from checkpoint tensors already in memory (see
-    /// [`Samus::from_checkpoint`]); `seed` seeds the fresh initialisation of a SAM
-    /// checkpoint's missing SAMUS tensors.
-    pub fn from_tensors(
-        tensors: HashMap<String, Tensor>,
-        cfg: &SamusConfig,
-        device: &Device,
-        seed: u64,
-    ) -> Result<(Self, LoadReport)> {
-        let (model, report, _) = Self::from_tensors_trainable(tensors, cfg, device, seed, None)?;
-        Ok((model, report))
-    }
-
-    /// [`Samus::from_tensors`] for training: the tensors named by `trainable` become
-    /// variables; the returned store lists them (`WeightStore::vars`) and gives every
-    /// tensor at its current value (`WeightStore::requested_tensors`) for checkpoints.
-    pub fn from_tensors_trainable(
-        mut tensors: HashMap<String, Tensor>,
-        cfg: &SamusConfig,
-        device: &Device,
-        seed: u64,
-        trainable: Option<TrainablePredicate>,
-    ) -> Result<(Self, LoadReport, WeightStore)> {
-        let in_memory = PathBuf::from("<in memory>");
-        let kind = detect_kind(&tensors).ok_or_else(|| {
-            checkpoint_error(
-                &in_memory,
-                format!("does not look like a SAM or SAMUS checkpoint: it has no tensor `{ENCODER_MARKER}`"),
-            )
-        })?;
-        let missing = match kind {
-            CheckpointKind::Samus => MissingTensors::Error,
-            CheckpointKind::Sam => {
-                convert_sam_tensors(&mut tensors, cfg)?;
-                MissingTensors::Initialise { seed }
-            }
-        };
-        let store = match trainable {
-            Some(predicate) => WeightStore::with_trainable(tensors, missing, predicate),
-            None => WeightStore::new(tensors, missing),
-        };
-        let model = Self::load(store.var_builder(device), cfg).map_err(|e| {
-            checkpoint_error(
-                &in_memory,
-                format!(
-                    "{e} (model configuration: embed_dim {}, depth {}, num_heads {})",
-                    cfg.embed_dim, cfg.depth, cfg.num_heads
-                ),
-            )
-        })?;
-        let report = LoadReport {
-            tensors: store.requested_tensors(),
-            kind,
-            initialised: store.initialised(),
-            unused: store.unused(),
-        };
-        Ok((model, report, store))
-    }
-
-    /// A model of `cfg` with every weight freshly initialised as the reference does
-    /// (untrained: for demos, benchmarks and tests).
-    pub fn random(cfg: &SamusConfig, seed: u64, device: &Device) -> Result<Self> {
-        Ok(Self::random_with_tensors(cfg, seed, device)?.0)
-    }
-
-    /// [`Samus::random`] that also returns the weights by reference name (to save
-    /// them as a checkpoint).
-    pub fn random_with_tensors(
-        cfg: &SamusConfig,
-        seed: u64,
-        device: &Device,
-    ) -> Result<(Self, HashMap<String, Tensor>)> {
-        cfg.validate()?;
-        let store = WeightStore::new(HashMap::new(), MissingTensors::Initialise { seed });
-        let model = Self::load(store.var_builder(device), cfg)?;
-        Ok((model, store.requested_tensors()))
-    }
-}
-
 /// Guesses the configuration of a SAM or SAMUS checkpoint from its tensor shapes:
 /// the width from the patch embedding, the depth from the block indexes, the head
 /// width from the relative-position tables, and the global blocks as those whose
@@ -300,31 +193,18 @@ pub fn infer_config(tensors: &HashMap<String, Tensor>) -> Option<SamusConfig> {
     cfg.validate().ok().map(|_| cfg)
 }
 
-/// Writes tensors as a safetensors file atomically: to a temporary file in the same
-/// folder, then renamed over `path`, so a crash never leaves a partial checkpoint.
-pub fn save_safetensors_atomic(
+/// Writes tensors as a safetensors file atomically (through
+/// [`samus_core::atomic_write`]: a crash never leaves a partial checkpoint).
+pub fn save_safetensors(
     path: &Path,
     tensors: &HashMap<String, Tensor>,
     metadata: Option<HashMap<String, String>>,
 ) -> Result<()> {
-    let io_error = |source| Error::Io {
-        path: path.to_path_buf(),
-        source,
-    };
     let contiguous = tensors
         .iter()
         .map(|(k, t)| Ok((k.as_str(), t.contiguous()?)))
         .collect::<Result<Vec<_>>>()?;
     let bytes = safetensors::serialize(contiguous.iter().map(|(k, t)| (*k, t)), metadata)
-        .map_err(|e| checkpoint_error(path, format!("cannot serialise: {e}")))?;
-    let file_name = path
-        .file_name()
-        .and_then(|n| n.to_str())
-        .unwrap_or("checkpoint");
-    let tmp = path.with_file_name(format!(".{file_name}.{}.tmp", std::process::id()));
-    std::fs::write(&tmp, bytes).map_err(io_error)?;
-    std::fs::rename(&tmp, path).map_err(|e| {
-        let _ = std::fs::remove_file(&tmp);
-        io_error(e)
-    })
+        .map_err(|e| Error::checkpoint(Some(path), format!("cannot serialise: {e}")))?;
+    Ok(samus_core::atomic_write::write_atomic(path, &bytes)?)
 }

@@ -136,12 +136,18 @@ impl SamusConfig {
     /// object holding it under `"config"` (as the fixtures' `samus_tiny.json`).
     pub fn from_json_str(text: &str) -> Result<Self> {
         let value: serde_json::Value =
-            serde_json::from_str(text).map_err(|e| Error::Config(format!("invalid JSON: {e}")))?;
+            serde_json::from_str(text).map_err(|e| Error::ConfigSource {
+                path: None,
+                message: format!("invalid JSON: {e}"),
+            })?;
         let object = match value.get("config") {
             Some(inner) if value.get("embed_dim").is_none() => inner.clone(),
             _ => value,
         };
-        let cfg: Self = serde_json::from_value(object).map_err(|e| Error::Config(e.to_string()))?;
+        let cfg: Self = serde_json::from_value(object).map_err(|e| Error::ConfigSource {
+            path: None,
+            message: e.to_string(),
+        })?;
         cfg.validate()?;
         Ok(cfg)
     }
@@ -154,7 +160,17 @@ impl SamusConfig {
             source,
         })?;
         Self::from_json_str(&text).map_err(|e| match e {
-            Error::Config(msg) => Error::Config(format!("{}: {msg}", path.display())),
+            Error::ConfigSource {
+                path: None,
+                message,
+            } => Error::ConfigSource {
+                path: Some(path.to_path_buf()),
+                message,
+            },
+            Error::Config { message, .. } => Error::ConfigSource {
+                path: Some(path.to_path_buf()),
+                message,
+            },
             other => other,
         })
     }
@@ -168,10 +184,13 @@ impl SamusConfig {
         if path.exists() {
             return Self::from_json_file(path);
         }
-        Err(Error::Config(format!(
-            "`{spec}` is neither a preset ({}) nor an existing JSON file",
-            Self::PRESETS.join(", ")
-        )))
+        Err(Error::ConfigSource {
+            path: None,
+            message: format!(
+                "`{spec}` is neither a preset ({}) nor an existing JSON file",
+                Self::PRESETS.join(", ")
+            ),
+        })
     }
 
     /// Side of the token grid and of the image embedding: `img_size / patch_size`.
@@ -201,69 +220,89 @@ impl SamusConfig {
 
     /// Checks that the numbers describe a buildable model.
     pub fn validate(&self) -> Result<()> {
-        let fail = |msg: String| Err(Error::Config(msg));
+        let fail = |field: &'static str, message: String| Err(Error::Config { field, message });
         if self.embed_dim < 4 {
-            return fail(format!(
-                "embed_dim must be at least 4, got {}",
-                self.embed_dim
-            ));
+            return fail(
+                "embed_dim",
+                format!("embed_dim must be at least 4, got {}", self.embed_dim),
+            );
         }
         if self.num_heads == 0 || !self.embed_dim.is_multiple_of(self.num_heads) {
-            return fail(format!(
-                "num_heads ({}) must divide embed_dim ({})",
-                self.num_heads, self.embed_dim
-            ));
+            return fail(
+                "num_heads",
+                format!(
+                    "num_heads ({}) must divide embed_dim ({})",
+                    self.num_heads, self.embed_dim
+                ),
+            );
         }
         if self.depth == 0 {
-            return fail("depth must be positive".into());
+            return fail("depth", "depth must be positive".into());
         }
         if let Some(bad) = self.global_attn_indexes.iter().find(|&&i| i >= self.depth) {
-            return fail(format!(
-                "global_attn_indexes contains {bad}, but depth is {}",
-                self.depth
-            ));
+            return fail(
+                "global_attn_indexes",
+                format!(
+                    "global_attn_indexes contains {bad}, but depth is {}",
+                    self.depth
+                ),
+            );
         }
         if self.window_size == 0 {
-            return fail("window_size must be positive".into());
+            return fail("window_size", "window_size must be positive".into());
         }
         if !self.patch_size.is_power_of_two() || self.patch_size < 2 {
-            return fail(format!(
-                "patch_size must be a power of two of at least 2, got {}",
-                self.patch_size
-            ));
+            return fail(
+                "patch_size",
+                format!(
+                    "patch_size must be a power of two of at least 2, got {}",
+                    self.patch_size
+                ),
+            );
         }
         if self.img_size == 0 || !self.img_size.is_multiple_of(self.patch_size) {
-            return fail(format!(
-                "img_size ({}) must be a positive multiple of patch_size ({})",
-                self.img_size, self.patch_size
-            ));
+            return fail(
+                "img_size",
+                format!(
+                    "img_size ({}) must be a positive multiple of patch_size ({})",
+                    self.img_size, self.patch_size
+                ),
+            );
         }
         let grid = self.grid_size();
         if grid > SAM_POS_EMBED_GRID
             || !SAM_POS_EMBED_GRID.is_multiple_of(grid)
             || !(SAM_POS_EMBED_GRID / grid).is_power_of_two()
         {
-            return fail(format!(
+            return fail(
+                "img_size",
+                format!(
                 "the token grid img_size / patch_size = {grid} must divide SAM's {SAM_POS_EMBED_GRID}x{SAM_POS_EMBED_GRID} position grid by a power of two"
             ));
         }
         if self.prompt_embed_dim == 0 || !self.prompt_embed_dim.is_multiple_of(2) {
-            return fail(format!(
-                "prompt_embed_dim must be a positive even number, got {}",
-                self.prompt_embed_dim
-            ));
+            return fail(
+                "prompt_embed_dim",
+                format!(
+                    "prompt_embed_dim must be a positive even number, got {}",
+                    self.prompt_embed_dim
+                ),
+            );
         }
         if !(self.mlp_ratio.is_finite() && self.mlp_ratio > 0.0 && self.mlp_dim() > 0) {
-            return fail(format!(
-                "mlp_ratio must be positive, got {}",
-                self.mlp_ratio
-            ));
+            return fail(
+                "mlp_ratio",
+                format!("mlp_ratio must be positive, got {}", self.mlp_ratio),
+            );
         }
         if !(self.layer_norm_eps.is_finite() && self.layer_norm_eps > 0.0) {
-            return fail(format!(
-                "layer_norm_eps must be positive, got {}",
-                self.layer_norm_eps
-            ));
+            return fail(
+                "layer_norm_eps",
+                format!(
+                    "layer_norm_eps must be positive, got {}",
+                    self.layer_norm_eps
+                ),
+            );
         }
         Ok(())
     }

@@ -34,7 +34,7 @@ pub struct Samus {
 impl Samus {
     /// Builds the model of `cfg` from `vb`, whose names are the reference
     /// `state_dict` names (`image_encoder.*`, `prompt_encoder.*`, `mask_decoder.*`).
-    pub fn load(vb: VarBuilder, cfg: &SamusConfig) -> Result<Self> {
+    pub(crate) fn build(vb: VarBuilder, cfg: &SamusConfig) -> Result<Self> {
         if let Err(e) = cfg.validate() {
             candle_core::bail!("{e}")
         }

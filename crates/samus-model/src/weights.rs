@@ -38,6 +38,29 @@ struct StoreState {
     created: HashMap<String, Tensor>,
     vars: Vec<(String, Var)>,
     requested: BTreeSet<String>,
+    problem: Option<TensorProblem>,
+}
+
+/// The first tensor a strict store could not hand out, kept so that loaders can
+/// report it with typed fields (candle's backend interface carries only a message).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum TensorProblem {
+    /// The checkpoint lacks the tensor.
+    Missing {
+        /// Its reference name.
+        name: String,
+        /// The shape the model expects.
+        expected: Vec<usize>,
+    },
+    /// The checkpoint has it at another shape.
+    Shape {
+        /// Its reference name.
+        name: String,
+        /// The shape the model expects.
+        expected: Vec<usize>,
+        /// The shape in the checkpoint.
+        found: Vec<usize>,
+    },
 }
 
 /// Decides which tensors are trainable, by name.
@@ -103,6 +126,7 @@ impl WeightStore {
                     created: HashMap::new(),
                     vars: Vec::new(),
                     requested: BTreeSet::new(),
+                    problem: None,
                 }),
             }),
         }
@@ -207,6 +231,15 @@ fn plain_error(message: String) -> candle_core::Error {
 }
 
 impl WeightStore {
+    /// The first tensor that could not be handed out, if any.
+    pub fn problem(&self) -> Option<TensorProblem> {
+        self.state().problem.clone()
+    }
+
+    fn record(&self, problem: TensorProblem) {
+        self.state().problem.get_or_insert(problem);
+    }
+
     /// Hands out `tensor` for `name`: as a variable (the same one on every request)
     /// when `name` is trainable.
     fn hand_out(&self, name: &str, tensor: Tensor) -> Result<Tensor> {
@@ -237,6 +270,11 @@ impl WeightStore {
         match self.inner.tensors.get(name) {
             Some(t) => {
                 if t.shape() != &shape {
+                    self.record(TensorProblem::Shape {
+                        name: name.to_string(),
+                        expected: shape.dims().to_vec(),
+                        found: t.dims().to_vec(),
+                    });
                     return Err(plain_error(format!(
                         "tensor `{name}` has shape {:?}, expected {:?}",
                         t.dims(),
@@ -246,10 +284,16 @@ impl WeightStore {
                 t.to_dtype(dtype)?.to_device(dev)
             }
             None => match self.inner.missing {
-                MissingTensors::Error => Err(plain_error(format!(
-                    "missing tensor `{name}` (expected shape {:?})",
-                    shape.dims()
-                ))),
+                MissingTensors::Error => {
+                    self.record(TensorProblem::Missing {
+                        name: name.to_string(),
+                        expected: shape.dims().to_vec(),
+                    });
+                    Err(plain_error(format!(
+                        "missing tensor `{name}` (expected shape {:?})",
+                        shape.dims()
+                    )))
+                }
                 MissingTensors::Initialise { .. } => {
                     if let Some(t) = self.state().created.get(name) {
                         return Ok(t.clone());

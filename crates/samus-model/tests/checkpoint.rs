@@ -42,7 +42,12 @@ fn sam_checkpoint_converts_like_the_reference() {
         "config guessed from a SAM checkpoint"
     );
 
-    let (model, report) = Samus::from_tensors(sam, &cfg, &Device::Cpu, 5).unwrap();
+    let (model, report) = Samus::loader_from_tensors(sam)
+        .config(cfg.clone())
+        .device(&Device::Cpu)
+        .init_seed(5)
+        .load_with_report()
+        .unwrap();
     assert_eq!(report.kind, CheckpointKind::Sam);
     // Exactly the SAMUS-only tensors start fresh: the fixture's trainable set minus the
     // converted rel-pos tables.
@@ -96,10 +101,14 @@ fn strict_loading_names_the_missing_tensor() {
         global_attn_indexes: vec![1],
         ..SamusConfig::vit_b()
     };
-    let (_, mut tensors) = Samus::random_with_tensors(&cfg, 1, &Device::Cpu).unwrap();
+    let (_, mut tensors) = samus_model::train::random_weights(&cfg, 1, &Device::Cpu).unwrap();
     assert_eq!(infer_config(&tensors).unwrap(), cfg);
     tensors.remove("image_encoder.blocks.1.Space_Adapter.q.bias");
-    let err = Samus::from_tensors(tensors, &cfg, &Device::Cpu, 0)
+    let err = Samus::loader_from_tensors(tensors)
+        .config(cfg.clone())
+        .device(&Device::Cpu)
+        .init_seed(0)
+        .load_with_report()
         .unwrap_err()
         .to_string();
     assert!(

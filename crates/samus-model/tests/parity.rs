@@ -23,9 +23,11 @@ fn fixture() -> Option<Fixture> {
     let dir = fixtures_or_skip(env!("CARGO_MANIFEST_DIR"))?;
     let dir: PathBuf = dir;
     let cfg = SamusConfig::from_json_file(dir.join("samus_tiny.json")).expect("fixture config");
-    let (model, report) =
-        Samus::from_checkpoint(dir.join("samus_tiny.safetensors"), &cfg, &Device::Cpu)
-            .expect("fixture weights");
+    let (model, report) = Samus::loader(dir.join("samus_tiny.safetensors"))
+        .config(cfg.clone())
+        .device(&Device::Cpu)
+        .load_with_report()
+        .expect("fixture weights");
     assert!(
         report.initialised.is_empty(),
         "a SAMUS checkpoint must load completely"

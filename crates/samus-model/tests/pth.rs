@@ -87,7 +87,7 @@ fn sam_pth_checkpoint_loads_like_safetensors() {
         global_attn_indexes: vec![1],
         ..SamusConfig::vit_b()
     };
-    let (_, all) = Samus::random_with_tensors(&cfg, 2, &Device::Cpu).unwrap();
+    let (_, all) = samus_model::train::random_weights(&cfg, 2, &Device::Cpu).unwrap();
     let sam: HashMap<String, Tensor> = all
         .into_iter()
         .filter(|(k, _)| {
@@ -113,8 +113,16 @@ fn sam_pth_checkpoint_loads_like_safetensors() {
             .unwrap();
         assert_eq!(diff, 0.0, "{name}");
     }
-    let (a, report) = Samus::from_checkpoint(&pth, &cfg, &Device::Cpu).unwrap();
-    let (b, _) = Samus::from_checkpoint(&st, &cfg, &Device::Cpu).unwrap();
+    let (a, report) = Samus::loader(&pth)
+        .config(cfg.clone())
+        .device(&Device::Cpu)
+        .load_with_report()
+        .unwrap();
+    let (b, _) = Samus::loader(&st)
+        .config(cfg.clone())
+        .device(&Device::Cpu)
+        .load_with_report()
+        .unwrap();
     assert_eq!(report.kind, CheckpointKind::Sam);
     let image = Tensor::rand(0f32, 1.0, (1, 1, 256, 256), &Device::Cpu).unwrap();
     let ea = a.embed_image(&image).unwrap();

@@ -6,7 +6,7 @@
 use std::time::Instant;
 
 use candle_core::{Device, Tensor};
-use samus_model::{PromptBatch, Samus, SamusConfig};
+use samus_model::{PromptBatch, SamusConfig};
 use samus_train::freeze::TrainableSet;
 use samus_train::loss::{bce_dice_loss, LossWeights};
 use samus_train::model::{ModelKind, TrainModel};
@@ -21,7 +21,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     };
     let dev = Device::Cpu;
     let cfg = SamusConfig::tiny();
-    let (_, tensors) = Samus::random_with_tensors(&cfg, 1, &dev)?;
+    let (_, tensors) = samus_model::train::random_weights(&cfg, 1, &dev)?;
     let model = TrainModel::from_tensors(tensors, &cfg, ModelKind::Samus, set, &dev)?;
     let mut opt = Adam::new(model.vars(), AdamConfig::default())?;
     let image = Tensor::rand(0f32, 1.0, (batch, 1, 256, 256), &dev)?;

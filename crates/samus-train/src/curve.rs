@@ -188,22 +188,13 @@ pub fn render_curve(metrics: &Metrics) -> Result<Vec<u8>, TrainError> {
     Ok(pixels)
 }
 
-/// Draws `metrics` into the PNG at `path`, written atomically (a temporary file in
-/// the same folder, then a rename).
+/// Draws `metrics` into the PNG at `path`, written atomically
+/// ([`samus_core::atomic_write`]: a temporary file in the same folder, then a rename).
 pub fn write_curve_png(metrics: &Metrics, path: &Path) -> Result<(), TrainError> {
     let pixels = render_curve(metrics)?;
     let (w, h) = CURVE_SIZE;
     let image = image::RgbImage::from_raw(w, h, pixels)
         .ok_or_else(|| TrainError::Curve("curve buffer has the wrong size".into()))?;
-    let file_name = path
-        .file_name()
-        .map(|n| n.to_string_lossy().into_owned())
-        .unwrap_or_else(|| "curve.png".into());
-    let tmp = path.with_file_name(format!(".{file_name}.tmp"));
-    let io = |source| TrainError::Io {
-        path: path.to_path_buf(),
-        source,
-    };
     let mut encoded = Vec::new();
     image
         .write_to(
@@ -211,8 +202,8 @@ pub fn write_curve_png(metrics: &Metrics, path: &Path) -> Result<(), TrainError>
             image::ImageFormat::Png,
         )
         .map_err(|e| TrainError::Curve(format!("{}: {e}", path.display())))?;
-    std::fs::write(&tmp, encoded).map_err(io)?;
-    std::fs::rename(&tmp, path).map_err(io)
+    samus_core::atomic_write::write_atomic(path, &encoded)?;
+    Ok(())
 }
 
 #[cfg(test)]
@@ -260,6 +251,10 @@ mod tests {
                 .count()
                 > 200
         );
-        assert!(!dir.path().join(".curve.png.tmp").exists());
+        let names: Vec<_> = std::fs::read_dir(dir.path())
+            .unwrap()
+            .map(|e| e.unwrap().file_name())
+            .collect();
+        assert_eq!(names, ["curve.png"], "no temporary file is left behind");
     }
 }

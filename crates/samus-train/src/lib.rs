@@ -34,10 +34,13 @@ pub mod trainer;
 pub enum TrainError {
     /// A sample could not be read.
     #[error(transparent)]
-    Data(#[from] samus_data::DataError),
+    Data(#[from] samus_data::Error),
     /// The model or a checkpoint could not be loaded or written.
     #[error(transparent)]
     Model(#[from] samus_model::Error),
+    /// A run folder file could not be written (see [`samus_core::atomic_write`]).
+    #[error(transparent)]
+    Write(#[from] samus_core::atomic_write::WriteError),
     /// A tensor operation failed.
     #[error(transparent)]
     Tensor(#[from] candle_core::Error),

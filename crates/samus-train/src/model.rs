@@ -91,13 +91,12 @@ impl TrainModel {
             }
             (ModelKind::AutoSamus, TrainableSet::Reference) => None,
         };
-        let (samus, _, samus_store) = Samus::from_tensors_trainable(
-            samus_tensors,
-            cfg,
-            device,
-            DEFAULT_INIT_SEED,
-            samus_set,
-        )?;
+        let (samus, _, samus_store) = Samus::loader_from_tensors(samus_tensors)
+            .config(cfg.clone())
+            .device(device)
+            .init_seed(DEFAULT_INIT_SEED)
+            .into_parts()?
+            .build(samus_set)?;
         let mut stores = vec![samus_store];
         let auto = match kind {
             ModelKind::Samus => None,

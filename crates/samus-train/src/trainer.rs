@@ -16,7 +16,7 @@ use std::time::{Duration, Instant};
 
 use candle_core::Tensor;
 use samus_data::Us30kSplit;
-use samus_model::checkpoint::{read_tensors, save_safetensors_atomic};
+use samus_model::checkpoint::{read_tensors, save_safetensors};
 use serde::{Deserialize, Serialize};
 
 use crate::curve::{write_curve_png, Metrics};
@@ -312,7 +312,7 @@ impl<'m> Trainer<'m> {
     }
 
     fn save_model(&self, name: &str) -> Result<(), TrainError> {
-        save_safetensors_atomic(&self.run_dir.join(name), &self.model.tensors(), None)?;
+        save_safetensors(&self.run_dir.join(name), &self.model.tensors(), None)?;
         Ok(())
     }
 
@@ -320,13 +320,10 @@ impl<'m> Trainer<'m> {
     pub fn checkpoint(&self) -> Result<(), TrainError> {
         self.save_model(LAST)?;
         let state: HashMap<String, Tensor> = self.optimizer.state()?;
-        save_safetensors_atomic(&self.run_dir.join(OPTIMIZER), &state, None)?;
-        let path = self.run_dir.join(STATE);
-        let tmp = self.run_dir.join(format!(".{STATE}.tmp"));
+        save_safetensors(&self.run_dir.join(OPTIMIZER), &state, None)?;
         let json = serde_json::to_string_pretty(&self.state)
             .map_err(|e| TrainError::Resume(e.to_string()))?;
-        std::fs::write(&tmp, json).map_err(io_error(&tmp))?;
-        std::fs::rename(&tmp, &path).map_err(io_error(&path))?;
+        samus_core::atomic_write::write_atomic(&self.run_dir.join(STATE), json.as_bytes())?;
         Ok(())
     }
 

@@ -27,8 +27,11 @@ fn apg_loss_and_gradients_match() {
         return;
     };
     let cfg = SamusConfig::from_json_file(dir.join("samus_tiny.json")).unwrap();
-    let (samus, _) =
-        Samus::from_checkpoint(dir.join("samus_tiny.safetensors"), &cfg, &Device::Cpu).unwrap();
+    let (samus, _) = Samus::loader(dir.join("samus_tiny.safetensors"))
+        .config(cfg.clone())
+        .device(&Device::Cpu)
+        .load_with_report()
+        .unwrap();
     let apg = read_tensors(dir.join("autosamus_tiny_apg.safetensors")).unwrap();
     let store = WeightStore::with_trainable(
         apg,

@@ -32,7 +32,7 @@ fn setup() -> Option<Setup> {
         MissingTensors::Error,
         samus_trainable(&cfg, TrainableSet::Reference),
     );
-    let model = Samus::load(store.var_builder(&Device::Cpu), &cfg).unwrap();
+    let model = samus_model::train::build(store.var_builder(&Device::Cpu), &cfg).unwrap();
     let io = candle_core::safetensors::load(dir.join("samus_tiny_io.safetensors"), &Device::Cpu)
         .unwrap();
     let meta: serde_json::Value =

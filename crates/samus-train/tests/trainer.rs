@@ -6,14 +6,14 @@ use std::path::Path;
 
 use candle_core::Device;
 use samus_data::{DatasetOptions, Us30kSplit};
-use samus_model::{Samus, SamusConfig};
+use samus_model::SamusConfig;
 use samus_train::freeze::TrainableSet;
 use samus_train::model::{ModelKind, TrainModel};
 use samus_train::trainer::{TrainOptions, Trainer};
 
 fn model() -> TrainModel {
     let cfg = SamusConfig::tiny();
-    let (_, tensors) = Samus::random_with_tensors(&cfg, 3, &Device::Cpu).unwrap();
+    let (_, tensors) = samus_model::train::random_weights(&cfg, 3, &Device::Cpu).unwrap();
     TrainModel::from_tensors(
         tensors,
         &cfg,
@@ -132,7 +132,7 @@ fn loss_falls_over_a_few_dozen_steps() {
     std::fs::write(root.join("MainPatient/one.txt"), first).unwrap();
     let train = Us30kSplit::open(&root, "one", DatasetOptions::training()).unwrap();
     let cfg = SamusConfig::tiny();
-    let (_, tensors) = Samus::random_with_tensors(&cfg, 11, &Device::Cpu).unwrap();
+    let (_, tensors) = samus_model::train::random_weights(&cfg, 11, &Device::Cpu).unwrap();
     let m = TrainModel::from_tensors(
         tensors,
         &cfg,

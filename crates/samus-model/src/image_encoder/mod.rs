@@ -14,14 +14,15 @@ mod neck;
 mod patch_embed;
 mod position_adapter;
 
-pub use adapter::FeatureAdapter;
-pub use attention::EncoderAttention;
-pub use block::{EncoderBlock, EncoderMlp};
+// The parts that the benchmarks and profiling examples (other crates) time one by
+// one are public; the rest is internal to the encoder.
+pub(crate) use adapter::FeatureAdapter;
+pub use block::EncoderBlock;
 pub use cnn_branch::CnnEmbed;
 pub use cross_branch::CrossBranchAttention;
 pub use neck::Neck;
 pub use patch_embed::PatchEmbed;
-pub use position_adapter::PositionAdapter;
+pub(crate) use position_adapter::PositionAdapter;
 
 use candle_core::{Module, Result, Tensor};
 use candle_nn::{Init, VarBuilder};

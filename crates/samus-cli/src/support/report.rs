@@ -10,7 +10,8 @@ use samus_data::Sample;
 use samus_train::evaluate::EvalReport;
 use samus_train::metrics::MaskMetrics;
 
-use crate::images::{sample_overlay, save_png};
+use super::images::sample_overlay;
+use super::output::Outputs;
 
 /// Cases shown at each end (best and worst Dice).
 pub const CASES_PER_END: usize = 4;
@@ -78,6 +79,7 @@ fn escape(text: &str) -> String {
 
 /// Writes `DIR/index.html` and `DIR/cases/*.png`.
 pub fn write_report(
+    outputs: &Outputs,
     dir: &Path,
     title: &str,
     report: &EvalReport,
@@ -123,7 +125,7 @@ pub fn write_report(
         let _ = writeln!(html, "<h2>{heading}</h2>");
         for (i, case) in list.iter().enumerate() {
             let file = format!("{tag}_{i}.png");
-            save_png(
+            outputs.png(
                 &DynamicImage::ImageRgb8(case.overlay.clone()),
                 &case_dir.join(&file),
             )?;
@@ -138,11 +140,7 @@ pub fn write_report(
         }
     }
     html.push_str("</body></html>\n");
-    crate::output::write_atomically(&dir.join("index.html"), |file| {
-        use std::io::Write;
-        file.write_all(html.as_bytes())?;
-        Ok(())
-    })
+    outputs.bytes(&dir.join("index.html"), html.as_bytes())
 }
 
 #[cfg(test)]

@@ -3,19 +3,23 @@
 use std::path::{Path, PathBuf};
 
 use anyhow::{bail, Context, Result};
-use candle_core::Device;
+use candle_core::{Device, Tensor};
 use clap::Args;
 use image::{DynamicImage, GrayImage};
-use samus_model::checkpoint::DEFAULT_INIT_SEED;
-use samus_model::{CheckpointKind, Point, Prediction, Predictor, PromptSet, Samus, SamusConfig};
+use samus_model::{CheckpointKind, PointPrompt, Prediction, Prompts, Samus, SamusConfig};
 use serde::Serialize;
 
-use crate::demo::demo_image;
-use crate::images::{mask_image, open_image, overlay, save_png};
-use crate::model_source::{checkpoint_error, read_checkpoint, resolve_config, NO_CHECKPOINT};
-use crate::output::write_safetensors;
-use crate::prompt_file::{label_map, read_prompts, PromptEntry};
-use crate::prompts::{parse_box, parse_point};
+use crate::cmd::demo::demo_image;
+use crate::support::images::{mask_image, open_image, overlay};
+use crate::support::model::{warn_if_sam, Checkpoint, NO_CHECKPOINT};
+use crate::support::output::Outputs;
+use crate::support::RunContext;
+
+mod prompt_file;
+mod prompts;
+
+use prompt_file::{label_map, read_prompts, PromptEntry};
+pub use prompts::{parse_box, parse_point};
 
 /// Examples shown by `samus segment --help`.
 pub const EXAMPLES: &str = "\
@@ -56,7 +60,7 @@ pub struct SegmentArgs {
     /// Point prompt in image pixels, `x,y` or `x,y,label` (label 1 foreground,
     /// the default, or 0 background). Repeat for several points.
     #[arg(long = "point", value_name = "X,Y[,LABEL]", value_parser = parse_point)]
-    points: Vec<Point>,
+    points: Vec<PointPrompt>,
     /// Box prompt in image pixels.
     #[arg(long = "box", value_name = "X0,Y0,X1,Y1", value_parser = parse_box)]
     bbox: Option<[f32; 4]>,
@@ -114,7 +118,7 @@ struct SegmentReport {
 /// Demo weights are seeded so that the demo is repeatable.
 const DEMO_SEED: u64 = 7;
 
-fn load_model(args: &SegmentArgs, device: &Device) -> Result<(Samus, bool)> {
+fn load_model(args: &SegmentArgs, ctx: &RunContext) -> Result<(Samus, bool)> {
     let Some(path) = &args.checkpoint else {
         if !args.demo {
             bail!(NO_CHECKPOINT);
@@ -128,46 +132,52 @@ fn load_model(args: &SegmentArgs, device: &Device) -> Result<(Samus, bool)> {
              is not a real segmentation. Get weights with `cargo xtask download` and pass --checkpoint.",
             cfg.embed_dim
         );
-        return Ok((Samus::random(&cfg, DEMO_SEED, device)?, true));
+        return Ok((Samus::random(&cfg, DEMO_SEED, &ctx.device)?, true));
     };
-    let tensors = read_checkpoint(path)?;
-    let cfg = resolve_config(args.config.as_deref(), &tensors, path)?;
-    let (model, report) = Samus::from_tensors(tensors, &cfg, device, DEFAULT_INIT_SEED)
-        .map_err(|e| checkpoint_error(path, e))?;
-    let untrained = report.kind == CheckpointKind::Sam;
-    if untrained {
-        eprintln!(
-            "warning: {} is a plain SAM checkpoint: the SAMUS parts ({} tensors: CNN branch, adapters, \
-             position adapter) are freshly initialised and UNTRAINED; use a trained SAMUS checkpoint for \
-             real segmentation.",
-            path.display(),
-            report.initialised.len()
-        );
-    }
-    Ok((model, untrained))
+    let (model, report) = Checkpoint::read(path, args.config.as_deref())?.samus(ctx)?;
+    warn_if_sam(path, &report);
+    Ok((model, report.kind == CheckpointKind::Sam))
 }
 
-fn masks_to_summaries(prediction: &Prediction) -> Result<(Vec<MaskSummary>, Vec<Vec<u8>>)> {
-    let iou = prediction.iou.squeeze(0)?.to_vec1::<f32>()?;
-    let masks = prediction.masks.squeeze(0)?;
-    let mut summaries = Vec::with_capacity(iou.len());
-    let mut pixels = Vec::with_capacity(iou.len());
-    for (i, score) in iou.iter().enumerate() {
-        let m = masks.get(i)?.flatten_all()?.to_vec1::<u8>()?;
-        summaries.push(MaskSummary {
-            index: i,
-            iou: *score,
-            area: m.iter().filter(|&&v| v > 0).count(),
-        });
-        pixels.push(m);
-    }
-    Ok((summaries, pixels))
+fn summaries(prediction: &Prediction) -> Vec<MaskSummary> {
+    prediction
+        .masks()
+        .iter()
+        .map(|m| MaskSummary {
+            index: m.index,
+            iou: m.iou,
+            area: m.area(),
+        })
+        .collect()
+}
+
+/// The predicted IoUs as a `1 x K` tensor (for `--save-logits`).
+fn iou_tensor(prediction: &Prediction) -> Result<Tensor> {
+    let iou = prediction.iou();
+    let k = iou.len();
+    Ok(Tensor::from_vec(iou, (1, k), &Device::Cpu)?)
 }
 
 /// Runs `samus segment`.
-pub fn run(args: SegmentArgs) -> Result<()> {
-    let device = crate::device::selected();
-    let (image, image_name, mut points) = match (&args.image, args.demo) {
+pub fn run(args: SegmentArgs, ctx: &RunContext) -> Result<()> {
+    let config_file = args.config.as_ref().map(PathBuf::from);
+    let outputs = Outputs::guarding(
+        [&args.image, &args.checkpoint, &args.prompts, &config_file]
+            .into_iter()
+            .flatten(),
+    );
+    for out in [
+        Some(&args.out),
+        args.overlay.as_ref(),
+        args.save_logits.as_ref(),
+        args.label_map.as_ref(),
+    ]
+    .into_iter()
+    .flatten()
+    {
+        outputs.check(out)?;
+    }
+    let (image, image_name, points) = match (&args.image, args.demo) {
         (Some(path), _) => (
             open_image(path)?,
             path.display().to_string(),
@@ -176,7 +186,7 @@ pub fn run(args: SegmentArgs) -> Result<()> {
         (None, _) => {
             let (img, (cx, cy)) = demo_image(DEMO_SEED);
             let points = if args.points.is_empty() && args.bbox.is_none() {
-                vec![Point::foreground(cx, cy)]
+                vec![PointPrompt::foreground(cx, cy)]
             } else {
                 args.points.clone()
             };
@@ -189,41 +199,46 @@ pub fn run(args: SegmentArgs) -> Result<()> {
     };
     if let Some(path) = &args.prompts {
         let entries = read_prompts(path)?;
-        let (model, untrained) = load_model(&args, &device)?;
-        return run_prompt_file(&args, &model, untrained, &image, &image_name, &entries);
+        let (model, untrained) = load_model(&args, ctx)?;
+        let job = PromptFileJob {
+            args: &args,
+            model: &model,
+            untrained,
+            image: &image,
+            image_name: &image_name,
+            outputs: &outputs,
+        };
+        return job.run(&entries);
     }
     if points.is_empty() && args.bbox.is_none() {
         bail!("give at least one prompt: --point x,y, --box x0,y0,x1,y1 or --prompts FILE.json");
     }
-    points.shrink_to_fit();
-    let (model, untrained) = load_model(&args, &device)?;
-    let mut predictor = Predictor::new(&model);
-    predictor.set_image(&image)?;
-    let prediction = predictor.predict(&PromptSet {
-        points: points.clone(),
-        bbox: args.bbox,
-        mask_input: None,
-        multimask: args.multimask,
-    })?;
-    let (summaries, pixels) = masks_to_summaries(&prediction)?;
-    let selected = summaries
-        .iter()
-        .max_by(|a, b| a.iou.total_cmp(&b.iou))
-        .map_or(0, |s| s.index);
+    let (model, untrained) = load_model(&args, ctx)?;
+    let embedding = model.embed(&image)?;
+    let prediction = model.predict(
+        &embedding,
+        &Prompts::new()
+            .points(points.iter().copied())
+            .maybe_bbox(args.bbox)
+            .multimask(args.multimask),
+    )?;
+    let summaries = summaries(&prediction);
+    let best = prediction.best();
+    let selected = best.index;
     let (w, h) = (image.width(), image.height());
-    let mask = mask_image(&pixels[selected], w, h)?;
-    save_png(&DynamicImage::ImageLuma8(mask.clone()), &args.out)?;
+    let mask = &best.image;
+    outputs.png(&DynamicImage::ImageLuma8(mask.clone()), &args.out)?;
     if let Some(path) = &args.overlay {
-        let caption = format!("predicted IoU {:.3}", summaries[selected].iou);
-        let picture = overlay(&image, &mask, &points, args.bbox, Some(&caption));
-        save_png(&DynamicImage::ImageRgb8(picture), path)?;
+        let caption = format!("predicted IoU {:.3}", best.iou);
+        let picture = overlay(&image, mask, &points, args.bbox, Some(&caption));
+        outputs.png(&DynamicImage::ImageRgb8(picture), path)?;
     }
     if let Some(path) = &args.save_logits {
-        write_safetensors(
+        outputs.named_tensors(
             path,
             &[
-                ("low_res_logits", &prediction.low_res_logits),
-                ("iou", &prediction.iou),
+                ("low_res_logits", prediction.low_res_logits()),
+                ("iou", &iou_tensor(&prediction)?),
             ],
             None,
         )?;
@@ -296,112 +311,110 @@ fn beside(out: &Path, suffix: &str) -> PathBuf {
     out.with_file_name(format!("{stem}_{suffix}.png"))
 }
 
-/// Segments every entry of a prompts file on the image encoded once.
-fn run_prompt_file(
-    args: &SegmentArgs,
-    model: &Samus,
+/// What `--prompts` works on.
+struct PromptFileJob<'a> {
+    args: &'a SegmentArgs,
+    model: &'a Samus,
     untrained: bool,
-    image: &DynamicImage,
-    image_name: &str,
-    entries: &[PromptEntry],
-) -> Result<()> {
-    let (w, h) = (image.width(), image.height());
-    let mut predictor = Predictor::new(model);
-    predictor.set_image(image)?;
-    let mut reports = Vec::with_capacity(entries.len());
-    let mut logits = Vec::with_capacity(entries.len());
-    let mut union = vec![0u8; (w * h) as usize];
-    let mut all_points = Vec::new();
-    for entry in entries {
-        let prediction = predictor
-            .predict(&entry.prompt_set(args.multimask))
-            .with_context(|| format!("prompt entry `{}`", entry.name))?;
-        let (summaries, pixels) = masks_to_summaries(&prediction)?;
-        let best = summaries
-            .iter()
-            .max_by(|a, b| a.iou.total_cmp(&b.iou))
-            .map_or(0, |s| s.index);
-        let path = beside(&args.out, &entry.name);
-        save_png(
-            &DynamicImage::ImageLuma8(mask_image(&pixels[best], w, h)?),
-            &path,
-        )?;
-        for (u, &m) in union.iter_mut().zip(&pixels[best]) {
-            *u |= m;
-        }
-        all_points.extend(entry.points.iter().copied());
-        logits.push(
-            prediction
-                .logits
-                .squeeze(0)?
-                .get(best)?
-                .flatten_all()?
-                .to_vec1::<f32>()?,
-        );
-        reports.push(EntryReport {
-            name: entry.name.clone(),
-            class_id: entry.class_id,
-            iou: summaries[best].iou,
-            area: summaries[best].area,
-            out: path.display().to_string(),
-        });
-    }
-    let label_path = match (
-        &args.label_map,
-        entries.iter().any(|e| e.class_id.is_some()),
-    ) {
-        (Some(path), _) => Some(path.clone()),
-        (None, true) => Some(beside(&args.out, "labels")),
-        (None, false) => None,
-    };
-    if let Some(path) = &label_path {
-        let labels = GrayImage::from_raw(w, h, label_map(entries, &logits))
-            .context("label map size does not match the image")?;
-        save_png(&DynamicImage::ImageLuma8(labels), path)?;
-    }
-    if let Some(path) = &args.overlay {
-        let caption = reports
-            .iter()
-            .map(|e| format!("{} {:.2}", e.name, e.iou))
-            .collect::<Vec<_>>()
-            .join("  ");
-        let picture = overlay(
+    image: &'a DynamicImage,
+    image_name: &'a str,
+    outputs: &'a Outputs,
+}
+
+impl PromptFileJob<'_> {
+    /// Segments every entry of a prompts file on the image encoded once.
+    fn run(&self, entries: &[PromptEntry]) -> Result<()> {
+        let Self {
+            args,
+            model,
+            untrained,
             image,
-            &mask_image(&union, w, h)?,
-            &all_points,
-            None,
-            Some(&caption),
-        );
-        save_png(&DynamicImage::ImageRgb8(picture), path)?;
-    }
-    let report = PromptFileReport {
-        image: image_name.to_string(),
-        width: w,
-        height: h,
-        checkpoint: args.checkpoint.as_ref().map(|p| p.display().to_string()),
-        untrained,
-        entries: reports,
-        label_map: label_path.map(|p| p.display().to_string()),
-        overlay: args.overlay.as_ref().map(|p| p.display().to_string()),
-    };
-    if args.json {
-        println!("{}", serde_json::to_string(&report)?);
-    } else {
-        for e in &report.entries {
-            let class = e
-                .class_id
-                .map_or_else(String::new, |c| format!(" class {c}"));
-            println!(
-                "{}{class}: predicted IoU {:.4}, area {} px -> {}",
-                e.name, e.iou, e.area, e.out
+            image_name,
+            outputs,
+        } = *self;
+        let (w, h) = (image.width(), image.height());
+        let embedding = model.embed(image)?;
+        let mut reports = Vec::with_capacity(entries.len());
+        let mut logits = Vec::with_capacity(entries.len());
+        let mut union = vec![0u8; (w * h) as usize];
+        let mut all_points = Vec::new();
+        for entry in entries {
+            let prediction = model
+                .predict(&embedding, &entry.prompts(args.multimask))
+                .with_context(|| format!("prompt entry `{}`", entry.name))?;
+            let best = prediction.best();
+            let path = beside(&args.out, &entry.name);
+            outputs.png(&DynamicImage::ImageLuma8(best.image.clone()), &path)?;
+            for (u, m) in union.iter_mut().zip(best.image.as_raw()) {
+                *u |= u8::from(*m > 0);
+            }
+            all_points.extend(entry.points.iter().copied());
+            logits.push(prediction.best_logits()?);
+            reports.push(EntryReport {
+                name: entry.name.clone(),
+                class_id: entry.class_id,
+                iou: best.iou,
+                area: best.area(),
+                out: path.display().to_string(),
+            });
+        }
+        let label_path = match (
+            &args.label_map,
+            entries.iter().any(|e| e.class_id.is_some()),
+        ) {
+            (Some(path), _) => Some(path.clone()),
+            (None, true) => Some(beside(&args.out, "labels")),
+            (None, false) => None,
+        };
+        if let Some(path) = &label_path {
+            let labels = GrayImage::from_raw(w, h, label_map(entries, &logits))
+                .context("label map size does not match the image")?;
+            outputs.png(&DynamicImage::ImageLuma8(labels), path)?;
+        }
+        if let Some(path) = &args.overlay {
+            let caption = reports
+                .iter()
+                .map(|e| format!("{} {:.2}", e.name, e.iou))
+                .collect::<Vec<_>>()
+                .join("  ");
+            let picture = overlay(
+                image,
+                &mask_image(&union, w, h)?,
+                &all_points,
+                None,
+                Some(&caption),
             );
+            outputs.png(&DynamicImage::ImageRgb8(picture), path)?;
         }
-        if let Some(p) = &report.label_map {
-            println!("label map written to {p}");
+        let report = PromptFileReport {
+            image: image_name.to_string(),
+            width: w,
+            height: h,
+            checkpoint: args.checkpoint.as_ref().map(|p| p.display().to_string()),
+            untrained,
+            entries: reports,
+            label_map: label_path.map(|p| p.display().to_string()),
+            overlay: args.overlay.as_ref().map(|p| p.display().to_string()),
+        };
+        if args.json {
+            println!("{}", serde_json::to_string(&report)?);
+        } else {
+            for e in &report.entries {
+                let class = e
+                    .class_id
+                    .map_or_else(String::new, |c| format!(" class {c}"));
+                println!(
+                    "{}{class}: predicted IoU {:.4}, area {} px -> {}",
+                    e.name, e.iou, e.area, e.out
+                );
+            }
+            if let Some(p) = &report.label_map {
+                println!("label map written to {p}");
+            }
+            if let Some(p) = &report.overlay {
+                println!("overlay written to {p}");
+            }
         }
-        if let Some(p) = &report.overlay {
-            println!("overlay written to {p}");
-        }
+        Ok(())
     }
-    Ok(())
 }

@@ -16,7 +16,7 @@
 use std::path::Path;
 
 use anyhow::{bail, Context, Result};
-use samus_model::{Point, PromptSet};
+use samus_model::{Label, PointPrompt, Prompts};
 use serde::Deserialize;
 
 /// Largest class id a label map can hold (8-bit PNG).
@@ -30,20 +30,18 @@ pub struct PromptEntry {
     /// The class id painted into the label map, if any.
     pub class_id: Option<u8>,
     /// The prompts.
-    pub points: Vec<Point>,
+    pub points: Vec<PointPrompt>,
     /// The box, if any.
     pub bbox: Option<[f32; 4]>,
 }
 
 impl PromptEntry {
-    /// The prompts as a [`PromptSet`].
-    pub fn prompt_set(&self, multimask: bool) -> PromptSet {
-        PromptSet {
-            points: self.points.clone(),
-            bbox: self.bbox,
-            mask_input: None,
-            multimask,
-        }
+    /// The entry's prompts.
+    pub fn prompts(&self, multimask: bool) -> Prompts {
+        Prompts::new()
+            .points(self.points.iter().copied())
+            .maybe_bbox(self.bbox)
+            .multimask(multimask)
     }
 }
 
@@ -104,12 +102,11 @@ pub fn parse_prompts(text: &str) -> Result<Vec<PromptEntry>> {
                 .points
                 .iter()
                 .map(|p| match p.as_slice() {
-                    [x, y] => Ok(Point::foreground(*x, *y)),
-                    [x, y, label] if *label == 0.0 || *label == 1.0 => Ok(Point {
-                        x: *x,
-                        y: *y,
-                        label: *label as i64,
-                    }),
+                    [x, y] => Ok(PointPrompt::foreground(*x, *y)),
+                    [x, y, label] if *label == 1.0 => Ok(PointPrompt::foreground(*x, *y)),
+                    [x, y, label] if *label == 0.0 => {
+                        Ok(PointPrompt::new(*x, *y, Label::Background))
+                    }
                     _ => bail!("{what}: point {p:?} is not [x, y] or [x, y, label] with label 0 or 1"),
                 })
                 .collect::<Result<Vec<_>>>()?;
@@ -163,7 +160,7 @@ mod tests {
         let e = parse_prompts(text).unwrap();
         assert_eq!(e.len(), 2);
         assert_eq!(e[0].class_id, Some(1));
-        assert_eq!(e[0].points[1].label, 0);
+        assert_eq!(e[0].points[1].label, Label::Background);
         assert_eq!(e[1].name, "1");
         assert_eq!(e[1].bbox, Some([1.0, 2.0, 30.0, 40.0]));
         let wrapped = parse_prompts(r#"{"prompts": [{"points": [[1, 1]]}]}"#).unwrap();

@@ -5,17 +5,19 @@ use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::time::Instant;
 
-use anyhow::{bail, Context, Result};
+use anyhow::{bail, Result};
 use candle_core::Tensor;
 use clap::Args;
 use image::DynamicImage;
-use samus_model::checkpoint::{save_safetensors_atomic, DEFAULT_INIT_SEED};
+use samus_model::checkpoint::DEFAULT_INIT_SEED;
 use samus_model::preprocess::image_to_input;
-use samus_model::{Point, Predictor, PromptBatch, PromptSet, Samus, SamusConfig};
+use samus_model::{PointPrompt, PromptBatch, Prompts, Samus, SamusConfig};
 use serde::Serialize;
 
-use crate::demo::demo_image;
-use crate::model_source::{checkpoint_error, read_checkpoint, resolve_config};
+use crate::cmd::demo::demo_image;
+use crate::support::model::Checkpoint;
+use crate::support::output::Outputs;
+use crate::support::RunContext;
 
 /// Examples printed by `samus bench --help`.
 pub const EXAMPLES: &str = "Examples:
@@ -114,26 +116,40 @@ fn peak_rss_mb() -> Option<f64> {
 }
 
 /// The model, its configuration and its weights by reference name.
-fn load(args: &BenchArgs) -> Result<(Samus, SamusConfig, HashMap<String, Tensor>)> {
-    let device = crate::device::selected();
+fn load(
+    args: &BenchArgs,
+    ctx: &RunContext,
+) -> Result<(Samus, SamusConfig, HashMap<String, Tensor>)> {
     if args.random_weights {
         let cfg = SamusConfig::from_name_or_path(args.config.as_deref().unwrap_or("vit_b"))?;
-        let (model, tensors) = Samus::random_with_tensors(&cfg, DEFAULT_INIT_SEED, &device)?;
+        let (model, tensors) =
+            samus_model::train::random_weights(&cfg, DEFAULT_INIT_SEED, &ctx.device)?;
         return Ok((model, cfg, tensors));
     }
     let Some(path) = &args.checkpoint else {
         bail!("give --checkpoint FILE or --random-weights");
     };
-    let tensors = read_checkpoint(path)?;
-    let cfg = resolve_config(args.config.as_deref(), &tensors, path)?;
-    let (model, _) = Samus::from_tensors(tensors.clone(), &cfg, &device, DEFAULT_INIT_SEED)
-        .map_err(|e| checkpoint_error(path, e))?;
+    let checkpoint = Checkpoint::read(path, args.config.as_deref())?;
+    let cfg = checkpoint.config.clone();
+    // The weights are written again only with --save-weights.
+    let tensors = if args.save_weights.is_some() {
+        checkpoint.tensors.clone()
+    } else {
+        HashMap::new()
+    };
+    let (model, _) = checkpoint.samus(ctx)?;
     Ok((model, cfg, tensors))
 }
 
 /// Runs the model once on the benchmark's image and first prompt and writes input and
 /// output to `path` (`--write-io`).
-fn write_io(model: &Samus, image: &DynamicImage, point: (f32, f32), path: &Path) -> Result<()> {
+fn write_io(
+    model: &Samus,
+    image: &DynamicImage,
+    point: (f32, f32),
+    path: &Path,
+    outputs: &Outputs,
+) -> Result<()> {
     let device = model.device();
     let size = model.config().img_size;
     let input = image_to_input(image, size, device)?;
@@ -165,39 +181,37 @@ fn write_io(model: &Samus, image: &DynamicImage, point: (f32, f32), path: &Path)
         ("low_res_logits".to_string(), out.low_res_logits),
         ("iou".to_string(), out.iou),
     ]);
-    save_safetensors_atomic(path, &tensors, None)
-        .with_context(|| format!("cannot write {}", path.display()))
+    outputs.safetensors(path, &tensors, None)
 }
 
 /// Runs `samus bench`.
-pub fn run(args: BenchArgs) -> Result<()> {
-    let (model, cfg, tensors) = load(&args)?;
+pub fn run(args: BenchArgs, ctx: &RunContext) -> Result<()> {
+    let outputs = Outputs::guarding(args.checkpoint.iter());
+    for out in [&args.save_weights, &args.write_io].into_iter().flatten() {
+        outputs.check(out)?;
+    }
+    let (model, cfg, tensors) = load(&args, ctx)?;
     let (image, (cx, cy)) = demo_image(7);
     let image = DynamicImage::ImageLuma8(image);
     if let Some(path) = &args.save_weights {
-        save_safetensors_atomic(path, &tensors, None)
-            .with_context(|| format!("cannot write {}", path.display()))?;
+        outputs.safetensors(path, &tensors, None)?;
     }
     drop(tensors);
     if let Some(path) = &args.write_io {
-        write_io(&model, &image, (cx, cy), path)?;
+        write_io(&model, &image, (cx, cy), path, &outputs)?;
     }
-    let mut predictor = Predictor::new(&model);
-    let prompts: Vec<PromptSet> = (0..PROMPTS_PER_IMAGE)
-        .map(|i| PromptSet {
-            points: vec![Point::foreground(cx + i as f32, cy)],
-            ..PromptSet::default()
-        })
+    let prompts: Vec<Prompts> = (0..PROMPTS_PER_IMAGE)
+        .map(|i| Prompts::new().points([PointPrompt::foreground(cx + i as f32, cy)]))
         .collect();
     let (mut encoder, mut decoder, mut full) = (Vec::new(), Vec::new(), Vec::new());
     for run in 0..WARMUP_RUNS + args.iters as usize {
         let start = Instant::now();
-        predictor.set_image(&image)?;
+        let embedding = model.embed(&image)?;
         let encoded = start.elapsed().as_secs_f64();
         let mut first = None;
         for prompt in &prompts {
             let t = Instant::now();
-            predictor.predict(prompt)?;
+            model.predict(&embedding, prompt)?;
             let d = t.elapsed().as_secs_f64();
             first.get_or_insert(d);
             if run >= WARMUP_RUNS {

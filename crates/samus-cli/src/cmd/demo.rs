@@ -7,42 +7,50 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result};
 use clap::Args;
-use image::{DynamicImage, GrayImage, Luma};
+use image::{DynamicImage, GrayImage};
 use indicatif::{ProgressBar, ProgressStyle};
-use samus_data::{DatasetOptions, Us30kSplit};
+use samus_data::{synth, DatasetOptions, Us30kSplit};
 use samus_model::checkpoint::read_tensors;
-use samus_model::{Samus, SamusConfig};
+use samus_model::SamusConfig;
 use samus_train::evaluate::evaluate;
 use samus_train::freeze::TrainableSet;
 use samus_train::metrics::mask_metrics;
 use samus_train::model::{BatchTensors, ModelKind, TrainModel};
 use samus_train::trainer::{TrainOptions, Trainer};
 
-/// Side of the demo image.
-pub const DEMO_SIZE: u32 = 256;
+use super::eval::print_report;
+use super::train::parse_minutes;
+use crate::support::images::sample_overlay;
+use crate::support::output::Outputs;
+use crate::support::RunContext;
 
-/// The demo image and the centre of its lesion (x, y).
+/// A synthetic breast scan from [`samus_data::synth`] (the generator the demo
+/// trains on) and a point inside its lesion (x, y): the label pixel nearest to the
+/// lesion's centroid.
 pub fn demo_image(seed: u64) -> (GrayImage, (f32, f32)) {
-    let centre = (DEMO_SIZE as f32 * 0.55, DEMO_SIZE as f32 * 0.45);
-    let (rx, ry) = (DEMO_SIZE as f32 * 0.16, DEMO_SIZE as f32 * 0.11);
-    // A small xorshift generator: the speckle only has to look random and be repeatable.
-    let mut state = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
-    let mut next = move || {
-        state ^= state << 13;
-        state ^= state >> 7;
-        state ^= state << 17;
-        (state >> 11) as f32 / (1u64 << 53) as f32
+    let (image, label) = synth::generate(synth::Kind::Breast, seed, &synth::Difficulty::default());
+    let inside: Vec<(f32, f32)> = label
+        .enumerate_pixels()
+        .filter(|(_, _, p)| p[0] > 0)
+        .map(|(x, y, _)| (x as f32, y as f32))
+        .collect();
+    let centre = match inside.len() {
+        0 => (image.width() as f32 / 2.0, image.height() as f32 / 2.0),
+        n => {
+            let (sx, sy) = inside
+                .iter()
+                .fold((0.0, 0.0), |(sx, sy), (x, y)| (sx + x, sy + y));
+            let (cx, cy) = (sx / n as f32, sy / n as f32);
+            inside
+                .iter()
+                .copied()
+                .min_by(|a, b| {
+                    let d = |p: &(f32, f32)| (p.0 - cx).powi(2) + (p.1 - cy).powi(2);
+                    d(a).total_cmp(&d(b))
+                })
+                .unwrap_or((cx, cy))
+        }
     };
-    let image = GrayImage::from_fn(DEMO_SIZE, DEMO_SIZE, |x, y| {
-        let dx = (x as f32 - centre.0) / rx;
-        let dy = (y as f32 - centre.1) / ry;
-        let inside = dx * dx + dy * dy <= 1.0;
-        let depth_gain = 1.0 - 0.4 * y as f32 / DEMO_SIZE as f32;
-        let base = if inside { 35.0 } else { 150.0 * depth_gain };
-        // Rayleigh-like speckle: multiplicative noise with a long tail.
-        let speckle = (-2.0 * (1.0 - next()).max(1e-6).ln()).sqrt();
-        Luma([(base * speckle * 0.8).clamp(0.0, 255.0) as u8])
-    });
     (image, centre)
 }
 
@@ -70,7 +78,7 @@ pub struct DemoArgs {
     #[arg(long, value_name = "DIR", default_value = "samus-demo")]
     out: PathBuf,
     /// Minutes of training.
-    #[arg(long, default_value_t = 3.0, value_parser = crate::train::parse_minutes)]
+    #[arg(long, default_value_t = 3.0, value_parser = parse_minutes)]
     minutes: f64,
     /// Synthetic images per kind (70% train, 15% validation, 15% test).
     #[arg(long, default_value_t = 60, value_parser = clap::value_parser!(u64).range(8..=5000))]
@@ -102,6 +110,7 @@ fn load_best(model: &TrainModel, run: &Path) -> Result<()> {
 
 /// Writes overlays (prediction tinted, the click drawn) of the first test images.
 fn write_overlays(model: &TrainModel, test: &Us30kSplit, dir: &Path) -> Result<usize> {
+    let outputs = Outputs::default();
     std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
     let count = test.len().min(DEMO_OVERLAYS);
     let samples = (0..count)
@@ -114,11 +123,11 @@ fn write_overlays(model: &TrainModel, test: &Us30kSplit, dir: &Path) -> Result<u
         let side = (target.len() as f64).sqrt() as usize;
         let dice = mask_metrics(&mask, &target, side, side).dice;
         let caption = format!("Dice {dice:.2} against the ground truth");
-        let picture = crate::images::sample_overlay(sample, &mask, &caption)?;
+        let picture = sample_overlay(sample, &mask, &caption)?;
         let stem = Path::new(&sample.name)
             .file_stem()
             .map_or_else(|| sample.name.clone(), |s| s.to_string_lossy().into_owned());
-        crate::images::save_png(
+        outputs.png(
             &DynamicImage::ImageRgb8(picture),
             &dir.join(format!("{stem}.png")),
         )?;
@@ -139,7 +148,7 @@ fn next_steps(train_images: usize) -> String {
 }
 
 /// Runs `samus demo`.
-pub fn run(args: DemoArgs) -> Result<()> {
+pub fn run(args: DemoArgs, ctx: &RunContext) -> Result<()> {
     let data = args.out.join("data");
     let run_dir = args.out.join("run");
     let overlays = args.out.join("overlays");
@@ -159,8 +168,8 @@ pub fn run(args: DemoArgs) -> Result<()> {
     let test = split(&data, "test", DatasetOptions::evaluation())?;
 
     let cfg = SamusConfig::tiny();
-    let device = crate::device::selected();
-    let (_, tensors) = Samus::random_with_tensors(&cfg, args.seed, &device)?;
+    let device = ctx.device.clone();
+    let (_, tensors) = samus_model::train::random_weights(&cfg, args.seed, &device)?;
     let model =
         TrainModel::from_tensors(tensors, &cfg, ModelKind::Samus, TrainableSet::All, &device)?;
     println!(
@@ -206,7 +215,7 @@ pub fn run(args: DemoArgs) -> Result<()> {
     );
     load_best(&model, &run_dir)?;
     let report = evaluate(&model, &test, DEMO_BATCH)?;
-    crate::train::print_report(&report);
+    print_report(&report);
 
     let written = write_overlays(&model, &test, &overlays)?;
     println!(
@@ -223,18 +232,11 @@ mod tests {
     use super::*;
 
     #[test]
-    fn lesion_is_darker_than_tissue() {
+    fn the_demo_point_lies_on_the_lesion_of_a_repeatable_image() {
         let (img, (cx, cy)) = demo_image(3);
-        let mean = |x0: u32, y0: u32| -> f32 {
-            let mut s = 0.0;
-            for y in y0..y0 + 10 {
-                for x in x0..x0 + 10 {
-                    s += img.get_pixel(x, y)[0] as f32;
-                }
-            }
-            s / 100.0
-        };
-        assert!(mean(cx as u32 - 5, cy as u32 - 5) < 0.5 * mean(10, 10));
+        let (_, label) = synth::generate(synth::Kind::Breast, 3, &synth::Difficulty::default());
+        assert!(label.get_pixel(cx as u32, cy as u32)[0] > 0);
         assert_eq!(demo_image(3).0, img);
+        assert_ne!(demo_image(4).0, img);
     }
 }

@@ -9,9 +9,7 @@ use image::{DynamicImage, GrayImage, ImageFormat, Rgb, RgbImage};
 use imageproc::drawing::{draw_filled_circle_mut, draw_hollow_rect_mut, draw_text_mut};
 use imageproc::rect::Rect;
 use samus_data::Sample;
-use samus_model::{BoxPrompt, Point};
-
-use crate::output::write_atomically;
+use samus_model::{Label, PointPrompt};
 
 /// Opacity of the mask tint in overlays.
 const TINT_ALPHA: f32 = 0.45;
@@ -70,17 +68,6 @@ pub fn open_image(path: &Path) -> Result<DynamicImage> {
     Ok(image)
 }
 
-/// Writes an image as PNG, atomically.
-pub fn save_png(image: &DynamicImage, path: &Path) -> Result<()> {
-    write_atomically(path, |file| {
-        let mut buffered = std::io::BufWriter::new(file);
-        image
-            .write_to(&mut buffered, ImageFormat::Png)
-            .context("PNG encoding failed")?;
-        Ok(())
-    })
-}
-
 /// A binary mask (0/1 per pixel, row-major) as a black and white PNG image.
 pub fn mask_image(mask: &[u8], width: u32, height: u32) -> Result<GrayImage> {
     let pixels = mask.iter().map(|&m| if m > 0 { 255 } else { 0 }).collect();
@@ -102,11 +89,12 @@ pub fn sample_overlay(sample: &Sample, prediction: &[bool], caption: &str) -> Re
     )
     .context("the sample image is not square")?;
     let mask: Vec<u8> = prediction.iter().map(|&p| u8::from(p)).collect();
-    let click = Point {
-        x: sample.click.x as f32,
-        y: sample.click.y as f32,
-        label: sample.click.label,
+    let label = if sample.click.label == 1 {
+        Label::Foreground
+    } else {
+        Label::Background
     };
+    let click = PointPrompt::new(sample.click.x as f32, sample.click.y as f32, label);
     Ok(overlay(
         &DynamicImage::ImageLuma8(grey),
         &mask_image(&mask, side, side)?,
@@ -135,8 +123,8 @@ fn on_outline(mask: &GrayImage, x: u32, y: u32) -> bool {
 pub fn overlay(
     image: &DynamicImage,
     mask: &GrayImage,
-    points: &[Point],
-    bbox: Option<BoxPrompt>,
+    points: &[PointPrompt],
+    bbox: Option<[f32; 4]>,
     caption: Option<&str>,
 ) -> RgbImage {
     let mut out = image.to_rgb8();
@@ -159,7 +147,7 @@ pub fn overlay(
     }
     let radius = ((out.width().min(out.height()) as f32) / 80.0).max(2.0) as i32;
     for p in points {
-        let colour = if p.label == 1 {
+        let colour = if p.label == Label::Foreground {
             FOREGROUND_COLOUR
         } else {
             BACKGROUND_COLOUR
@@ -212,7 +200,7 @@ mod tests {
         let out = overlay(
             &image,
             &mask,
-            &[Point::foreground(60.0, 60.0)],
+            &[PointPrompt::foreground(60.0, 60.0)],
             None,
             Some("IoU 0.9"),
         );

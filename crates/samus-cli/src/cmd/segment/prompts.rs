@@ -1,6 +1,6 @@
 //! Parsing prompts given on the command line.
 
-use samus_model::Point;
+use samus_model::{Label, PointPrompt};
 
 fn numbers(text: &str, what: &str) -> Result<Vec<f32>, String> {
     text.split(',')
@@ -15,11 +15,12 @@ fn numbers(text: &str, what: &str) -> Result<Vec<f32>, String> {
 }
 
 /// `x,y` or `x,y,label` (label 1 foreground, default; 0 background).
-pub fn parse_point(text: &str) -> Result<Point, String> {
+pub fn parse_point(text: &str) -> Result<PointPrompt, String> {
     let v = numbers(text, "point")?;
     let label = match v.len() {
-        2 => 1,
-        3 if v[2] == 1.0 || v[2] == 0.0 => v[2] as i64,
+        2 => Label::Foreground,
+        3 if v[2] == 1.0 => Label::Foreground,
+        3 if v[2] == 0.0 => Label::Background,
         3 => {
             return Err(format!(
                 "point label must be 1 (foreground) or 0 (background), got {}",
@@ -28,11 +29,7 @@ pub fn parse_point(text: &str) -> Result<Point, String> {
         }
         _ => return Err(format!("a point is `x,y` or `x,y,label`, got `{text}`")),
     };
-    Ok(Point {
-        x: v[0],
-        y: v[1],
-        label,
-    })
+    Ok(PointPrompt::new(v[0], v[1], label))
 }
 
 /// `x0,y0,x1,y1`.
@@ -52,13 +49,9 @@ mod tests {
     fn points_and_boxes() {
         assert_eq!(
             parse_point("10,20").unwrap(),
-            Point {
-                x: 10.0,
-                y: 20.0,
-                label: 1
-            }
+            PointPrompt::new(10.0, 20.0, Label::Foreground)
         );
-        assert_eq!(parse_point("1.5, 2,0").unwrap().label, 0);
+        assert_eq!(parse_point("1.5, 2,0").unwrap().label, Label::Background);
         assert!(parse_point("1,2,5").unwrap_err().contains("label"));
         assert!(parse_point("1").is_err());
         assert!(parse_point("a,b").unwrap_err().contains("`a`"));

@@ -8,13 +8,14 @@ use candle_core::{Device, Tensor};
 use clap::Args;
 use image::DynamicImage;
 use indicatif::{ProgressBar, ProgressStyle};
-use samus_apg::{read_apg_tensors, AutoSamus, Segmentation};
-use samus_model::checkpoint::DEFAULT_INIT_SEED;
+use samus_apg::AutoSamus;
+use samus_model::Prediction;
 use serde::Serialize;
 
-use crate::images::{mask_image, open_image, overlay, save_png};
-use crate::model_source::{checkpoint_error, read_checkpoint, resolve_config, NO_CHECKPOINT};
-use crate::output::write_safetensors;
+use crate::support::images::{open_image, overlay};
+use crate::support::model::{warn_if_sam, Checkpoint, NO_CHECKPOINT};
+use crate::support::output::Outputs;
+use crate::support::RunContext;
 
 /// Examples shown by `samus auto --help`.
 pub const EXAMPLES: &str = "\
@@ -140,44 +141,25 @@ fn output_names(files: &[PathBuf]) -> Result<Vec<String>> {
         .collect()
 }
 
-fn load_model(args: &AutoArgs, device: &Device) -> Result<AutoSamus> {
+fn load_model(args: &AutoArgs, ctx: &RunContext) -> Result<AutoSamus> {
     let Some(path) = &args.checkpoint else {
         bail!(NO_CHECKPOINT);
     };
-    let mut tensors = read_checkpoint(path)?;
-    let cfg = resolve_config(args.config.as_deref(), &tensors, path)?;
-    let has_apg = tensors
-        .keys()
-        .any(|k| samus_apg::auto_samus::is_apg_tensor(k));
-    if let Some(apg) = &args.apg {
-        if !apg.exists() {
-            bail!("APG checkpoint {} does not exist", apg.display());
-        }
-        tensors.extend(read_apg_tensors(apg)?);
-    } else if !has_apg {
-        bail!(
-            "checkpoint {} holds no auto prompt generator (prompt_generator.*, feature_adapter.*); \
-             pass its weights with --apg FILE",
-            path.display()
-        );
-    }
-    let (model, report) = AutoSamus::from_tensors(tensors, &cfg, device, DEFAULT_INIT_SEED)
-        .map_err(|e| checkpoint_error(path, e))?;
-    if report.samus.kind == samus_model::CheckpointKind::Sam {
-        eprintln!(
-            "warning: {} is a plain SAM checkpoint: the SAMUS parts are UNTRAINED, so the masks are not real segmentations",
-            path.display()
-        );
-    }
+    let checkpoint = Checkpoint::read(path, args.config.as_deref())?;
+    let (model, report) = checkpoint.auto(ctx, args.apg.as_deref())?;
+    warn_if_sam(path, &report.samus);
     Ok(model)
 }
 
-fn summarise(seg: &Segmentation) -> Result<(Vec<u8>, usize, f32)> {
-    let mask = seg.mask.flatten_all()?.to_vec1::<u8>()?;
-    let prob = candle_nn::ops::sigmoid(&seg.logits)?
+/// The mask's area and the mean foreground probability inside it.
+fn summarise(prediction: &Prediction) -> Result<(usize, f32)> {
+    let mask = prediction.best();
+    let prob = candle_nn::ops::sigmoid(prediction.logits())?
         .flatten_all()?
         .to_vec1::<f32>()?;
     let (area, sum) = mask
+        .image
+        .as_raw()
         .iter()
         .zip(&prob)
         .filter(|(m, _)| **m > 0)
@@ -187,15 +169,21 @@ fn summarise(seg: &Segmentation) -> Result<(Vec<u8>, usize, f32)> {
     } else {
         (sum / area as f64) as f32
     };
-    Ok((mask, area, mean))
+    Ok((area, mean))
 }
 
 /// Runs `samus auto`.
-pub fn run(args: AutoArgs) -> Result<()> {
-    let device = crate::device::selected();
+pub fn run(args: AutoArgs, ctx: &RunContext) -> Result<()> {
     let files = expand_inputs(&args.images)?;
     let stems = output_names(&files)?;
-    let model = load_model(&args, &device)?;
+    let mut outputs = Outputs::guarding(&files);
+    for input in [&args.checkpoint, &args.apg].into_iter().flatten() {
+        outputs.add_input(input);
+    }
+    if let Some(path) = &args.save_logits {
+        outputs.check(path)?;
+    }
+    let model = load_model(&args, ctx)?;
     std::fs::create_dir_all(&args.out_dir)
         .with_context(|| format!("cannot create output folder {}", args.out_dir.display()))?;
     let progress = ProgressBar::new(files.len() as u64);
@@ -214,21 +202,21 @@ pub fn run(args: AutoArgs) -> Result<()> {
             .iter()
             .map(|f| open_image(f))
             .collect::<Result<Vec<DynamicImage>>>()?;
-        let segs = model.segment(&images)?;
+        let segs = model.segment_images(&images)?;
         for ((file, stem), (image, seg)) in chunk_files
             .iter()
             .zip(chunk_stems)
             .zip(images.iter().zip(&segs))
         {
-            let (mask, area, mean) = summarise(seg)?;
+            let (area, mean) = summarise(seg)?;
             let (w, h) = (image.width(), image.height());
-            let mask_img = mask_image(&mask, w, h)?;
+            let mask_img = &seg.best().image;
             let mask_path = args.out_dir.join(format!("{stem}_mask.png"));
-            save_png(&DynamicImage::ImageLuma8(mask_img.clone()), &mask_path)?;
+            outputs.png(&DynamicImage::ImageLuma8(mask_img.clone()), &mask_path)?;
             let overlay_path = if args.overlay {
                 let p = args.out_dir.join(format!("{stem}_overlay.png"));
-                save_png(
-                    &DynamicImage::ImageRgb8(overlay(image, &mask_img, &[], None, None)),
+                outputs.png(
+                    &DynamicImage::ImageRgb8(overlay(image, mask_img, &[], None, None)),
                     &p,
                 )?;
                 Some(p.display().to_string())
@@ -257,8 +245,8 @@ pub fn run(args: AutoArgs) -> Result<()> {
                 });
             }
             summaries.push(summary);
-            low_res.push(seg.low_res_logits.clone());
-            ious.push(seg.iou.clone());
+            low_res.push(seg.low_res_logits().clone());
+            ious.push(Tensor::new(&[seg.best().iou], &Device::Cpu)?.unsqueeze(0)?);
             progress.inc(1);
         }
     }
@@ -268,7 +256,7 @@ pub fn run(args: AutoArgs) -> Result<()> {
         let iou = Tensor::cat(&ious, 0)?;
         let names: Vec<&str> = summaries.iter().map(|s| s.image.as_str()).collect();
         let metadata = HashMap::from([("images".to_string(), serde_json::to_string(&names)?)]);
-        write_safetensors(
+        outputs.named_tensors(
             path,
             &[("low_res_logits", &logits), ("iou", &iou)],
             Some(metadata),

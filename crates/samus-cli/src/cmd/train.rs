@@ -1,4 +1,4 @@
-//! `samus train` and `samus eval`.
+//! `samus train`: SAMUS or AutoSAMUS trained on a split in the US30K layout.
 
 use std::path::PathBuf;
 use std::time::Instant;
@@ -7,18 +7,18 @@ use anyhow::{bail, Context, Result};
 use clap::{Args, ValueEnum};
 use indicatif::{ProgressBar, ProgressStyle};
 use samus_data::{DatasetOptions, Us30kSplit};
-use samus_model::{Samus, SamusConfig};
-use samus_train::evaluate::{evaluate_with, EvalReport};
+use samus_model::SamusConfig;
 use samus_train::freeze::TrainableSet;
 use samus_train::loss::SegmentationLoss;
 use samus_train::model::{ModelKind, TrainModel};
 use samus_train::optim::AdamConfig;
 use samus_train::trainer::{TrainOptions, Trainer};
 
-use crate::model_source::{read_checkpoint, resolve_config};
+use crate::support::model::Checkpoint;
+use crate::support::RunContext;
 
 /// Examples shown by `samus train --help`.
-pub const TRAIN_EXAMPLES: &str = "\
+pub const EXAMPLES: &str = "\
 Examples:
   # Train the SAMUS adapters from SAM ViT-B weights on US30K
   samus train --config vit_b --data datasets/US30K --init sam_vit_b_01ec64.pth --out runs/samus
@@ -30,12 +30,6 @@ Examples:
 
   # Continue an interrupted run where it stopped
   samus train --config tiny --data datasets/synth --split train-Breast-SynthBUSI --resume runs/tiny";
-
-/// Examples shown by `samus eval --help`.
-pub const EVAL_EXAMPLES: &str = "\
-Examples:
-  samus eval --checkpoint runs/samus/best.safetensors --data datasets/US30K --split test
-  samus eval --checkpoint runs/auto/best.safetensors --model autosamus --data datasets/US30K --split test --json";
 
 /// Which model to train or evaluate.
 #[derive(Debug, Clone, Copy, ValueEnum)]
@@ -168,30 +162,33 @@ pub struct TrainArgs {
 }
 
 fn build_model(
+    ctx: &RunContext,
     config: Option<&str>,
     init: Option<&PathBuf>,
     kind: ModelKind,
     set: TrainableSet,
 ) -> Result<TrainModel> {
-    let device = crate::device::selected();
+    let device = &ctx.device;
     let (tensors, cfg) = match init {
         Some(path) => {
-            let tensors = read_checkpoint(path)?;
-            let cfg = resolve_config(config, &tensors, path)?;
-            (tensors, cfg)
+            let checkpoint = Checkpoint::read(path, config)?;
+            (checkpoint.tensors, checkpoint.config)
         }
         None => {
             let spec = config.context("without --init, pass --config to choose the model size")?;
             let cfg = SamusConfig::from_name_or_path(spec)?;
             eprintln!("note: no --init: starting from random weights");
-            (Samus::random_with_tensors(&cfg, 1234, &device)?.1, cfg)
+            (
+                samus_model::train::random_weights(&cfg, 1234, device)?.1,
+                cfg,
+            )
         }
     };
-    Ok(TrainModel::from_tensors(tensors, &cfg, kind, set, &device)?)
+    Ok(TrainModel::from_tensors(tensors, &cfg, kind, set, device)?)
 }
 
 /// Runs `samus train`.
-pub fn run_train(args: TrainArgs) -> Result<()> {
+pub fn run(args: TrainArgs, ctx: &RunContext) -> Result<()> {
     let set = match args.trainable {
         TrainableArg::Reference => TrainableSet::Reference,
         TrainableArg::All => TrainableSet::All,
@@ -200,6 +197,7 @@ pub fn run_train(args: TrainArgs) -> Result<()> {
         bail!("--batch-size must be at least 1");
     }
     let model = build_model(
+        ctx,
         args.config.as_deref(),
         args.init.as_ref(),
         args.model.into(),
@@ -285,128 +283,9 @@ pub fn run_train(args: TrainArgs) -> Result<()> {
 }
 
 /// A positive, finite number of minutes.
-pub(crate) fn parse_minutes(text: &str) -> Result<f64, String> {
+pub fn parse_minutes(text: &str) -> Result<f64, String> {
     match text.parse::<f64>() {
         Ok(m) if m.is_finite() && m > 0.0 && m < 1e6 => Ok(m),
         _ => Err(format!("`{text}` is not a positive number of minutes")),
     }
-}
-
-/// Arguments of `samus eval`.
-#[derive(Debug, Args)]
-pub struct EvalArgs {
-    /// Checkpoint to evaluate (SAMUS, or AutoSAMUS with --model autosamus).
-    #[arg(long, value_name = "FILE")]
-    checkpoint: PathBuf,
-    /// Model configuration (default: guessed from the checkpoint).
-    #[arg(long, value_name = "PRESET|FILE")]
-    config: Option<String>,
-    /// Model to evaluate.
-    #[arg(long, value_enum, default_value = "samus")]
-    model: ModelArg,
-    /// Dataset root in the US30K layout.
-    #[arg(long, value_name = "DIR")]
-    data: PathBuf,
-    /// Split to evaluate.
-    #[arg(long, default_value = "test")]
-    split: String,
-    /// Images per forward pass.
-    #[arg(long, default_value_t = 8)]
-    batch_size: usize,
-    /// Print the report as one JSON object.
-    #[arg(long)]
-    json: bool,
-    /// Also write the per-dataset table as CSV.
-    #[arg(long, value_name = "FILE")]
-    csv: Option<PathBuf>,
-    /// Also write an HTML report into this folder (`index.html`: the table and the
-    /// best and worst cases as overlays; opens in a browser without a server).
-    #[arg(long, value_name = "DIR")]
-    report: Option<PathBuf>,
-}
-
-/// The report as CSV: one row per dataset/class and one for all images.
-fn report_csv(report: &EvalReport) -> String {
-    let opt = |v: Option<f64>| v.map_or_else(String::new, |v| v.to_string());
-    let mut out = String::from("dataset,images,dice,iou,acc,se,sp,hd,hd95,hd_undefined\n");
-    for (name, s) in report.rows() {
-        out.push_str(&format!(
-            "{name},{},{},{},{},{},{},{},{},{}\n",
-            s.images,
-            s.dice,
-            s.iou,
-            s.acc,
-            s.se,
-            s.sp,
-            opt(s.hd),
-            opt(s.hd95),
-            s.hd_undefined
-        ));
-    }
-    out
-}
-
-pub(crate) fn print_report(report: &EvalReport) {
-    let hd = |v: Option<f64>| v.map_or_else(|| "-".to_string(), |v| format!("{v:.2}"));
-    println!(
-        "{:<40} {:>6} {:>7} {:>7} {:>7} {:>7} {:>7} {:>8} {:>8}",
-        "dataset/class", "images", "dice", "iou", "acc", "se", "sp", "hd", "hd95"
-    );
-    for (name, s) in report.rows() {
-        println!(
-            "{name:<40} {:>6} {:>7.4} {:>7.4} {:>7.4} {:>7.4} {:>7.4} {:>8} {:>8}",
-            s.images,
-            s.dice,
-            s.iou,
-            s.acc,
-            s.se,
-            s.sp,
-            hd(s.hd),
-            hd(s.hd95)
-        );
-    }
-    println!("{:.2} images/s", report.images_per_s);
-}
-
-/// Runs `samus eval`.
-pub fn run_eval(args: EvalArgs) -> Result<()> {
-    let tensors = read_checkpoint(&args.checkpoint)?;
-    let cfg = resolve_config(args.config.as_deref(), &tensors, &args.checkpoint)?;
-    let model = TrainModel::from_tensors(
-        tensors,
-        &cfg,
-        args.model.into(),
-        TrainableSet::Reference,
-        &crate::device::selected(),
-    )?;
-    let split = Us30kSplit::open(&args.data, &args.split, DatasetOptions::evaluation())?;
-    let mut cases = crate::report::CaseCollector::default();
-    let report = evaluate_with(&model, &split, args.batch_size.max(1), |sample, pred, m| {
-        if args.report.is_some() {
-            cases.offer(sample, pred, m);
-        }
-    })?;
-    if let Some(dir) = &args.report {
-        let title = format!(
-            "{} on {} / {}",
-            args.checkpoint.display(),
-            args.data.display(),
-            args.split
-        );
-        crate::report::write_report(dir, &title, &report, &cases)?;
-    }
-    if let Some(path) = &args.csv {
-        let text = report_csv(&report);
-        crate::output::write_atomically(path, |file| {
-            use std::io::Write;
-            file.write_all(text.as_bytes())?;
-            Ok(())
-        })?;
-    }
-    if args.json {
-        println!("{}", serde_json::to_string(&report)?);
-    } else {
-        print_report(&report);
-    }
-    Ok(())
 }

@@ -1,46 +1,23 @@
-//! `samus convert` (SAM or SAMUS checkpoint -> SAMUS safetensors) and `samus info`
-//! (what a checkpoint holds).
+//! `samus info`: what a checkpoint holds.
 
 use std::collections::{BTreeMap, HashMap};
 use std::path::PathBuf;
 
-use anyhow::{bail, Context, Result};
+use anyhow::Result;
 use candle_core::{Device, Tensor};
 use clap::Args;
 use samus_apg::auto_samus::is_apg_tensor;
-use samus_model::checkpoint::{detect_kind, CheckpointKind, DEFAULT_INIT_SEED};
-use samus_model::{Samus, SamusConfig};
+use samus_model::checkpoint::{detect_kind, CheckpointKind};
+use samus_model::SamusConfig;
 use samus_train::freeze::{autosamus_trainable, samus_trainable, TrainableSet};
 use serde::Serialize;
 
-use crate::model_source::{checkpoint_error, read_checkpoint, resolve_config};
-
-/// Examples printed by `samus convert --help`.
-pub const CONVERT_EXAMPLES: &str = "Examples:
-  # SAM ViT-B (original release, .pth) -> a SAMUS checkpoint (SAMUS parts freshly initialised)
-  samus convert sam_vit_b_01ec64.pth --out samus_vit_b.safetensors
-
-  # A SAMUS or AutoSAMUS .pth from the reference -> safetensors (APG tensors are kept)
-  samus convert SAMUS_US30K.pth --out samus.safetensors";
+use crate::support::model::read_checkpoint_tensors;
 
 /// Examples printed by `samus info --help`.
-pub const INFO_EXAMPLES: &str = "Examples:
+pub const EXAMPLES: &str = "Examples:
   samus info sam_vit_b_01ec64.pth
   samus info runs/tiny/best.safetensors --json";
-
-/// Arguments of `samus convert`.
-#[derive(Debug, Args)]
-pub struct ConvertArgs {
-    /// SAM or SAMUS checkpoint (.pth zip or safetensors), original parameter names.
-    #[arg(value_name = "CHECKPOINT")]
-    input: PathBuf,
-    /// Output safetensors file (written atomically).
-    #[arg(long, value_name = "FILE")]
-    out: PathBuf,
-    /// Model configuration (default: guessed from the tensor shapes).
-    #[arg(long, value_name = "PRESET|FILE")]
-    config: Option<String>,
-}
 
 /// Arguments of `samus info`.
 #[derive(Debug, Args)]
@@ -54,69 +31,6 @@ pub struct InfoArgs {
     /// Print one JSON object.
     #[arg(long)]
     json: bool,
-}
-
-/// Runs `samus convert`.
-pub fn run_convert(args: ConvertArgs) -> Result<()> {
-    if args.out.extension().and_then(|e| e.to_str()) != Some("safetensors") {
-        bail!(
-            "--out {}: the output is a safetensors file; name it *.safetensors",
-            args.out.display()
-        );
-    }
-    let tensors = read_checkpoint(&args.input)?;
-    let cfg = resolve_config(args.config.as_deref(), &tensors, &args.input)?;
-    let (apg, model_tensors): (HashMap<_, _>, HashMap<_, _>) =
-        tensors.into_iter().partition(|(k, _)| is_apg_tensor(k));
-    let (_, report) = Samus::from_tensors(model_tensors, &cfg, &Device::Cpu, DEFAULT_INIT_SEED)
-        .map_err(|e| checkpoint_error(&args.input, e))?;
-    let mut out = report.tensors;
-    let apg_count = apg.len();
-    out.extend(apg);
-    let metadata = HashMap::from([
-        ("format".to_string(), "samus".to_string()),
-        ("config".to_string(), serde_json::to_string(&cfg)?),
-        (
-            "source".to_string(),
-            args.input
-                .file_name()
-                .map_or_else(String::new, |n| n.to_string_lossy().into_owned()),
-        ),
-    ]);
-    samus_model::checkpoint::save_safetensors_atomic(&args.out, &out, Some(metadata))
-        .with_context(|| format!("cannot write {}", args.out.display()))?;
-    let kind = match report.kind {
-        CheckpointKind::Sam => "SAM",
-        CheckpointKind::Samus => "SAMUS",
-    };
-    println!(
-        "converted a {kind} checkpoint ({} wide, {} blocks) to {}: {} tensors{}{}",
-        cfg.embed_dim,
-        cfg.depth,
-        args.out.display(),
-        out.len(),
-        if apg_count > 0 {
-            format!(", {apg_count} of them APG")
-        } else {
-            String::new()
-        },
-        if report.initialised.is_empty() {
-            String::new()
-        } else {
-            format!(
-                "; {} SAMUS tensors are freshly initialised (UNTRAINED until you train them)",
-                report.initialised.len()
-            )
-        }
-    );
-    if !report.unused.is_empty() {
-        eprintln!(
-            "note: {} tensors of the input are not part of SAMUS and were dropped (e.g. `{}`)",
-            report.unused.len(),
-            report.unused[0]
-        );
-    }
-    Ok(())
 }
 
 /// What `samus info` reports.
@@ -146,15 +60,11 @@ fn kind_name(tensors: &HashMap<String, Tensor>, apg: usize) -> &'static str {
 }
 
 /// Runs `samus info`.
-pub fn run_info(args: InfoArgs) -> Result<()> {
-    let tensors = read_checkpoint(&args.input)?;
+pub fn run(args: InfoArgs) -> Result<()> {
+    let tensors = read_checkpoint_tensors(&args.input)?;
     let apg = tensors.keys().filter(|k| is_apg_tensor(k)).count();
     let config = match &args.config {
-        Some(_) => Some(resolve_config(
-            args.config.as_deref(),
-            &tensors,
-            &args.input,
-        )?),
+        Some(spec) => Some(SamusConfig::from_name_or_path(spec)?),
         None => samus_model::checkpoint::infer_config(&tensors),
     };
     let mut dtypes = BTreeMap::new();
@@ -167,7 +77,7 @@ pub fn run_info(args: InfoArgs) -> Result<()> {
         (Vec::new(), Vec::new(), Vec::new(), 0usize);
     if let Some(cfg) = &config {
         // The tensors a SAMUS model of this configuration has, with their shapes.
-        let (_, expected) = Samus::random_with_tensors(cfg, 0, &Device::Cpu)?;
+        let (_, expected) = samus_model::train::random_weights(cfg, 0, &Device::Cpu)?;
         let is_trainable = samus_trainable(cfg, TrainableSet::Reference);
         let apg_trainable = autosamus_trainable(TrainableSet::Reference);
         for (name, t) in &tensors {

@@ -1,0 +1,115 @@
+//! [`ImageEmbedding`]: what the image encoder makes of one image, held as a value.
+
+use candle_core::Tensor;
+use image::DynamicImage;
+
+use crate::error::{Error, Result};
+use crate::preprocess::image_to_input;
+use crate::samus::Samus;
+
+/// The embedding of one image (`1 x 256 x G x G`) with the size of the image it
+/// came from, so that prompts in the image's pixels can be decoded against it.
+///
+/// Cheap to clone (the tensor is shared), `Send + Sync`: keep as many as you like,
+/// and decode prompts against any of them from any thread with
+/// [`Samus::predict`].
+#[derive(Debug, Clone)]
+pub struct ImageEmbedding {
+    tensor: Tensor,
+    height: usize,
+    width: usize,
+}
+
+impl ImageEmbedding {
+    /// Wraps an embedding computed elsewhere (`1 x C x G x G`, e.g. one image of a
+    /// batch passed through [`Samus::embed_image`]) for an image of `height x width`.
+    pub fn from_tensor(tensor: Tensor, height: usize, width: usize) -> Result<Self> {
+        let dims = tensor.dims();
+        if dims.len() != 4 || dims[0] != 1 || height == 0 || width == 0 {
+            return Err(Error::EmbeddingShape {
+                expected: vec![1, 0, 0, 0],
+                found: dims.to_vec(),
+            });
+        }
+        Ok(Self {
+            tensor,
+            height,
+            width,
+        })
+    }
+
+    /// The embedding, `1 x 256 x G x G`.
+    pub fn tensor(&self) -> &Tensor {
+        &self.tensor
+    }
+
+    /// `(height, width)` of the image it was computed from.
+    pub fn original_size(&self) -> (usize, usize) {
+        (self.height, self.width)
+    }
+
+    /// Width of the image it was computed from.
+    pub fn width(&self) -> usize {
+        self.width
+    }
+
+    /// Height of the image it was computed from.
+    pub fn height(&self) -> usize {
+        self.height
+    }
+}
+
+impl Samus {
+    /// Embeds one image of any size (grey or colour, 8 or 16 bit; converted to the
+    /// model's input as the reference does, see [`crate::preprocess`]).
+    pub fn embed(&self, image: &DynamicImage) -> Result<ImageEmbedding> {
+        let input = self.input(image)?;
+        self.embed_input(&input, (image.height() as usize, image.width() as usize))
+    }
+
+    /// Embeds an already prepared input `1 x 1|3 x S x S` that came from an image of
+    /// `original_size` (height, width).
+    pub fn embed_input(
+        &self,
+        input: &Tensor,
+        original_size: (usize, usize),
+    ) -> Result<ImageEmbedding> {
+        let (height, width) = original_size;
+        ImageEmbedding::from_tensor(self.embed_image(input)?, height, width)
+    }
+
+    /// Embeds several images in one encoder pass (faster per image than one by
+    /// one on most machines); the embeddings come back in order.
+    pub fn embed_batch(&self, images: &[DynamicImage]) -> Result<Vec<ImageEmbedding>> {
+        if images.is_empty() {
+            return Ok(Vec::new());
+        }
+        let inputs = images
+            .iter()
+            .map(|image| self.input(image))
+            .collect::<Result<Vec<_>>>()?;
+        let embeddings = self.embed_image(&Tensor::cat(&inputs, 0)?)?;
+        images
+            .iter()
+            .enumerate()
+            .map(|(i, image)| {
+                ImageEmbedding::from_tensor(
+                    embeddings.narrow(0, i, 1)?,
+                    image.height() as usize,
+                    image.width() as usize,
+                )
+            })
+            .collect()
+    }
+
+    /// The model input `1 x 1 x S x S` for one image; fails on an empty image.
+    pub fn input(&self, image: &DynamicImage) -> Result<Tensor> {
+        if image.width() == 0 || image.height() == 0 {
+            return Err(Error::Image {
+                path: None,
+                message: "the image is empty".into(),
+            });
+        }
+        image_to_input(image, self.config().img_size, self.device())
+    }
+}
