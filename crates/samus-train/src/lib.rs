@@ -31,6 +31,7 @@ pub mod trainer;
 
 /// Everything that can stop training or evaluation.
 #[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
 pub enum TrainError {
     /// A sample could not be read.
     #[error(transparent)]

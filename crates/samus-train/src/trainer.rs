@@ -10,7 +10,6 @@
 //! written atomically, so an interrupted run keeps its last good checkpoint.
 
 use std::collections::HashMap;
-use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
@@ -333,18 +332,23 @@ impl<'m> Trainer<'m> {
         write_curve_png(&metrics, &self.run_dir.join(CURVE))
     }
 
+    /// Adds a row to `metrics.csv`: the whole file is written again atomically (it
+    /// holds one short row per epoch), so a crash never leaves half a row.
     fn append_metrics(&self, row: &str) -> Result<(), TrainError> {
         let path = self.run_dir.join(METRICS);
-        let fresh = !path.exists();
-        let mut file = std::fs::OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(&path)
-            .map_err(io_error(&path))?;
-        if fresh {
-            writeln!(file, "step,epoch,elapsed_s,loss,lr,val_dice").map_err(io_error(&path))?;
+        let mut text = match std::fs::read_to_string(&path) {
+            Ok(text) => text,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                "step,epoch,elapsed_s,loss,lr,val_dice\n".to_string()
+            }
+            Err(e) => return Err(io_error(&path)(e)),
+        };
+        if !text.is_empty() && !text.ends_with('\n') {
+            text.push('\n');
         }
-        writeln!(file, "{row}").map_err(io_error(&path))?;
+        text.push_str(row);
+        text.push('\n');
+        samus_core::atomic_write::write_atomic(&path, text.as_bytes())?;
         Ok(())
     }
 }

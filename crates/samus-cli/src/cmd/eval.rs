@@ -9,10 +9,10 @@ use samus_train::evaluate::{evaluate_with, EvalReport};
 use samus_train::freeze::TrainableSet;
 use samus_train::model::TrainModel;
 
-use super::train::ModelArg;
+use super::train::ModelAndData;
 use crate::support::model::Checkpoint;
 use crate::support::output::Outputs;
-use crate::support::report::{write_report, CaseCollector};
+use crate::support::report::{score_cells, write_report, CaseCollector, CellFormat};
 use crate::support::RunContext;
 
 /// Examples shown by `samus eval --help`.
@@ -26,15 +26,8 @@ pub struct EvalArgs {
     /// Checkpoint to evaluate (SAMUS, or AutoSAMUS with --model autosamus).
     #[arg(long, value_name = "FILE")]
     checkpoint: PathBuf,
-    /// Model configuration (default: guessed from the checkpoint).
-    #[arg(long, value_name = "PRESET|FILE")]
-    config: Option<String>,
-    /// Model to evaluate.
-    #[arg(long, value_enum, default_value = "samus")]
-    model: ModelArg,
-    /// Dataset root in the US30K layout.
-    #[arg(long, value_name = "DIR")]
-    data: PathBuf,
+    #[command(flatten)]
+    model_data: ModelAndData,
     /// Split to evaluate.
     #[arg(long, default_value = "test")]
     split: String,
@@ -55,43 +48,39 @@ pub struct EvalArgs {
 
 /// The report as CSV: one row per dataset/class and one for all images.
 fn report_csv(report: &EvalReport) -> String {
-    let opt = |v: Option<f64>| v.map_or_else(String::new, |v| v.to_string());
+    let format = CellFormat {
+        decimals: None,
+        hd_decimals: None,
+        missing: "",
+    };
     let mut out = String::from("dataset,images,dice,iou,acc,se,sp,hd,hd95,hd_undefined\n");
     for (name, s) in report.rows() {
-        out.push_str(&format!(
-            "{name},{},{},{},{},{},{},{},{},{}\n",
-            s.images,
-            s.dice,
-            s.iou,
-            s.acc,
-            s.se,
-            s.sp,
-            opt(s.hd),
-            opt(s.hd95),
-            s.hd_undefined
-        ));
+        let cells = score_cells(s, format).join(",");
+        out.push_str(&format!("{name},{cells},{}\n", s.hd_undefined));
     }
     out
 }
 
+/// Prints the report as a table.
 pub fn print_report(report: &EvalReport) {
-    let hd = |v: Option<f64>| v.map_or_else(|| "-".to_string(), |v| format!("{v:.2}"));
-    println!(
-        "{:<40} {:>6} {:>7} {:>7} {:>7} {:>7} {:>7} {:>8} {:>8}",
-        "dataset/class", "images", "dice", "iou", "acc", "se", "sp", "hd", "hd95"
-    );
+    let format = CellFormat {
+        decimals: Some(4),
+        hd_decimals: Some(2),
+        missing: "-",
+    };
+    let widths = [6, 7, 7, 7, 7, 7, 8, 8];
+    let row = |name: &str, cells: &[String]| {
+        let cells: Vec<String> = cells
+            .iter()
+            .zip(widths)
+            .map(|(c, w)| format!("{c:>w$}"))
+            .collect();
+        println!("{name:<40} {}", cells.join(" "));
+    };
+    let header = ["images", "dice", "iou", "acc", "se", "sp", "hd", "hd95"].map(String::from);
+    row("dataset/class", &header);
     for (name, s) in report.rows() {
-        println!(
-            "{name:<40} {:>6} {:>7.4} {:>7.4} {:>7.4} {:>7.4} {:>7.4} {:>8} {:>8}",
-            s.images,
-            s.dice,
-            s.iou,
-            s.acc,
-            s.se,
-            s.sp,
-            hd(s.hd),
-            hd(s.hd95)
-        );
+        row(name, &score_cells(s, format));
     }
     println!("{:.2} images/s", report.images_per_s);
 }
@@ -102,15 +91,19 @@ pub fn run(args: EvalArgs, ctx: &RunContext) -> Result<()> {
     if let Some(path) = &args.csv {
         outputs.check(path)?;
     }
-    let checkpoint = Checkpoint::read(&args.checkpoint, args.config.as_deref())?;
+    let checkpoint = Checkpoint::read(&args.checkpoint, args.model_data.config.as_deref())?;
     let model = TrainModel::from_tensors(
         checkpoint.tensors,
         &checkpoint.config,
-        args.model.into(),
+        args.model_data.model.into(),
         TrainableSet::Reference,
         &ctx.device,
     )?;
-    let split = Us30kSplit::open(&args.data, &args.split, DatasetOptions::evaluation())?;
+    let split = Us30kSplit::open(
+        &args.model_data.data,
+        &args.split,
+        DatasetOptions::evaluation(),
+    )?;
     let mut cases = CaseCollector::default();
     let report = evaluate_with(&model, &split, args.batch_size.max(1), |sample, pred, m| {
         if args.report.is_some() {
@@ -121,7 +114,7 @@ pub fn run(args: EvalArgs, ctx: &RunContext) -> Result<()> {
         let title = format!(
             "{} on {} / {}",
             args.checkpoint.display(),
-            args.data.display(),
+            args.model_data.data.display(),
             args.split
         );
         write_report(&outputs, dir, &title, &report, &cases)?;

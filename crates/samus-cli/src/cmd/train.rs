@@ -49,6 +49,21 @@ impl From<ModelArg> for ModelKind {
     }
 }
 
+/// The model and the data of `samus train` and `samus eval`.
+#[derive(Debug, Args)]
+pub struct ModelAndData {
+    /// Model configuration: a preset (vit_b, vit_l, vit_h, tiny) or a JSON file.
+    /// Default: guessed from the checkpoint (--init, --checkpoint).
+    #[arg(long, value_name = "PRESET|FILE")]
+    pub config: Option<String>,
+    /// Model to train or evaluate.
+    #[arg(long, value_enum, default_value = "samus")]
+    pub model: ModelArg,
+    /// Dataset root in the US30K layout.
+    #[arg(long, value_name = "DIR")]
+    pub data: PathBuf,
+}
+
 /// Which parameters train.
 #[derive(Debug, Clone, Copy, ValueEnum)]
 pub enum TrainableArg {
@@ -85,17 +100,9 @@ impl From<LossArg> for SegmentationLoss {
 /// Arguments of `samus train`.
 #[derive(Debug, Args)]
 pub struct TrainArgs {
-    /// Model configuration: a preset (vit_b, vit_l, vit_h, tiny) or a JSON file.
-    /// Default: guessed from --init.
-    #[arg(long, value_name = "PRESET|FILE")]
-    config: Option<String>,
-    /// Model to train.
-    #[arg(long, value_enum, default_value = "samus")]
-    model: ModelArg,
-    /// Dataset root in the US30K layout.
-    #[arg(long, value_name = "DIR")]
-    data: PathBuf,
-    /// Training split (a MainPatient/<split>.txt file).
+    #[command(flatten)]
+    model_data: ModelAndData,
+    /// Training split (a `MainPatient/<split>.txt` file).
     #[arg(long, default_value = "train")]
     split: String,
     /// Validation split, evaluated every --eval-every epochs (best checkpoint by Dice).
@@ -198,9 +205,9 @@ pub fn run(args: TrainArgs, ctx: &RunContext) -> Result<()> {
     }
     let model = build_model(
         ctx,
-        args.config.as_deref(),
+        args.model_data.config.as_deref(),
         args.init.as_ref(),
-        args.model.into(),
+        args.model_data.model.into(),
         set,
     )?;
     let train_options = DatasetOptions {
@@ -209,10 +216,10 @@ pub fn run(args: TrainArgs, ctx: &RunContext) -> Result<()> {
         cache_bytes: args.cache_mb.saturating_mul(1 << 20),
         ..DatasetOptions::training()
     };
-    let train = Us30kSplit::open(&args.data, &args.split, train_options)?;
+    let train = Us30kSplit::open(&args.model_data.data, &args.split, train_options)?;
     let val = match &args.val_split {
         Some(split) => Some(Us30kSplit::open(
-            &args.data,
+            &args.model_data.data,
             split,
             DatasetOptions {
                 skip_bad: args.skip_bad,

@@ -10,6 +10,8 @@ use samus_data::Sample;
 use samus_train::evaluate::EvalReport;
 use samus_train::metrics::MaskMetrics;
 
+use samus_train::evaluate::Scores;
+
 use super::images::sample_overlay;
 use super::output::Outputs;
 
@@ -77,6 +79,42 @@ fn escape(text: &str) -> String {
         .replace('"', "&quot;")
 }
 
+/// How [`score_cells`] writes numbers.
+#[derive(Debug, Clone, Copy)]
+pub struct CellFormat<'a> {
+    /// Decimals of the means (`None`: as many as needed to read them back).
+    pub decimals: Option<usize>,
+    /// Decimals of the Hausdorff distances (`None`: as many as needed).
+    pub hd_decimals: Option<usize>,
+    /// What an undefined Hausdorff distance is written as.
+    pub missing: &'a str,
+}
+
+/// One table row's cells after the name: images, Dice, IoU, accuracy, SE, SP, HD,
+/// HD95, the way every report (terminal, CSV, HTML) writes them.
+pub fn score_cells(s: &Scores, format: CellFormat) -> [String; 8] {
+    let number = |v: f64, decimals: Option<usize>| match decimals {
+        Some(d) => format!("{v:.d$}"),
+        None => v.to_string(),
+    };
+    let hd = |v: Option<f64>| {
+        v.map_or_else(
+            || format.missing.to_string(),
+            |v| number(v, format.hd_decimals),
+        )
+    };
+    [
+        s.images.to_string(),
+        number(s.dice, format.decimals),
+        number(s.iou, format.decimals),
+        number(s.acc, format.decimals),
+        number(s.se, format.decimals),
+        number(s.sp, format.decimals),
+        hd(s.hd),
+        hd(s.hd95),
+    ]
+}
+
 /// Writes `DIR/index.html` and `DIR/cases/*.png`.
 pub fn write_report(
     outputs: &Outputs,
@@ -88,7 +126,6 @@ pub fn write_report(
     let case_dir = dir.join("cases");
     std::fs::create_dir_all(&case_dir)
         .with_context(|| format!("cannot create {}", case_dir.display()))?;
-    let opt = |v: Option<f64>| v.map_or_else(|| "-".to_string(), |v| format!("{v:.2}"));
     let mut html = String::new();
     let _ = write!(
         html,
@@ -101,21 +138,17 @@ pub fn write_report(
          <th>acc</th><th>SE</th><th>SP</th><th>HD</th><th>HD95</th></tr>\n",
         t = escape(title)
     );
+    let format = CellFormat {
+        decimals: Some(4),
+        hd_decimals: Some(2),
+        missing: "-",
+    };
     for (name, s) in report.rows() {
-        let _ = writeln!(
-            html,
-            "<tr><td>{}</td><td>{}</td><td>{:.4}</td><td>{:.4}</td><td>{:.4}</td><td>{:.4}</td>\
-             <td>{:.4}</td><td>{}</td><td>{}</td></tr>",
-            escape(name),
-            s.images,
-            s.dice,
-            s.iou,
-            s.acc,
-            s.se,
-            s.sp,
-            opt(s.hd),
-            opt(s.hd95)
-        );
+        let cells: String = score_cells(s, format)
+            .iter()
+            .map(|c| format!("<td>{c}</td>"))
+            .collect();
+        let _ = writeln!(html, "<tr><td>{}</td>{cells}</tr>", escape(name));
     }
     let _ = writeln!(html, "</table>\n<p>{:.2} images/s</p>", report.images_per_s);
     for (heading, list, tag) in [
