@@ -1,7 +1,8 @@
 //! `samus`: segment ultrasound images with SAMUS from the command line.
 
-mod cmd;
+#[macro_use]
 mod support;
+mod cmd;
 
 use std::process::ExitCode;
 
@@ -26,11 +27,23 @@ struct Cli {
     device: ComputeDevice,
 }
 
+/// `--threads` above this many per core is refused: the kernels split their work
+/// per thread, and 256 threads on 2 cores made one image take 8 s instead of 0.7 s.
+const MAX_THREADS_PER_CORE: usize = 4;
+
 /// Applies `--threads` and opens `--device` before any work starts: the context
 /// every command runs in.
 fn configure(cli: &Cli) -> anyhow::Result<RunContext> {
     let device = support::device::open(cli.device)?;
     if let Some(n) = cli.threads {
+        let cores = std::thread::available_parallelism().map_or(1, usize::from);
+        let limit = MAX_THREADS_PER_CORE * cores;
+        if usize::from(n) > limit {
+            anyhow::bail!(
+                "--threads {n}: at most {limit} here ({MAX_THREADS_PER_CORE} per core, {cores} cores); \
+                 more threads than cores only slow the kernels down"
+            );
+        }
         // Read by rayon's global pool and by candle's kernels when they first run; no
         // thread exists yet.
         std::env::set_var("RAYON_NUM_THREADS", n.to_string());
@@ -169,6 +182,8 @@ fn main() -> ExitCode {
     });
     match result {
         Ok(()) => ExitCode::SUCCESS,
+        // A closed pipe (`samus info ck | head -1`) ends quietly, as ripgrep does.
+        Err(e) if e.downcast_ref::<support::StdoutClosed>().is_some() => ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("error: {}", one_line(&e));
             ExitCode::FAILURE

@@ -46,6 +46,13 @@ pub enum WriteError {
         /// The output path, as given.
         path: PathBuf,
     },
+    /// The destination exists and is write-protected: it is left alone, as `cp`
+    /// and editors do.
+    #[error("refusing to replace {}: it is write-protected (make it writable or choose another path)", path.display())]
+    ReadOnly {
+        /// The write-protected file.
+        path: PathBuf,
+    },
     /// The content could not be produced (an encoder failed).
     #[error("cannot write {}: {message}", path.display())]
     Encode {
@@ -70,6 +77,11 @@ pub fn write_atomic_with(
         path: path.to_path_buf(),
         source,
     };
+    if std::fs::metadata(path).is_ok_and(|m| m.is_file() && m.permissions().readonly()) {
+        return Err(WriteError::ReadOnly {
+            path: path.to_path_buf(),
+        });
+    }
     let dir = match path.parent() {
         Some(p) if !p.as_os_str().is_empty() => p,
         _ => Path::new("."),
@@ -242,6 +254,13 @@ mod tests {
         write_atomic(&path, b"y").unwrap();
         let mode = std::fs::metadata(&path).unwrap().permissions().mode() & 0o777;
         assert_eq!(mode, 0o640);
+        // A write-protected file is refused and left as it was.
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o444)).unwrap();
+        let err = write_atomic(&path, b"z").unwrap_err();
+        assert!(matches!(err, WriteError::ReadOnly { .. }), "{err}");
+        assert_eq!(std::fs::read(&path).unwrap(), b"y");
+        let mode = std::fs::metadata(&path).unwrap().permissions().mode() & 0o777;
+        assert_eq!(mode, 0o444);
         std::fs::remove_dir_all(&dir).unwrap();
     }
 

@@ -55,9 +55,11 @@ fn png_stems(dir: &Path) -> Vec<String> {
     stems
 }
 
-/// Checks `root`: `class.json`, every split file, every image/label pair named by the
-/// splits (present, readable headers, equal sizes, label values below the dataset's
-/// class count) and images without labels.
+/// Checks `root`: `class.json`, every split file (each line names a listed dataset and
+/// a foreground class of it, `1..classes`; test lines without a class id count as
+/// class 1), every image/label pair named by the splits (present, readable headers,
+/// equal sizes, label values below the dataset's class count) and images without
+/// labels.
 pub fn check_dataset(root: &Path) -> CheckReport {
     let mut report = CheckReport {
         root: root.to_path_buf(),
@@ -133,6 +135,21 @@ pub fn check_dataset(root: &Path) -> CheckReport {
                         ),
                         Some(counts) => {
                             *counts.split_lines.entry(split.clone()).or_default() += 1;
+                            // Test lines carry no class id: they are read as class
+                            // 1, as `Us30kSplit::open` does by default.
+                            let class_id = entry.class_id.unwrap_or(1);
+                            if class_id == 0 || class_id >= counts.classes {
+                                report.problems.push(
+                                    Error::BadClassId {
+                                        path: path.clone(),
+                                        line,
+                                        dataset: entry.dataset.clone(),
+                                        class_id,
+                                        classes: counts.classes,
+                                    }
+                                    .to_string(),
+                                );
+                            }
                             to_verify.push((path.display().to_string(), line, entry));
                         }
                     }
@@ -243,5 +260,45 @@ mod tests {
             "{all}"
         );
         assert_eq!(report.problems.len(), 4, "{all}");
+    }
+
+    #[test]
+    fn class_ids_outside_the_foreground_classes_are_problems() {
+        let tmp = tempfile::tempdir().unwrap();
+        let root = tmp.path();
+        std::fs::create_dir_all(root.join("MainPatient")).unwrap();
+        std::fs::write(
+            root.join("MainPatient/class.json"),
+            r#"{"A": 2, "E": 4, "Bg": 1}"#,
+        )
+        .unwrap();
+        for (d, stem) in [("A", "x"), ("E", "y"), ("Bg", "z")] {
+            std::fs::create_dir_all(root.join(d).join("img")).unwrap();
+            std::fs::create_dir_all(root.join(d).join("label")).unwrap();
+            for sub in ["img", "label"] {
+                GrayImage::new(8, 8)
+                    .save(root.join(d).join(sub).join(format!("{stem}.png")))
+                    .unwrap();
+            }
+        }
+        std::fs::write(
+            root.join("MainPatient/train.txt"),
+            "1/A/x\n9/A/x\n0/A/x\n2/A/x\n3/E/y\n4/E/y\n",
+        )
+        .unwrap();
+        std::fs::write(root.join("MainPatient/test.txt"), "A/x\nBg/z\n").unwrap();
+        let report = check_dataset(root);
+        let all = report.problems.join("\n");
+        for needle in [
+            "train.txt:2: class id 9 is not a foreground class of `A` (it has 2 classes)",
+            "train.txt:3: class id 0 is not a foreground class of `A`",
+            "train.txt:4: class id 2 is not a foreground class of `A`",
+            "train.txt:6: class id 4 is not a foreground class of `E` (it has 4 classes)",
+            "test.txt:2: class id 1 is not a foreground class of `Bg` (it has 1 classes)",
+        ] {
+            assert!(all.contains(needle), "`{needle}` missing from:\n{all}");
+        }
+        assert_eq!(report.problems.len(), 5, "{all}");
+        assert_eq!(report.datasets["A"].split_lines["train"], 4);
     }
 }

@@ -165,6 +165,17 @@ pub enum Error {
         /// What the encoder said.
         source: image::ImageError,
     },
+    /// A synthetic dataset of more images than [`crate::synth::MAX_PER_DATASET`] per kind
+    /// was asked for.
+    #[error(
+        "{requested} images per kind is more than the synthetic generator writes (at most {max})"
+    )]
+    TooManyImages {
+        /// The number asked for.
+        requested: usize,
+        /// The largest number accepted.
+        max: usize,
+    },
     /// Content could not be serialised as JSON.
     #[error("cannot serialise JSON for {}: {source}", path.display())]
     EncodeJson {
@@ -195,6 +206,7 @@ impl Error {
             | Error::EncodeJson { path, .. } => Some(path),
             Error::SizeMismatch { image, .. } => Some(image),
             Error::Sample { split, .. } => Some(split),
+            Error::TooManyImages { .. } => None,
             Error::Write(e) => match e {
                 WriteError::Io { path, .. }
                 | WriteError::OntoInput { path }

@@ -78,6 +78,18 @@ fn sniff_format(path: &Path) -> Result<Format> {
             "file is too short to be a checkpoint",
         ));
     }
+    // A safetensors file opens with its header's length (little-endian u64) and the
+    // header itself, a JSON object.
+    let header_len = u64::from_le_bytes(head);
+    let mut first = [0u8; 1];
+    let json_follows = file.read(&mut first).map_err(Error::io(path))? == 1 && first[0] == b'{';
+    let file_len = std::fs::metadata(path).map_err(Error::io(path))?.len();
+    if !json_follows || header_len == 0 || header_len > file_len.saturating_sub(8) {
+        return Err(checkpoint_error(
+            path,
+            "not a checkpoint: neither a safetensors file nor a PyTorch (.pth zip) file",
+        ));
+    }
     Ok(Format::Safetensors)
 }
 
@@ -89,23 +101,7 @@ pub fn read_tensors(path: impl AsRef<Path>) -> Result<HashMap<String, Tensor>> {
     match sniff_format(path)? {
         Format::Safetensors => candle_core::safetensors::load(path, &Device::Cpu)
             .map_err(|e| checkpoint_error(path, format!("not a readable safetensors file: {e}"))),
-        Format::PthZip => {
-            for key in [None, Some("model"), Some("state_dict")] {
-                let tensors = candle_core::pickle::read_all_with_key(path, key).map_err(|e| {
-                    checkpoint_error(path, format!("not a readable PyTorch checkpoint: {e}"))
-                });
-                match tensors {
-                    Ok(t) if !t.is_empty() => return Ok(t.into_iter().collect()),
-                    Ok(_) => continue,
-                    Err(e) if key.is_none() => return Err(e),
-                    Err(_) => continue,
-                }
-            }
-            Err(checkpoint_error(
-                path,
-                "the PyTorch checkpoint holds no tensors",
-            ))
-        }
+        Format::PthZip => read_pth(path),
         Format::PthLegacy => Err(checkpoint_error(
             path,
             "legacy (non-zip) PyTorch format; re-save it in Python with \
@@ -113,6 +109,84 @@ pub fn read_tensors(path: impl AsRef<Path>) -> Result<HashMap<String, Tensor>> {
              and load the new file",
         )),
     }
+}
+
+/// Reads a PyTorch zip checkpoint: the state dict at the top level or under
+/// `model` or `state_dict`, every tensor's declared size checked against its data
+/// in the file first (a forged shape must not allocate terabytes).
+fn read_pth(path: &Path) -> Result<HashMap<String, Tensor>> {
+    for key in [None, Some("model"), Some("state_dict")] {
+        let pth = match candle_core::pickle::PthTensors::new(path, key) {
+            Ok(pth) => pth,
+            Err(e) if key.is_none() => {
+                return Err(checkpoint_error(
+                    path,
+                    format!("not a readable PyTorch checkpoint: {e}"),
+                ))
+            }
+            Err(_) => continue,
+        };
+        if pth.tensor_infos().is_empty() {
+            continue;
+        }
+        check_pth_sizes(path, pth.tensor_infos())?;
+        let mut tensors = HashMap::with_capacity(pth.tensor_infos().len());
+        for name in pth.tensor_infos().keys() {
+            let tensor = pth.get(name).map_err(|e| {
+                checkpoint_error(path, format!("tensor `{name}` cannot be read: {e}"))
+            })?;
+            if let Some(tensor) = tensor {
+                tensors.insert(name.clone(), tensor);
+            }
+        }
+        return Ok(tensors);
+    }
+    Err(checkpoint_error(
+        path,
+        "the PyTorch checkpoint holds no tensors",
+    ))
+}
+
+/// Fails with [`Error::TensorData`] when a tensor of a `.pth` declares more bytes
+/// than its storage record in the zip file holds.
+fn check_pth_sizes(
+    path: &Path,
+    infos: &HashMap<String, candle_core::pickle::TensorInfo>,
+) -> Result<()> {
+    let file = std::fs::File::open(path).map_err(Error::io(path))?;
+    let mut zip = zip::ZipArchive::new(std::io::BufReader::new(file))
+        .map_err(|e| checkpoint_error(path, format!("not a readable zip file: {e}")))?;
+    for (name, info) in infos {
+        let available = zip
+            .by_name(&info.path)
+            .map_err(|e| {
+                checkpoint_error(
+                    path,
+                    format!(
+                        "tensor `{name}`: its data record `{}` is missing: {e}",
+                        info.path
+                    ),
+                )
+            })?
+            .size();
+        let dims = info.layout.dims();
+        let needed = dims
+            .iter()
+            .try_fold(1u64, |acc, &d| acc.checked_mul(d as u64))
+            .and_then(|n| n.checked_add(info.layout.start_offset() as u64))
+            .and_then(|n| n.checked_mul(info.dtype.size_in_bytes() as u64))
+            .unwrap_or(u64::MAX);
+        if needed > available {
+            return Err(Error::TensorData {
+                path: Some(path.to_path_buf()),
+                name: name.clone(),
+                shape: dims.to_vec(),
+                needed,
+                available,
+            });
+        }
+    }
+    Ok(())
 }
 
 /// Tells a SAMUS checkpoint from a SAM one; `None` if it is neither.

@@ -218,9 +218,51 @@ impl SamusConfig {
         4 * self.grid_size()
     }
 
+    /// Largest values [`SamusConfig::validate`] accepts (ViT-H is 1280 wide, 32 deep,
+    /// 16 heads): far above any real model, low enough that a typo cannot ask for
+    /// terabytes.
+    pub const LIMITS: ConfigLimits = ConfigLimits {
+        embed_dim: 8192,
+        depth: 256,
+        num_heads: 256,
+        img_size: 4096,
+        window_size: 256,
+        prompt_embed_dim: 4096,
+        mlp_ratio: 64.0,
+    };
+
     /// Checks that the numbers describe a buildable model.
     pub fn validate(&self) -> Result<()> {
         let fail = |field: &'static str, message: String| Err(Error::Config { field, message });
+        let limits = Self::LIMITS;
+        for (field, value, max) in [
+            ("embed_dim", self.embed_dim, limits.embed_dim),
+            ("depth", self.depth, limits.depth),
+            ("num_heads", self.num_heads, limits.num_heads),
+            ("img_size", self.img_size, limits.img_size),
+            ("window_size", self.window_size, limits.window_size),
+            (
+                "prompt_embed_dim",
+                self.prompt_embed_dim,
+                limits.prompt_embed_dim,
+            ),
+        ] {
+            if value > max {
+                return fail(
+                    field,
+                    format!("{field} {value} is larger than the limit {max}"),
+                );
+            }
+        }
+        if self.mlp_ratio > limits.mlp_ratio {
+            return fail(
+                "mlp_ratio",
+                format!(
+                    "mlp_ratio {} is larger than the limit {}",
+                    self.mlp_ratio, limits.mlp_ratio
+                ),
+            );
+        }
         if self.embed_dim < 4 {
             return fail(
                 "embed_dim",
@@ -306,6 +348,25 @@ impl SamusConfig {
         }
         Ok(())
     }
+}
+
+/// The largest configuration values accepted ([`SamusConfig::LIMITS`]).
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct ConfigLimits {
+    /// Largest `embed_dim`.
+    pub embed_dim: usize,
+    /// Largest `depth`.
+    pub depth: usize,
+    /// Largest `num_heads`.
+    pub num_heads: usize,
+    /// Largest `img_size`.
+    pub img_size: usize,
+    /// Largest `window_size`.
+    pub window_size: usize,
+    /// Largest `prompt_embed_dim`.
+    pub prompt_embed_dim: usize,
+    /// Largest `mlp_ratio`.
+    pub mlp_ratio: f64,
 }
 
 impl Default for SamusConfig {

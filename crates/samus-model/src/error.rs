@@ -76,6 +76,34 @@ pub enum Error {
         /// The model configuration it was checked against, in words.
         context: Option<Box<str>>,
     },
+    /// A checkpoint tensor declares more data than the file holds for it (a
+    /// truncated or forged file); refused before anything is allocated.
+    #[error("checkpoint {}: tensor `{name}` declares shape {shape:?} ({needed} bytes), but the file holds {available} bytes for it", Shown(path))]
+    TensorData {
+        /// The checkpoint file.
+        path: Option<PathBuf>,
+        /// The tensor's name.
+        name: String,
+        /// The declared shape.
+        shape: Vec<usize>,
+        /// Bytes the declared shape needs.
+        needed: u64,
+        /// Bytes the file holds for it.
+        available: u64,
+    },
+    /// A checkpoint tensor holds NaN or infinite values: a model built from it
+    /// would segment nothing and report NaN scores.
+    #[error("checkpoint {}: tensor `{name}` holds {count} NaN or infinite values (of {total}); the checkpoint is damaged (retrain or re-export it)", Shown(path))]
+    NonFinite {
+        /// The checkpoint file (`None` for tensors given in memory).
+        path: Option<PathBuf>,
+        /// The tensor's name.
+        name: String,
+        /// How many values are not finite.
+        count: usize,
+        /// How many values it has.
+        total: usize,
+    },
     /// An image could not be decoded, is empty or has an unsupported format.
     #[error("image {}: {message}", Shown(path))]
     Image {

@@ -219,6 +219,12 @@ impl LoadParts {
                     found,
                     context,
                 },
+                Some(TensorProblem::NonFinite { name, count, total }) => Error::NonFinite {
+                    path: path.map(Path::to_path_buf),
+                    name,
+                    count,
+                    total,
+                },
                 None => Error::checkpoint(path, e.to_string()),
             }
         })?;

@@ -161,3 +161,53 @@ fn random_models_of_every_shape_run() {
         assert_eq!(out.masks.dims(), &[2, 3, s, s]);
     }
 }
+
+#[test]
+fn non_finite_weights_are_refused_with_the_tensor_named() {
+    let cfg = SamusConfig::tiny();
+    let (_, mut tensors) = samus_model::train::random_weights(&cfg, 1, &Device::Cpu).unwrap();
+    let name = "mask_decoder.iou_token.weight";
+    let mut values = tensors[name]
+        .flatten_all()
+        .unwrap()
+        .to_vec1::<f32>()
+        .unwrap();
+    values[3] = f32::NAN;
+    values[7] = f32::INFINITY;
+    let shape = tensors[name].dims().to_vec();
+    tensors.insert(
+        name.to_string(),
+        Tensor::from_vec(values, shape, &Device::Cpu).unwrap(),
+    );
+    let err = Samus::loader_from_tensors(tensors).load().unwrap_err();
+    assert!(
+        matches!(&err, samus_model::Error::NonFinite { name: n, count: 2, total: 256, .. } if n == name),
+        "{err}"
+    );
+}
+
+#[test]
+fn configurations_beyond_the_limits_are_refused_by_field() {
+    let huge = SamusConfig {
+        depth: 1_000_000,
+        ..SamusConfig::tiny()
+    };
+    let err = huge.validate().unwrap_err();
+    assert!(
+        matches!(&err, samus_model::Error::Config { field: "depth", .. }),
+        "{err}"
+    );
+    assert!(err.to_string().contains("1000000") && err.to_string().contains("256"));
+    let wide = SamusConfig {
+        embed_dim: 1 << 20,
+        num_heads: 16,
+        ..SamusConfig::tiny()
+    };
+    assert!(matches!(
+        wide.validate().unwrap_err(),
+        samus_model::Error::Config {
+            field: "embed_dim",
+            ..
+        }
+    ));
+}

@@ -59,23 +59,75 @@ fn write_pth(path: &std::path::Path, tensors: &HashMap<String, Tensor>) {
         .map(|(k, t)| (k.clone(), t.dims().to_vec()))
         .collect();
     entries.sort();
+    let data: Vec<Vec<u8>> = entries
+        .iter()
+        .map(|(name, _)| {
+            let values = tensors[name]
+                .flatten_all()
+                .unwrap()
+                .to_vec1::<f32>()
+                .unwrap();
+            values.iter().flat_map(|v| v.to_le_bytes()).collect()
+        })
+        .collect();
+    write_pth_raw(path, &entries, &data);
+}
+
+/// A `.pth` whose pickle declares `entries` and whose storage records hold `data`
+/// (which need not match: forged files).
+fn write_pth_raw(path: &std::path::Path, entries: &[(String, Vec<usize>)], data: &[Vec<u8>]) {
     let file = std::fs::File::create(path).unwrap();
     let mut zip = zip::ZipWriter::new(file);
     let opts =
         zip::write::SimpleFileOptions::default().compression_method(zip::CompressionMethod::Stored);
     zip.start_file("archive/data.pkl", opts).unwrap();
-    zip.write_all(&state_dict_pickle(&entries)).unwrap();
-    for (i, (name, _)) in entries.iter().enumerate() {
+    zip.write_all(&state_dict_pickle(entries)).unwrap();
+    for (i, bytes) in data.iter().enumerate() {
         zip.start_file(format!("archive/data/{i}"), opts).unwrap();
-        let values = tensors[name]
-            .flatten_all()
-            .unwrap()
-            .to_vec1::<f32>()
-            .unwrap();
-        let bytes: Vec<u8> = values.iter().flat_map(|v| v.to_le_bytes()).collect();
-        zip.write_all(&bytes).unwrap();
+        zip.write_all(bytes).unwrap();
     }
     zip.finish().unwrap();
+}
+
+#[test]
+fn a_forged_shape_is_refused_before_anything_is_allocated() {
+    let tmp = tempfile::tempdir().unwrap();
+    let path = tmp.path().join("forged.pth");
+    write_pth_raw(
+        &path,
+        &[("huge".to_string(), vec![1 << 30, 1024])],
+        &[vec![0u8; 16]],
+    );
+    let err = read_tensors(&path).unwrap_err();
+    match &err {
+        samus_model::Error::TensorData {
+            name,
+            needed,
+            available,
+            ..
+        } => {
+            assert_eq!(name, "huge");
+            assert_eq!(*needed, 4 << 40);
+            assert_eq!(*available, 16);
+        }
+        other => panic!("expected a size error, got {other}"),
+    }
+    assert!(err.to_string().contains("forged.pth"), "{err}");
+}
+
+#[test]
+fn random_bytes_are_not_called_a_bad_safetensors_header() {
+    let tmp = tempfile::tempdir().unwrap();
+    let path = tmp.path().join("noise.pth");
+    let bytes: Vec<u8> = (0..4096u32)
+        .map(|i| (i.wrapping_mul(2654435761) >> 13) as u8)
+        .collect();
+    std::fs::write(&path, bytes).unwrap();
+    let err = read_tensors(&path).unwrap_err().to_string();
+    assert!(
+        err.contains("noise.pth") && err.contains("neither a safetensors file nor a PyTorch"),
+        "{err}"
+    );
 }
 
 #[test]

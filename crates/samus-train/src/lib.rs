@@ -46,13 +46,34 @@ pub enum TrainError {
     #[error(transparent)]
     Tensor(#[from] candle_core::Error),
     /// The loss became NaN or infinite; the last good checkpoint is kept.
-    #[error("the loss is {loss} at step {step}; stopping (the last checkpoint is from before this step)")]
+    #[error("the loss is {loss} at step {step}; stopping ({})", kept(.checkpoint))]
     NonFinite {
-        /// The step whose loss was not finite.
+        /// The step whose loss was not finite (1-based, as in `metrics.csv`).
         step: usize,
         /// The loss.
         loss: f32,
+        /// The step of the last checkpoint in the run folder, which is left as it
+        /// was; `None` when the run has written none yet.
+        checkpoint: Option<usize>,
     },
+    /// An update made a trainable tensor NaN or infinite (a learning rate or gradient
+    /// out of range); the last good checkpoint is kept.
+    #[error("the weights became NaN or infinite at step {step} (`{tensor}`); stopping ({})", kept(.checkpoint))]
+    NonFiniteWeights {
+        /// The step whose update broke the weights (1-based, as in `metrics.csv`).
+        step: usize,
+        /// The first tensor found non-finite.
+        tensor: String,
+        /// The step of the last checkpoint in the run folder, which is left as it
+        /// was; `None` when the run has written none yet.
+        checkpoint: Option<usize>,
+    },
+    /// The run has nothing left to do: its epochs, steps or time are used up.
+    #[error("nothing to train: {0}")]
+    Finished(trainer::Finished),
+    /// The training options are out of range.
+    #[error("invalid training options: {0}")]
+    Options(String),
     /// A run folder file could not be written or read.
     #[error("{}: {source}", path.display())]
     Io {
@@ -67,4 +88,12 @@ pub enum TrainError {
     /// The training curve could not be read or drawn.
     #[error("training curve: {0}")]
     Curve(String),
+}
+
+/// What a non-finite stop says about the run folder's checkpoint.
+fn kept(checkpoint: &Option<usize>) -> String {
+    match checkpoint {
+        Some(step) => format!("the last checkpoint, from step {step}, is kept"),
+        None => "no checkpoint was written".to_string(),
+    }
 }

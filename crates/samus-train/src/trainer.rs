@@ -67,6 +67,95 @@ impl Default for TrainOptions {
     }
 }
 
+impl TrainOptions {
+    /// Checks that the options can train: at least one sample per step, epoch and
+    /// step, a positive finite learning rate, a positive finite clip norm, Adam's
+    /// betas in `[0, 1)`, a positive `eps`, a finite non-negative weight decay and a
+    /// non-zero time limit. [`Trainer::new`] and [`Trainer::resume`] call it.
+    pub fn validate(&self) -> Result<(), TrainError> {
+        let bad = |what: String| Err(TrainError::Options(what));
+        let a = &self.adam;
+        if self.batch_size == 0 {
+            return bad("the batch size is 0".into());
+        }
+        if self.epochs == 0 {
+            return bad("0 epochs".into());
+        }
+        if self.max_steps == Some(0) {
+            return bad("at most 0 steps".into());
+        }
+        if self.eval_every == 0 {
+            return bad("evaluating every 0 epochs".into());
+        }
+        if !(a.lr.is_finite() && a.lr > 0.0) {
+            return bad(format!("learning rate {} (need a positive number)", a.lr));
+        }
+        if let Some(clip) = self.grad_clip {
+            if !(clip.is_finite() && clip > 0.0) {
+                return bad(format!("gradient clip {clip} (need a positive norm)"));
+            }
+        }
+        for (name, beta) in [("beta1", a.beta1), ("beta2", a.beta2)] {
+            if !(0.0..1.0).contains(&beta) {
+                return bad(format!("{name} {beta} (need 0 <= beta < 1)"));
+            }
+        }
+        if !(a.eps.is_finite() && a.eps > 0.0) {
+            return bad(format!("eps {} (need a positive number)", a.eps));
+        }
+        if !(a.weight_decay.is_finite() && a.weight_decay >= 0.0) {
+            return bad(format!(
+                "weight decay {} (need a number >= 0)",
+                a.weight_decay
+            ));
+        }
+        if self.time_limit == Some(Duration::ZERO) {
+            return bad("a time limit of 0".into());
+        }
+        Ok(())
+    }
+}
+
+/// Why a run has nothing left to train ([`RunState::finished`]).
+#[derive(Debug, Clone, Copy, PartialEq)]
+#[non_exhaustive]
+pub enum Finished {
+    /// Every epoch asked for is done.
+    Epochs {
+        /// Epochs done.
+        done: usize,
+    },
+    /// `max_steps` is reached.
+    Steps {
+        /// Steps done.
+        done: usize,
+    },
+    /// The time limit is used up.
+    Time {
+        /// Seconds trained, over every session of the run.
+        trained_s: f64,
+        /// The limit, in seconds.
+        limit_s: f64,
+    },
+}
+
+impl std::fmt::Display for Finished {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match *self {
+            Finished::Epochs { done } => write!(f, "the run already finished {done} epochs"),
+            Finished::Steps { done } => {
+                write!(f, "the run already took {done} steps, its step limit")
+            }
+            Finished::Time { trained_s, limit_s } => write!(
+                f,
+                "the run already trained {:.1} of its {:.1} minutes",
+                trained_s / 60.0,
+                limit_s / 60.0
+            ),
+        }
+    }
+}
+
 /// Progress of a run, saved in `state.json`.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 pub struct RunState {
@@ -81,6 +170,34 @@ pub struct RunState {
     /// Seconds spent training and evaluating, over every session of the run.
     #[serde(default)]
     pub elapsed_s: f64,
+}
+
+impl RunState {
+    /// Reads `state.json` of the run folder `run_dir`.
+    pub fn read(run_dir: impl AsRef<Path>) -> Result<Self, TrainError> {
+        let path = run_dir.as_ref().join(STATE);
+        let text = std::fs::read_to_string(&path).map_err(io_error(&path))?;
+        serde_json::from_str(&text)
+            .map_err(|e| TrainError::Resume(format!("{}: {e}", path.display())))
+    }
+
+    /// Why a run in this state has nothing left to train under `options` (its
+    /// epochs, `max_steps` or time limit used up), or `None` when it has.
+    pub fn finished(&self, options: &TrainOptions) -> Option<Finished> {
+        if self.epoch >= options.epochs {
+            return Some(Finished::Epochs { done: self.epoch });
+        }
+        if options.max_steps.is_some_and(|m| self.step >= m) {
+            return Some(Finished::Steps { done: self.step });
+        }
+        match options.time_limit {
+            Some(limit) if self.elapsed_s >= limit.as_secs_f64() => Some(Finished::Time {
+                trained_s: self.elapsed_s,
+                limit_s: limit.as_secs_f64(),
+            }),
+            _ => None,
+        }
+    }
 }
 
 /// What a step reports to the caller (for progress bars).
@@ -113,6 +230,8 @@ pub struct Trainer<'m> {
     options: TrainOptions,
     run_dir: PathBuf,
     state: RunState,
+    /// The step of the last checkpoint in the run folder (`None`: none yet).
+    saved_step: Option<usize>,
 }
 
 fn io_error(path: &Path) -> impl FnOnce(std::io::Error) -> TrainError + '_ {
@@ -123,12 +242,14 @@ fn io_error(path: &Path) -> impl FnOnce(std::io::Error) -> TrainError + '_ {
 }
 
 impl<'m> Trainer<'m> {
-    /// A fresh run in `run_dir` (created).
+    /// A fresh run in `run_dir` (created); [`TrainError::Options`] when the options
+    /// cannot train ([`TrainOptions::validate`]).
     pub fn new(
         model: &'m TrainModel,
         options: TrainOptions,
         run_dir: impl AsRef<Path>,
     ) -> Result<Self, TrainError> {
+        options.validate()?;
         let run_dir = run_dir.as_ref().to_path_buf();
         std::fs::create_dir_all(&run_dir).map_err(io_error(&run_dir))?;
         let optimizer = Adam::new(model.vars(), options.adam)?;
@@ -138,6 +259,7 @@ impl<'m> Trainer<'m> {
             options,
             run_dir,
             state: RunState::default(),
+            saved_step: None,
         })
     }
 
@@ -151,10 +273,8 @@ impl<'m> Trainer<'m> {
     ) -> Result<Self, TrainError> {
         let mut trainer = Self::new(model, options, run_dir)?;
         let dir = trainer.run_dir.clone();
-        let state_path = dir.join(STATE);
-        let text = std::fs::read_to_string(&state_path).map_err(io_error(&state_path))?;
-        trainer.state = serde_json::from_str(&text)
-            .map_err(|e| TrainError::Resume(format!("{}: {e}", state_path.display())))?;
+        trainer.state = RunState::read(&dir)?;
+        trainer.saved_step = Some(trainer.state.step);
         let weights = read_tensors(dir.join(LAST))?;
         for (name, var) in model.vars() {
             let t = weights.get(&name).ok_or_else(|| {
@@ -183,7 +303,7 @@ impl<'m> Trainer<'m> {
                 total: self
                     .options
                     .max_steps
-                    .unwrap_or(self.options.epochs * steps_per_epoch),
+                    .unwrap_or(self.options.epochs.saturating_mul(steps_per_epoch)),
             },
         }
     }
@@ -215,15 +335,55 @@ impl<'m> Trainer<'m> {
         Ok(())
     }
 
+    /// The first trainable tensor holding a NaN or an infinity, if any.
+    fn non_finite_weight(&self) -> Result<Option<String>, TrainError> {
+        let vars = self.model.vars();
+        // One sum over every tensor first (one transfer from the device); only a
+        // non-finite total looks for the tensor.
+        let mut total: Option<Tensor> = None;
+        for (_, var) in &vars {
+            let s = var
+                .as_tensor()
+                .sum_all()?
+                .to_dtype(candle_core::DType::F32)?;
+            total = Some(match total {
+                None => s,
+                Some(t) => (t + s)?,
+            });
+        }
+        let Some(total) = total else {
+            return Ok(None);
+        };
+        if total.to_scalar::<f32>()?.is_finite() {
+            return Ok(None);
+        }
+        for (name, var) in &vars {
+            let s = var
+                .as_tensor()
+                .sum_all()?
+                .to_dtype(candle_core::DType::F64)?
+                .to_scalar::<f64>()?;
+            if !s.is_finite() {
+                return Ok(Some(name.clone()));
+            }
+        }
+        Ok(None)
+    }
+
     /// Runs the remaining epochs (or until `max_steps`), calling `on_step` after every
-    /// step. Stops with [`TrainError::NonFinite`] on a NaN or infinite loss, keeping
-    /// the last good checkpoint.
+    /// step. Stops with [`TrainError::NonFinite`] on a NaN or infinite loss and with
+    /// [`TrainError::NonFiniteWeights`] when an update makes the weights NaN or
+    /// infinite, keeping the last good checkpoint. A run with nothing left to train
+    /// ([`RunState::finished`]) is [`TrainError::Finished`], and nothing is written.
     pub fn run(
         &mut self,
         train: &Us30kSplit,
         val: Option<&Us30kSplit>,
         mut on_step: impl FnMut(&StepInfo),
     ) -> Result<RunState, TrainError> {
+        if let Some(finished) = self.state.finished(&self.options) {
+            return Err(TrainError::Finished(finished));
+        }
         let device = self.model.samus().device().clone();
         let steps_per_epoch = train.len().div_ceil(self.options.batch_size.max(1));
         let schedule = self.schedule(steps_per_epoch);
@@ -248,8 +408,9 @@ impl<'m> Trainer<'m> {
                 let value = loss.to_scalar::<f32>()?;
                 if !value.is_finite() {
                     return Err(TrainError::NonFinite {
-                        step: self.state.step,
+                        step: self.state.step + 1,
                         loss: value,
+                        checkpoint: self.saved_step,
                     });
                 }
                 let lr = schedule.rate(self.options.adam.lr, self.state.step);
@@ -257,6 +418,13 @@ impl<'m> Trainer<'m> {
                 let mut grads = loss.backward()?;
                 self.clip(&mut grads)?;
                 self.optimizer.step(&grads)?;
+                if let Some(tensor) = self.non_finite_weight()? {
+                    return Err(TrainError::NonFiniteWeights {
+                        step: self.state.step + 1,
+                        tensor,
+                        checkpoint: self.saved_step,
+                    });
+                }
                 self.state.step += 1;
                 self.state.losses.push(value);
                 self.append_metrics(&format!(
@@ -316,13 +484,14 @@ impl<'m> Trainer<'m> {
     }
 
     /// Writes `last.safetensors`, `optimizer.safetensors` and `state.json`.
-    pub fn checkpoint(&self) -> Result<(), TrainError> {
+    pub fn checkpoint(&mut self) -> Result<(), TrainError> {
         self.save_model(LAST)?;
         let state: HashMap<String, Tensor> = self.optimizer.state()?;
         save_safetensors(&self.run_dir.join(OPTIMIZER), &state, None)?;
         let json = serde_json::to_string_pretty(&self.state)
             .map_err(|e| TrainError::Resume(e.to_string()))?;
         samus_core::atomic_write::write_atomic(&self.run_dir.join(STATE), json.as_bytes())?;
+        self.saved_step = Some(self.state.step);
         Ok(())
     }
 

@@ -9,7 +9,7 @@ use samus_data::{DatasetOptions, Us30kSplit};
 use samus_model::SamusConfig;
 use samus_train::freeze::TrainableSet;
 use samus_train::model::{ModelKind, TrainModel};
-use samus_train::trainer::{TrainOptions, Trainer};
+use samus_train::trainer::{Finished, RunState, TrainOptions, Trainer};
 
 fn model() -> TrainModel {
     let cfg = SamusConfig::tiny();
@@ -158,4 +158,170 @@ fn loss_falls_over_a_few_dozen_steps() {
         "loss did not fall: first steps {head:.3}, last steps {tail:.3} ({:?})",
         state.losses
     );
+}
+
+/// The first four training lines only, with one step per epoch at batch 4.
+fn one_step_options(epochs: usize) -> TrainOptions {
+    TrainOptions {
+        batch_size: 4,
+        epochs,
+        ..Default::default()
+    }
+}
+
+/// A run folder after one epoch of one step, with its data and model.
+fn one_finished_epoch() -> (
+    tempfile::TempDir,
+    Us30kSplit,
+    std::path::PathBuf,
+    TrainModel,
+) {
+    let tmp = tempfile::tempdir().unwrap();
+    let (train, _) = data(&tmp.path().join("data"));
+    let dir = tmp.path().join("run");
+    let m = model();
+    Trainer::new(&m, one_step_options(1), &dir)
+        .unwrap()
+        .run(&train, None, |_| {})
+        .unwrap();
+    (tmp, train, dir, m)
+}
+
+#[test]
+fn resuming_a_finished_run_trains_nothing_and_writes_nothing() {
+    let (tmp, train, dir, m) = one_finished_epoch();
+    let state = std::fs::read(dir.join("state.json")).unwrap();
+    let last = std::fs::read(dir.join("last.safetensors")).unwrap();
+    for _ in 0..2 {
+        let mut resumed = Trainer::resume(&m, one_step_options(1), &dir).unwrap();
+        match resumed.run(&train, None, |_| panic!("a finished run took a step")) {
+            Err(samus_train::TrainError::Finished(Finished::Epochs { done: 1 })) => {}
+            other => panic!("expected Finished, got {other:?}"),
+        }
+        assert_eq!(std::fs::read(dir.join("state.json")).unwrap(), state);
+        assert_eq!(std::fs::read(dir.join("last.safetensors")).unwrap(), last);
+    }
+    // A run stopped by its step limit: resuming it under the same limit does not
+    // close another epoch.
+    let capped = TrainOptions {
+        batch_size: 2,
+        epochs: 5,
+        max_steps: Some(1),
+        ..Default::default()
+    };
+    let dir = tmp.path().join("capped");
+    let done = Trainer::new(&m, capped.clone(), &dir)
+        .unwrap()
+        .run(&train, None, |_| {})
+        .unwrap();
+    assert_eq!((done.step, done.epoch), (1, 1));
+    let state = std::fs::read(dir.join("state.json")).unwrap();
+    for _ in 0..2 {
+        let err = Trainer::resume(&m, capped.clone(), &dir)
+            .unwrap()
+            .run(&train, None, |_| {})
+            .unwrap_err();
+        assert!(
+            matches!(
+                err,
+                samus_train::TrainError::Finished(Finished::Steps { done: 1 })
+            ),
+            "{err:?}"
+        );
+        assert!(err.to_string().contains("already took 1 steps"), "{err}");
+    }
+    assert_eq!(std::fs::read(dir.join("state.json")).unwrap(), state);
+    assert_eq!(RunState::read(&dir).unwrap().epoch, 1);
+}
+
+#[test]
+fn weights_broken_by_an_update_stop_the_run_and_keep_the_last_checkpoint() {
+    let (_tmp, train, dir, m) = one_finished_epoch();
+    let files = ["last.safetensors", "optimizer.safetensors", "state.json"];
+    let before: Vec<Vec<u8>> = files
+        .iter()
+        .map(|f| std::fs::read(dir.join(f)).unwrap())
+        .collect();
+    // Finite, so the options are valid, but every update overflows f32.
+    let mut options = one_step_options(2);
+    options.adam.lr = 1e300;
+    let err = Trainer::resume(&m, options, &dir)
+        .unwrap()
+        .run(&train, None, |_| {})
+        .unwrap_err();
+    match &err {
+        samus_train::TrainError::NonFiniteWeights {
+            step: 2,
+            checkpoint: Some(1),
+            ..
+        } => {}
+        other => panic!("expected NonFiniteWeights at step 2, got {other:?}"),
+    }
+    let text = err.to_string();
+    assert!(
+        text.contains("at step 2") && text.contains("the last checkpoint, from step 1, is kept"),
+        "{text}"
+    );
+    for (f, bytes) in files.iter().zip(&before) {
+        assert_eq!(&std::fs::read(dir.join(f)).unwrap(), bytes, "{f} changed");
+    }
+}
+
+#[test]
+fn options_that_cannot_train_are_refused() {
+    let tmp = tempfile::tempdir().unwrap();
+    let m = model();
+    let base = TrainOptions::default();
+    let mut cases: Vec<(TrainOptions, &str)> = vec![
+        (
+            TrainOptions {
+                batch_size: 0,
+                ..base.clone()
+            },
+            "batch size",
+        ),
+        (
+            TrainOptions {
+                epochs: 0,
+                ..base.clone()
+            },
+            "0 epochs",
+        ),
+        (
+            TrainOptions {
+                max_steps: Some(0),
+                ..base.clone()
+            },
+            "0 steps",
+        ),
+        (
+            TrainOptions {
+                grad_clip: Some(-1.0),
+                ..base.clone()
+            },
+            "gradient clip -1",
+        ),
+        (
+            TrainOptions {
+                grad_clip: Some(f64::INFINITY),
+                ..base.clone()
+            },
+            "gradient clip inf",
+        ),
+    ];
+    for lr in [f64::NAN, -1.0, 0.0, f64::INFINITY] {
+        let mut o = base.clone();
+        o.adam.lr = lr;
+        cases.push((o, "learning rate"));
+    }
+    let mut o = base.clone();
+    o.adam.weight_decay = f64::NAN;
+    cases.push((o, "weight decay NaN"));
+    for (options, needle) in cases {
+        let err = Trainer::new(&m, options.clone(), tmp.path().join("run")).unwrap_err();
+        assert!(
+            matches!(err, samus_train::TrainError::Options(_)) && err.to_string().contains(needle),
+            "{options:?}: {err}"
+        );
+    }
 }

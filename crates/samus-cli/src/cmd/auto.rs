@@ -14,7 +14,7 @@ use serde::Serialize;
 
 use crate::support::images::{open_image, overlay};
 use crate::support::model::{warn_if_sam, Checkpoint, NO_CHECKPOINT};
-use crate::support::output::Outputs;
+use crate::support::output::{OutputKind, Outputs};
 use crate::support::RunContext;
 
 /// Examples shown by `samus auto --help`.
@@ -180,9 +180,35 @@ pub fn run(args: AutoArgs, ctx: &RunContext) -> Result<()> {
     for input in [&args.checkpoint, &args.apg].into_iter().flatten() {
         outputs.add_input(input);
     }
+    let masks: Vec<(String, PathBuf)> = stems
+        .iter()
+        .flat_map(|stem| {
+            let mask = (
+                format!("mask of `{stem}`"),
+                args.out_dir.join(format!("{stem}_mask.png")),
+            );
+            let overlay = args.overlay.then(|| {
+                (
+                    format!("overlay of `{stem}`"),
+                    args.out_dir.join(format!("{stem}_overlay.png")),
+                )
+            });
+            std::iter::once(mask).chain(overlay)
+        })
+        .collect();
+    let mut planned: Vec<(&str, &Path, OutputKind)> = Vec::new();
     if let Some(path) = &args.save_logits {
-        outputs.check(path)?;
+        planned.push(("--save-logits", path, OutputKind::Safetensors));
     }
+    // The masks go into --out-dir, which is created when missing.
+    if args.out_dir.is_dir() {
+        planned.extend(
+            masks
+                .iter()
+                .map(|(what, path)| (what.as_str(), path.as_path(), OutputKind::Png)),
+        );
+    }
+    outputs.plan(&planned)?;
     let model = load_model(&args, ctx)?;
     std::fs::create_dir_all(&args.out_dir)
         .with_context(|| format!("cannot create output folder {}", args.out_dir.display()))?;
@@ -234,7 +260,7 @@ pub fn run(args: AutoArgs, ctx: &RunContext) -> Result<()> {
             };
             if !args.json {
                 progress.suspend(|| {
-                    println!(
+                    outln!(
                         "{}: mask area {} px ({:.1}%), mean foreground probability {:.3} -> {}",
                         summary.image,
                         area,
@@ -242,7 +268,7 @@ pub fn run(args: AutoArgs, ctx: &RunContext) -> Result<()> {
                         mean,
                         summary.mask
                     )
-                });
+                })?;
             }
             summaries.push(summary);
             low_res.push(seg.low_res_logits().clone());
@@ -262,14 +288,14 @@ pub fn run(args: AutoArgs, ctx: &RunContext) -> Result<()> {
             Some(metadata),
         )?;
         if !args.json {
-            println!("logits written to {}", path.display());
+            outln!("logits written to {}", path.display())?;
         }
     }
     if args.json {
-        println!(
+        outln!(
             "{}",
             serde_json::to_string(&serde_json::json!({ "images": summaries }))?
-        );
+        )?;
     }
     Ok(())
 }

@@ -16,7 +16,7 @@ use serde::Serialize;
 
 use crate::cmd::demo::demo_image;
 use crate::support::model::Checkpoint;
-use crate::support::output::Outputs;
+use crate::support::output::{OutputKind, Outputs};
 use crate::support::RunContext;
 
 /// Examples printed by `samus bench --help`.
@@ -187,9 +187,14 @@ fn write_io(
 /// Runs `samus bench`.
 pub fn run(args: BenchArgs, ctx: &RunContext) -> Result<()> {
     let outputs = Outputs::guarding(args.checkpoint.iter());
-    for out in [&args.save_weights, &args.write_io].into_iter().flatten() {
-        outputs.check(out)?;
-    }
+    let planned: Vec<(&str, &Path, OutputKind)> = [
+        ("--save-weights", &args.save_weights),
+        ("--write-io", &args.write_io),
+    ]
+    .into_iter()
+    .filter_map(|(flag, path)| Some((flag, path.as_deref()?, OutputKind::Safetensors)))
+    .collect();
+    outputs.plan(&planned)?;
     let (model, cfg, tensors) = load(&args, ctx)?;
     let (image, (cx, cy)) = demo_image(7);
     let image = DynamicImage::ImageLuma8(image);
@@ -243,26 +248,34 @@ pub fn run(args: BenchArgs, ctx: &RunContext) -> Result<()> {
         peak_rss_mb: peak_rss_mb(),
     };
     if args.json {
-        println!("{}", serde_json::to_string(&report)?);
+        outln!("{}", serde_json::to_string(&report)?)?;
     } else {
-        println!(
+        outln!(
             "model       embed_dim {}, depth {}, {} threads, {} timed images",
-            report.config.embed_dim, report.config.depth, report.threads, report.iters
-        );
-        println!(
+            report.config.embed_dim,
+            report.config.depth,
+            report.threads,
+            report.iters
+        )?;
+        outln!(
             "encoder     median {:.3} s (min {:.3}, max {:.3})",
-            enc.median, enc.min, enc.max
-        );
-        println!(
+            enc.median,
+            enc.min,
+            enc.max
+        )?;
+        outln!(
             "decoder     median {:.2} ms per prompt (min {:.2}, max {:.2})",
-            report.decoder_median_ms, report.decoder_min_ms, report.decoder_max_ms
-        );
-        println!(
+            report.decoder_median_ms,
+            report.decoder_min_ms,
+            report.decoder_max_ms
+        )?;
+        outln!(
             "full        median {:.3} s per image (encoder + one prompt), {:.2} images/s",
-            all.median, report.images_per_s
-        );
+            all.median,
+            report.images_per_s
+        )?;
         if let Some(mb) = report.peak_rss_mb {
-            println!("peak RSS    {mb:.0} MiB");
+            outln!("peak RSS    {mb:.0} MiB")?;
         }
     }
     Ok(())

@@ -18,6 +18,7 @@ pub struct CompletionsArgs {
 
 /// Prints the completion script of `command` for the chosen shell.
 pub fn run(args: CompletionsArgs, command: &mut clap::Command) -> Result<()> {
-    clap_complete::generate(args.shell, command, "samus", &mut std::io::stdout());
-    Ok(())
+    let mut script = Vec::new();
+    clap_complete::generate(args.shell, command, "samus", &mut script);
+    crate::support::print_text(&script)
 }

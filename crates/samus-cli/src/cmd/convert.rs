@@ -4,14 +4,14 @@
 use std::collections::HashMap;
 use std::path::PathBuf;
 
-use anyhow::{bail, Result};
+use anyhow::Result;
 use candle_core::Device;
 use clap::Args;
 use samus_apg::auto_samus::is_apg_tensor;
 use samus_model::CheckpointKind;
 
 use crate::support::model::Checkpoint;
-use crate::support::output::Outputs;
+use crate::support::output::{OutputKind, Outputs};
 use crate::support::RunContext;
 
 /// Examples printed by `samus convert --help`.
@@ -38,14 +38,8 @@ pub struct ConvertArgs {
 
 /// Runs `samus convert`.
 pub fn run(args: ConvertArgs) -> Result<()> {
-    if args.out.extension().and_then(|e| e.to_str()) != Some("safetensors") {
-        bail!(
-            "--out {}: the output is a safetensors file; name it *.safetensors",
-            args.out.display()
-        );
-    }
     let outputs = Outputs::guarding([&args.input]);
-    outputs.check(&args.out)?;
+    outputs.plan(&[("--out", &args.out, OutputKind::Safetensors)])?;
     let mut checkpoint = Checkpoint::read(&args.input, args.config.as_deref())?;
     let cfg = checkpoint.config.clone();
     let (apg, model_tensors): (HashMap<_, _>, HashMap<_, _>) =
@@ -76,7 +70,7 @@ pub fn run(args: ConvertArgs) -> Result<()> {
         CheckpointKind::Sam => "SAM",
         CheckpointKind::Samus => "SAMUS",
     };
-    println!(
+    outln!(
         "converted a {kind} checkpoint ({} wide, {} blocks) to {}: {} tensors{}{}",
         cfg.embed_dim,
         cfg.depth,
@@ -95,7 +89,7 @@ pub fn run(args: ConvertArgs) -> Result<()> {
                 report.initialised.len()
             )
         }
-    );
+    )?;
     if !report.unused.is_empty() {
         eprintln!(
             "note: {} tensors of the input are not part of SAMUS and were dropped (e.g. `{}`)",

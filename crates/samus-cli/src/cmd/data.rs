@@ -46,28 +46,31 @@ pub fn run(args: DataArgs) -> Result<()> {
             }
             let report = check_dataset(&root);
             if json {
-                println!("{}", serde_json::to_string(&report)?);
+                outln!("{}", serde_json::to_string(&report)?)?;
             } else {
-                println!(
+                outln!(
                     "{:<40} {:>7} {:>7} {:>7}  split lines",
-                    "dataset", "classes", "images", "labels"
-                );
+                    "dataset",
+                    "classes",
+                    "images",
+                    "labels"
+                )?;
                 for (name, c) in &report.datasets {
                     let splits: Vec<String> = c
                         .split_lines
                         .iter()
                         .map(|(s, n)| format!("{s} {n}"))
                         .collect();
-                    println!(
+                    outln!(
                         "{name:<40} {:>7} {:>7} {:>7}  {}",
                         c.classes,
                         c.images,
                         c.labels,
                         splits.join(", ")
-                    );
+                    )?;
                 }
                 for p in &report.problems {
-                    println!("problem: {p}");
+                    outln!("problem: {p}")?;
                 }
             }
             if !report.is_ok() {
@@ -78,7 +81,7 @@ pub fn run(args: DataArgs) -> Result<()> {
                 );
             }
             if !json {
-                println!("ok: no problems found");
+                outln!("ok: no problems found")?;
             }
             Ok(())
         }

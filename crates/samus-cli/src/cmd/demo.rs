@@ -19,7 +19,7 @@ use samus_train::model::{BatchTensors, ModelKind, TrainModel};
 use samus_train::trainer::{TrainOptions, Trainer};
 
 use super::eval::print_report;
-use super::train::parse_minutes;
+use super::train::{check_output_folder, parse_minutes};
 use crate::support::images::sample_overlay;
 use crate::support::output::Outputs;
 use crate::support::RunContext;
@@ -149,14 +149,15 @@ fn next_steps(train_images: usize) -> String {
 
 /// Runs `samus demo`.
 pub fn run(args: DemoArgs, ctx: &RunContext) -> Result<()> {
+    check_output_folder("--out", &args.out, "the demo folder")?;
     let data = args.out.join("data");
     let run_dir = args.out.join("run");
     let overlays = args.out.join("overlays");
-    println!(
+    outln!(
         "1/4  writing {} synthetic ultrasound images per kind to {}",
         args.images,
         data.display()
-    );
+    )?;
     samus_data::synth::write_dataset(&data, args.images as usize, args.seed)
         .with_context(|| format!("writing the synthetic dataset to {}", data.display()))?;
     let train_options = DatasetOptions {
@@ -172,12 +173,12 @@ pub fn run(args: DemoArgs, ctx: &RunContext) -> Result<()> {
     let (_, tensors) = samus_model::train::random_weights(&cfg, args.seed, &device)?;
     let model =
         TrainModel::from_tensors(tensors, &cfg, ModelKind::Samus, TrainableSet::All, &device)?;
-    println!(
+    outln!(
         "2/4  training the tiny SAMUS from random weights on {} images for {} min \
          (the same loop as `samus train`)",
         train.len(),
         args.minutes
-    );
+    )?;
     let options = TrainOptions {
         batch_size: DEMO_BATCH,
         epochs: DEMO_MAX_EPOCHS,
@@ -201,29 +202,29 @@ pub fn run(args: DemoArgs, ctx: &RunContext) -> Result<()> {
         ));
     })?;
     progress.finish_and_clear();
-    println!(
+    outln!(
         "     {} steps, best validation Dice {}",
         state.step,
         state
             .best_dice
             .map_or_else(|| "-".into(), |d| format!("{d:.3}"))
-    );
+    )?;
 
-    println!(
+    outln!(
         "3/4  evaluating the best checkpoint on {} held-out test images",
         test.len()
-    );
+    )?;
     load_best(&model, &run_dir)?;
     let report = evaluate(&model, &test, DEMO_BATCH)?;
-    print_report(&report);
+    print_report(&report)?;
 
     let written = write_overlays(&model, &test, &overlays)?;
-    println!(
+    outln!(
         "4/4  wrote {written} overlays to {}; the run (checkpoints, metrics.csv, curve.png) is in {}",
         overlays.display(),
         run_dir.display()
-    );
-    println!("{}", next_steps(train.len()));
+    )?;
+    outln!("{}", next_steps(train.len()))?;
     Ok(())
 }
 

@@ -2,14 +2,14 @@
 
 use std::path::PathBuf;
 
-use anyhow::Result;
+use anyhow::{bail, Result};
 use clap::Args;
 use samus_data::{DatasetOptions, Us30kSplit};
 use samus_train::evaluate::{evaluate_with, EvalReport};
 use samus_train::freeze::TrainableSet;
-use samus_train::model::TrainModel;
+use samus_train::model::{ModelKind, TrainModel};
 
-use super::train::ModelAndData;
+use super::train::{check_output_file, check_output_folder, parse_batch_size, ModelAndData};
 use crate::support::model::Checkpoint;
 use crate::support::output::Outputs;
 use crate::support::report::{score_cells, write_report, CaseCollector, CellFormat};
@@ -31,8 +31,8 @@ pub struct EvalArgs {
     /// Split to evaluate.
     #[arg(long, default_value = "test")]
     split: String,
-    /// Images per forward pass.
-    #[arg(long, default_value_t = 8)]
+    /// Images per forward pass (1 to 4096).
+    #[arg(long, default_value_t = 8, value_parser = parse_batch_size)]
     batch_size: usize,
     /// Print the report as one JSON object.
     #[arg(long)]
@@ -62,7 +62,7 @@ fn report_csv(report: &EvalReport) -> String {
 }
 
 /// Prints the report as a table.
-pub fn print_report(report: &EvalReport) {
+pub fn print_report(report: &EvalReport) -> Result<()> {
     let format = CellFormat {
         decimals: Some(4),
         hd_decimals: Some(2),
@@ -75,27 +75,38 @@ pub fn print_report(report: &EvalReport) {
             .zip(widths)
             .map(|(c, w)| format!("{c:>w$}"))
             .collect();
-        println!("{name:<40} {}", cells.join(" "));
+        outln!("{name:<40} {}", cells.join(" "))
     };
     let header = ["images", "dice", "iou", "acc", "se", "sp", "hd", "hd95"].map(String::from);
-    row("dataset/class", &header);
+    row("dataset/class", &header)?;
     for (name, s) in report.rows() {
-        row(name, &score_cells(s, format));
+        row(name, &score_cells(s, format))?;
     }
-    println!("{:.2} images/s", report.images_per_s);
+    outln!("{:.2} images/s", report.images_per_s)
 }
 
 /// Runs `samus eval`.
 pub fn run(args: EvalArgs, ctx: &RunContext) -> Result<()> {
     let outputs = Outputs::guarding([&args.checkpoint]);
     if let Some(path) = &args.csv {
-        outputs.check(path)?;
+        check_output_file(&outputs, "--csv", path)?;
+    }
+    if let Some(dir) = &args.report {
+        check_output_folder("--report", dir, "the report folder")?;
     }
     let checkpoint = Checkpoint::read(&args.checkpoint, args.model_data.config.as_deref())?;
+    let kind: ModelKind = args.model_data.model.into();
+    if kind == ModelKind::AutoSamus && !checkpoint.has_apg() {
+        bail!(
+            "checkpoint {} holds no auto prompt generator (prompt_generator.*, feature_adapter.*); \
+             evaluate it with --model samus, or train AutoSAMUS from it first",
+            args.checkpoint.display()
+        );
+    }
     let model = TrainModel::from_tensors(
         checkpoint.tensors,
         &checkpoint.config,
-        args.model_data.model.into(),
+        kind,
         TrainableSet::Reference,
         &ctx.device,
     )?;
@@ -105,7 +116,7 @@ pub fn run(args: EvalArgs, ctx: &RunContext) -> Result<()> {
         DatasetOptions::evaluation(),
     )?;
     let mut cases = CaseCollector::default();
-    let report = evaluate_with(&model, &split, args.batch_size.max(1), |sample, pred, m| {
+    let report = evaluate_with(&model, &split, args.batch_size, |sample, pred, m| {
         if args.report.is_some() {
             cases.offer(sample, pred, m);
         }
@@ -124,9 +135,9 @@ pub fn run(args: EvalArgs, ctx: &RunContext) -> Result<()> {
         outputs.bytes(path, text.as_bytes())?;
     }
     if args.json {
-        println!("{}", serde_json::to_string(&report)?);
+        outln!("{}", serde_json::to_string(&report)?)?;
     } else {
-        print_report(&report);
+        print_report(&report)?;
     }
     Ok(())
 }

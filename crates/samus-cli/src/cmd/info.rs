@@ -8,6 +8,7 @@ use candle_core::{Device, Tensor};
 use clap::Args;
 use samus_apg::auto_samus::is_apg_tensor;
 use samus_model::checkpoint::{detect_kind, CheckpointKind};
+use samus_model::weights::non_finite_count;
 use samus_model::SamusConfig;
 use samus_train::freeze::{autosamus_trainable, samus_trainable, TrainableSet};
 use serde::Serialize;
@@ -47,6 +48,8 @@ struct CheckpointInfo {
     missing: Vec<String>,
     unexpected: Vec<String>,
     wrong_shape: Vec<String>,
+    /// Tensors holding NaN or infinite values (with how many), which loading refuses.
+    non_finite: Vec<String>,
 }
 
 fn kind_name(tensors: &HashMap<String, Tensor>, apg: usize) -> &'static str {
@@ -96,7 +99,19 @@ pub fn run(args: InfoArgs) -> Result<()> {
             .cloned()
             .collect();
     }
-    for list in [&mut missing, &mut unexpected, &mut wrong_shape] {
+    let mut non_finite = Vec::new();
+    for (name, t) in &tensors {
+        let count = non_finite_count(t)?;
+        if count > 0 {
+            non_finite.push(format!("{name} ({count} of {})", t.elem_count()));
+        }
+    }
+    for list in [
+        &mut missing,
+        &mut unexpected,
+        &mut wrong_shape,
+        &mut non_finite,
+    ] {
         list.sort();
     }
     let info = CheckpointInfo {
@@ -110,27 +125,32 @@ pub fn run(args: InfoArgs) -> Result<()> {
         missing,
         unexpected,
         wrong_shape,
+        non_finite,
         config,
     };
     if args.json {
-        println!("{}", serde_json::to_string(&info)?);
+        outln!("{}", serde_json::to_string(&info)?)?;
     } else {
-        print_info(&info);
+        print_info(&info)?;
     }
     Ok(())
 }
 
-fn print_info(info: &CheckpointInfo) {
-    println!("file        {}", info.file);
-    println!("kind        {}", info.kind);
+fn print_info(info: &CheckpointInfo) -> Result<()> {
+    outln!("file        {}", info.file)?;
+    outln!("kind        {}", info.kind)?;
     match &info.config {
-        Some(c) => println!(
+        Some(c) => outln!(
             "config      embed_dim {}, depth {}, heads {}, global blocks {:?}, input {}",
-            c.embed_dim, c.depth, c.num_heads, c.global_attn_indexes, c.img_size
-        ),
-        None => println!("config      cannot be guessed from the tensor shapes"),
+            c.embed_dim,
+            c.depth,
+            c.num_heads,
+            c.global_attn_indexes,
+            c.img_size
+        )?,
+        None => outln!("config      cannot be guessed from the tensor shapes")?,
     }
-    println!(
+    outln!(
         "tensors     {} ({} parameters; {})",
         info.tensors,
         info.parameters,
@@ -139,8 +159,8 @@ fn print_info(info: &CheckpointInfo) {
             .map(|(d, n)| format!("{n} {d}"))
             .collect::<Vec<_>>()
             .join(", ")
-    );
-    println!(
+    )?;
+    outln!(
         "trainable   {} tensors in the reference recipe{}",
         info.trainable_reference,
         if info.apg_tensors > 0 {
@@ -148,14 +168,14 @@ fn print_info(info: &CheckpointInfo) {
         } else {
             String::new()
         }
-    );
-    let show = |label: &str, list: &[String]| {
+    )?;
+    let show = |label: &str, list: &[String]| -> Result<()> {
         if list.is_empty() {
-            println!("{label:<11} none");
+            outln!("{label:<11} none")?;
         } else {
             let head: Vec<&str> = list.iter().take(5).map(String::as_str).collect();
             let more = list.len().saturating_sub(head.len());
-            println!(
+            outln!(
                 "{label:<11} {}: {}{}",
                 list.len(),
                 head.join(", "),
@@ -164,12 +184,15 @@ fn print_info(info: &CheckpointInfo) {
                 } else {
                     String::new()
                 }
-            );
+            )?;
         }
+        Ok(())
     };
     if info.config.is_some() {
-        show("missing", &info.missing);
-        show("unexpected", &info.unexpected);
-        show("wrong shape", &info.wrong_shape);
+        show("missing", &info.missing)?;
+        show("unexpected", &info.unexpected)?;
+        show("wrong shape", &info.wrong_shape)?;
     }
+    show("non-finite", &info.non_finite)?;
+    Ok(())
 }

@@ -102,20 +102,27 @@ pub fn run(args: MetricsArgs) -> Result<()> {
     let metrics: Vec<MaskMetrics> = entries.iter().map(|e| e.metrics).collect();
     let means = Scores::from_metrics(&metrics);
     if args.json {
-        println!(
+        outln!(
             "{}",
             serde_json::to_string(&serde_json::json!({ "images": entries, "mean": means }))?
-        );
+        )?;
         return Ok(());
     }
     let fmt = |v: Option<f64>| v.map_or_else(|| "-".to_string(), |v| format!("{v:.2}"));
-    println!(
+    outln!(
         "{:<32} {:>7} {:>7} {:>7} {:>7} {:>7} {:>8} {:>8}",
-        "image", "dice", "iou", "acc", "se", "sp", "hd", "hd95"
-    );
+        "image",
+        "dice",
+        "iou",
+        "acc",
+        "se",
+        "sp",
+        "hd",
+        "hd95"
+    )?;
     for e in &entries {
         let x = &e.metrics;
-        println!(
+        outln!(
             "{:<32} {:>7.4} {:>7.4} {:>7.4} {:>7.4} {:>7.4} {:>8} {:>8}",
             e.name,
             x.dice,
@@ -125,9 +132,9 @@ pub fn run(args: MetricsArgs) -> Result<()> {
             x.sp,
             fmt(x.hd),
             fmt(x.hd95)
-        );
+        )?;
     }
-    println!(
+    outln!(
         "{:<32} {:>7.4} {:>7.4} {:>7.4} {:>7.4} {:>7.4} {:>8} {:>8}",
         format!("mean of {}", means.images),
         means.dice,
@@ -137,12 +144,12 @@ pub fn run(args: MetricsArgs) -> Result<()> {
         means.sp,
         fmt(means.hd),
         fmt(means.hd95)
-    );
+    )?;
     if means.hd_undefined > 0 {
-        println!(
+        outln!(
             "HD undefined (an empty mask) for {} image(s); the HD means leave them out",
             means.hd_undefined
-        );
+        )?;
     }
     Ok(())
 }

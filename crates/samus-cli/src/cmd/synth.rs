@@ -2,9 +2,13 @@
 
 use std::path::PathBuf;
 
-use anyhow::{bail, Result};
+use anyhow::Result;
 use clap::Args;
-use samus_data::synth::{write_dataset_with, Difficulty};
+use samus_data::synth::{
+    write_dataset_with, Difficulty, MAX_PER_DATASET, MIN_PER_DATASET_ALL_SPLITS,
+};
+
+use super::train::check_output_folder;
 
 /// Examples shown by `samus synth --help`.
 pub const EXAMPLES: &str = "\
@@ -21,8 +25,9 @@ pub struct SynthArgs {
     /// Output folder (created; existing files with the same names are replaced).
     #[arg(long, value_name = "DIR")]
     out: PathBuf,
-    /// Images per kind; split 70/15/15 into train/val/test.
-    #[arg(long, value_name = "N", default_value_t = 30)]
+    /// Images per kind, 3 to 100000; split 70/15/15 into train/val/test, at least one
+    /// image each.
+    #[arg(long, value_name = "N", default_value_t = 30, value_parser = parse_per_dataset)]
     per_dataset: usize,
     /// Seed: the same seed writes the same dataset.
     #[arg(long, value_name = "S", default_value_t = 1234)]
@@ -33,6 +38,21 @@ pub struct SynthArgs {
     /// Print the summary as JSON.
     #[arg(long)]
     json: bool,
+}
+
+/// Images per kind: at least one for each of train, val and test, at most
+/// [`MAX_PER_DATASET`].
+fn parse_per_dataset(text: &str) -> Result<usize, String> {
+    let (lo, hi) = (MIN_PER_DATASET_ALL_SPLITS, MAX_PER_DATASET);
+    match text.trim().parse::<usize>() {
+        Ok(n) if (lo..=hi).contains(&n) => Ok(n),
+        Ok(n) if n < lo => Err(format!(
+            "{n} images per kind leaves a split empty: give at least {lo} (one each for train, val and test)"
+        )),
+        _ => Err(format!(
+            "`{text}` is not a number of images per kind from {lo} to {hi}"
+        )),
+    }
 }
 
 fn parse_range(text: &str) -> Result<(f64, f64), String> {
@@ -54,28 +74,28 @@ fn parse_range(text: &str) -> Result<(f64, f64), String> {
 
 /// Runs `samus synth`.
 pub fn run(args: SynthArgs) -> Result<()> {
-    if args.per_dataset == 0 {
-        bail!("--per-dataset must be at least 1");
-    }
+    check_output_folder("--out", &args.out, "the dataset folder")?;
     let difficulty = match args.cnr {
         Some((cnr_min, cnr_max)) => Difficulty { cnr_min, cnr_max },
         None => Difficulty::default(),
     };
     let summary = write_dataset_with(&args.out, args.per_dataset, args.seed, &difficulty)?;
     if args.json {
-        println!("{}", serde_json::to_string(&summary)?);
+        outln!("{}", serde_json::to_string(&summary)?)?;
     } else {
         for (name, c) in &summary.datasets {
-            println!(
+            outln!(
                 "{name:<32} train {:>4}  val {:>4}  test {:>4}",
-                c.train, c.val, c.test
-            );
+                c.train,
+                c.val,
+                c.test
+            )?;
         }
-        println!(
+        outln!(
             "wrote a US30K-layout dataset to {}; check it with `samus data check {}`",
             args.out.display(),
             args.out.display()
-        );
+        )?;
     }
     Ok(())
 }

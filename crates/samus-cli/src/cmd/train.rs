@@ -1,6 +1,6 @@
 //! `samus train`: SAMUS or AutoSAMUS trained on a split in the US30K layout.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::time::Instant;
 
 use anyhow::{bail, Context, Result};
@@ -12,9 +12,10 @@ use samus_train::freeze::TrainableSet;
 use samus_train::loss::SegmentationLoss;
 use samus_train::model::{ModelKind, TrainModel};
 use samus_train::optim::AdamConfig;
-use samus_train::trainer::{TrainOptions, Trainer};
+use samus_train::trainer::{Finished, RunState, TrainOptions, Trainer};
 
 use crate::support::model::Checkpoint;
+use crate::support::output::Outputs;
 use crate::support::RunContext;
 
 /// Examples shown by `samus train --help`.
@@ -30,6 +31,141 @@ Examples:
 
   # Continue an interrupted run where it stopped
   samus train --config tiny --data datasets/synth --split train-Breast-SynthBUSI --resume runs/tiny";
+
+/// Most samples per step (`--batch-size` of train and eval).
+pub const MAX_BATCH: usize = 4096;
+/// Most epochs of a run (`--epochs`).
+pub const MAX_EPOCHS: usize = 1_000_000;
+/// Most steps of a run (`--max-steps`, `--warmup`).
+pub const MAX_STEPS: usize = 1_000_000_000;
+/// Largest decoded-image cache, in MiB (`--cache-mb`): 1 TiB.
+pub const MAX_CACHE_MB: usize = 1 << 20;
+/// Largest learning rate (`--lr`): Adam's steps are about this size per weight.
+pub const MAX_LR: f64 = 1.0;
+
+/// A whole number in `lo..=hi`, for a clap value parser.
+fn count_in(text: &str, lo: usize, hi: usize) -> Result<usize, String> {
+    match text.trim().parse::<usize>() {
+        Ok(n) if (lo..=hi).contains(&n) => Ok(n),
+        Ok(_) => Err(format!("`{text}` is out of range: give {lo} to {hi}")),
+        Err(_) => Err(format!("`{text}` is not a whole number ({lo} to {hi})")),
+    }
+}
+
+/// A batch size, 1 to [`MAX_BATCH`].
+pub fn parse_batch_size(text: &str) -> Result<usize, String> {
+    count_in(text, 1, MAX_BATCH)
+}
+
+fn parse_epochs(text: &str) -> Result<usize, String> {
+    count_in(text, 1, MAX_EPOCHS)
+}
+
+fn parse_steps(text: &str) -> Result<usize, String> {
+    count_in(text, 1, MAX_STEPS)
+}
+
+fn parse_warmup(text: &str) -> Result<usize, String> {
+    count_in(text, 0, MAX_STEPS)
+}
+
+fn parse_eval_every(text: &str) -> Result<usize, String> {
+    count_in(text, 1, MAX_EPOCHS)
+}
+
+fn parse_cache_mb(text: &str) -> Result<usize, String> {
+    count_in(text, 0, MAX_CACHE_MB)
+}
+
+/// A learning rate: finite, above 0, at most [`MAX_LR`].
+fn parse_lr(text: &str) -> Result<f64, String> {
+    match text.trim().parse::<f64>() {
+        Ok(lr) if lr.is_finite() && lr > 0.0 && lr <= MAX_LR => Ok(lr),
+        _ => Err(format!(
+            "`{text}` is not a learning rate: give a number above 0 and at most {MAX_LR}"
+        )),
+    }
+}
+
+/// A gradient norm to clip to: finite and above 0 (0 would zero every gradient, a
+/// negative norm flip their signs).
+fn parse_clip(text: &str) -> Result<f64, String> {
+    match text.trim().parse::<f64>() {
+        Ok(c) if c.is_finite() && c > 0.0 => Ok(c),
+        _ => Err(format!(
+            "`{text}` is not a gradient norm: give a positive number (leave the flag out to not clip)"
+        )),
+    }
+}
+
+/// The folder part of a path: its parent, `.` for a bare name.
+fn parent_folder(path: &Path) -> &Path {
+    match path.parent() {
+        Some(p) if !p.as_os_str().is_empty() => p,
+        _ => Path::new("."),
+    }
+}
+
+/// Fails unless a file can be created in the folder `dir` (a probe file, removed).
+fn probe_writable(flag: &str, path: &Path, dir: &Path) -> Result<()> {
+    match tempfile::Builder::new()
+        .prefix(".samus-write-check")
+        .tempfile_in(dir)
+    {
+        Ok(_) => Ok(()),
+        Err(e) => bail!(
+            "{flag} {}: cannot write in the folder {} ({e})",
+            path.display(),
+            dir.display()
+        ),
+    }
+}
+
+/// Checks, before any work, that the output file `path` of `flag` can be written:
+/// it is none of the command's inputs (`outputs`), not a folder, and its folder
+/// exists and is writable.
+pub fn check_output_file(outputs: &Outputs, flag: &str, path: &Path) -> Result<()> {
+    outputs
+        .check(path)
+        .with_context(|| format!("{flag} {}", path.display()))?;
+    if path.is_dir() {
+        bail!("{flag} {}: is a folder; give a file name", path.display());
+    }
+    let dir = parent_folder(path);
+    if !dir.is_dir() {
+        bail!(
+            "{flag} {}: the folder {} does not exist",
+            path.display(),
+            dir.display()
+        );
+    }
+    probe_writable(flag, path, dir)
+}
+
+/// Checks, before any work, that the output folder `dir` of `flag` (created when
+/// absent, with its parents) can be written: it is not a file, nor is any of its
+/// existing ancestors, and the nearest existing one is writable. `what` names the
+/// folder in the message (`the run folder`, ...).
+pub fn check_output_folder(flag: &str, dir: &Path, what: &str) -> Result<()> {
+    if dir.exists() && !dir.is_dir() {
+        bail!(
+            "{flag} {} must be a folder ({what}), but a file of that name exists",
+            dir.display()
+        );
+    }
+    let mut existing = dir;
+    while !existing.exists() {
+        existing = parent_folder(existing);
+    }
+    if !existing.is_dir() {
+        bail!(
+            "{flag} {}: {} is a file, so the folder cannot be created",
+            dir.display(),
+            existing.display()
+        );
+    }
+    probe_writable(flag, dir, existing)
+}
 
 /// Which model to train or evaluate.
 #[derive(Debug, Clone, Copy, ValueEnum)]
@@ -115,17 +251,18 @@ pub struct TrainArgs {
     /// Which parameters train.
     #[arg(long, value_enum, default_value = "reference")]
     trainable: TrainableArg,
-    /// Samples per step.
-    #[arg(long, default_value_t = 8)]
+    /// Samples per step (1 to 4096).
+    #[arg(long, default_value_t = 8, value_parser = parse_batch_size)]
     batch_size: usize,
-    /// Learning rate.
-    #[arg(long, default_value_t = 5e-4)]
+    /// Learning rate (above 0, at most 1).
+    #[arg(long, default_value_t = 5e-4, value_parser = parse_lr)]
     lr: f64,
-    /// Passes over the training split.
-    #[arg(long, default_value_t = 200)]
+    /// Passes over the training split (at least 1); resuming a run continues up to
+    /// this many.
+    #[arg(long, default_value_t = 200, value_parser = parse_epochs)]
     epochs: usize,
-    /// Stop after this many steps.
-    #[arg(long)]
+    /// Stop after this many steps (at least 1).
+    #[arg(long, value_parser = parse_steps)]
     max_steps: Option<usize>,
     /// Stop after this many minutes of training (the run's sessions together); the
     /// epoch in progress is cut short, evaluated and checkpointed.
@@ -133,13 +270,14 @@ pub struct TrainArgs {
     max_minutes: Option<f64>,
     /// Linear warm-up steps, then poly decay with AdamW (weight decay 0.1), as the
     /// reference's warm-up mode; without it plain Adam at a constant rate.
-    #[arg(long, value_name = "STEPS")]
+    #[arg(long, value_name = "STEPS", value_parser = parse_warmup)]
     warmup: Option<usize>,
-    /// Clip the global gradient norm to this value.
-    #[arg(long, value_name = "NORM")]
+    /// Clip the global gradient norm to this value (a positive number; without the
+    /// flag gradients are not clipped).
+    #[arg(long, value_name = "NORM", value_parser = parse_clip)]
     grad_clip: Option<f64>,
-    /// Evaluate every this many epochs.
-    #[arg(long, default_value_t = 1)]
+    /// Evaluate every this many epochs (at least 1).
+    #[arg(long, default_value_t = 1, value_parser = parse_eval_every)]
     eval_every: usize,
     /// Objective: the reference 0.2 BCE (pos_weight 2) + 0.8 Dice, plain Dice, or focal
     /// (alpha 0.25, gamma 2).
@@ -156,27 +294,32 @@ pub struct TrainArgs {
         conflicts_with = "resume"
     )]
     out: PathBuf,
-    /// Continue the run in this folder from its last checkpoint.
+    /// Continue the run in this folder from its last checkpoint (its weights, unless
+    /// --init gives others for the frozen parts), up to --epochs.
     #[arg(long, value_name = "DIR")]
     resume: Option<PathBuf>,
     /// Skip unreadable samples (they are counted and reported) instead of stopping.
     #[arg(long)]
     skip_bad: bool,
     /// MiB of decoded training images kept in memory so that later epochs skip the
-    /// PNG decoding (0 turns the cache off).
-    #[arg(long, value_name = "MIB", default_value_t = 1024)]
+    /// PNG decoding (0 turns the cache off; at most 1048576).
+    #[arg(long, value_name = "MIB", default_value_t = 1024, value_parser = parse_cache_mb)]
     cache_mb: usize,
 }
 
+/// The model to train: from `--init`; on `--resume` without `--init`, from the
+/// run's `last.safetensors` (every tensor of the model); else random weights.
 fn build_model(
     ctx: &RunContext,
     config: Option<&str>,
     init: Option<&PathBuf>,
+    resume: Option<&Path>,
     kind: ModelKind,
     set: TrainableSet,
 ) -> Result<TrainModel> {
     let device = &ctx.device;
-    let (tensors, cfg) = match init {
+    let last = resume.map(|dir| dir.join("last.safetensors"));
+    let (tensors, cfg) = match init.or(last.as_ref()) {
         Some(path) => {
             let checkpoint = Checkpoint::read(path, config)?;
             (checkpoint.tensors, checkpoint.config)
@@ -194,39 +337,44 @@ fn build_model(
     Ok(TrainModel::from_tensors(tensors, &cfg, kind, set, device)?)
 }
 
+/// Checks `--resume DIR` before any work: a run folder with `state.json`, with
+/// something left to train under `options`.
+fn check_resume(dir: &Path, options: &TrainOptions) -> Result<()> {
+    if !dir.is_dir() {
+        bail!("--resume {}: no such run folder", dir.display());
+    }
+    if !dir.join("state.json").is_file() {
+        bail!(
+            "--resume {}: not a run folder (it holds no state.json); start a run with --out",
+            dir.display()
+        );
+    }
+    check_output_folder("--resume", dir, "the run folder")?;
+    let state = RunState::read(dir)?;
+    if let Some(finished) = state.finished(options) {
+        let run = dir.display();
+        match finished {
+            Finished::Epochs { done } => {
+                bail!("run {run} already finished {done} epochs; raise --epochs to continue")
+            }
+            Finished::Steps { done } => {
+                bail!("run {run} already took {done} steps; raise --max-steps to continue")
+            }
+            Finished::Time { trained_s, .. } => bail!(
+                "run {run} already trained {:.1} minutes; raise --max-minutes to continue",
+                trained_s / 60.0
+            ),
+            _ => bail!("run {run}: {finished}"),
+        }
+    }
+    Ok(())
+}
+
 /// Runs `samus train`.
 pub fn run(args: TrainArgs, ctx: &RunContext) -> Result<()> {
     let set = match args.trainable {
         TrainableArg::Reference => TrainableSet::Reference,
         TrainableArg::All => TrainableSet::All,
-    };
-    if args.batch_size == 0 {
-        bail!("--batch-size must be at least 1");
-    }
-    let model = build_model(
-        ctx,
-        args.model_data.config.as_deref(),
-        args.init.as_ref(),
-        args.model_data.model.into(),
-        set,
-    )?;
-    let train_options = DatasetOptions {
-        seed: args.seed,
-        skip_bad: args.skip_bad,
-        cache_bytes: args.cache_mb.saturating_mul(1 << 20),
-        ..DatasetOptions::training()
-    };
-    let train = Us30kSplit::open(&args.model_data.data, &args.split, train_options)?;
-    let val = match &args.val_split {
-        Some(split) => Some(Us30kSplit::open(
-            &args.model_data.data,
-            split,
-            DatasetOptions {
-                skip_bad: args.skip_bad,
-                ..DatasetOptions::evaluation()
-            },
-        )?),
-        None => None,
     };
     let adam = match args.warmup {
         Some(_) => AdamConfig {
@@ -251,13 +399,46 @@ pub fn run(args: TrainArgs, ctx: &RunContext) -> Result<()> {
             .max_minutes
             .map(|m| std::time::Duration::from_secs_f64(m * 60.0)),
     };
+    options.validate()?;
+    match &args.resume {
+        Some(dir) => check_resume(dir, &options)?,
+        None => check_output_folder("--out", &args.out, "the run folder")?,
+    }
+    let model = build_model(
+        ctx,
+        args.model_data.config.as_deref(),
+        args.init.as_ref(),
+        args.resume.as_deref(),
+        args.model_data.model.into(),
+        set,
+    )?;
+    let train_options = DatasetOptions {
+        seed: args.seed,
+        skip_bad: args.skip_bad,
+        cache_bytes: args.cache_mb.saturating_mul(1 << 20),
+        ..DatasetOptions::training()
+    };
+    let train = Us30kSplit::open(&args.model_data.data, &args.split, train_options)?;
+    let val = match &args.val_split {
+        Some(split) => Some(Us30kSplit::open(
+            &args.model_data.data,
+            split,
+            DatasetOptions {
+                skip_bad: args.skip_bad,
+                ..DatasetOptions::evaluation()
+            },
+        )?),
+        None => None,
+    };
     let mut trainer = match &args.resume {
         Some(dir) => Trainer::resume(&model, options, dir)?,
         None => Trainer::new(&model, options, &args.out)?,
     };
     let run_dir = args.resume.clone().unwrap_or(args.out.clone());
     let steps_per_epoch = train.len().div_ceil(args.batch_size);
-    let total = args.max_steps.unwrap_or(args.epochs * steps_per_epoch) as u64;
+    let total = args
+        .max_steps
+        .unwrap_or(args.epochs.saturating_mul(steps_per_epoch)) as u64;
     let progress = ProgressBar::new(total);
     progress.set_style(
         ProgressStyle::with_template("{bar:30} {pos}/{len} steps {elapsed_precise} {msg}")
@@ -274,18 +455,22 @@ pub fn run(args: TrainArgs, ctx: &RunContext) -> Result<()> {
             "epoch {} loss {:.4} lr {:.2e} {rate:.1} img/s",
             s.epoch, s.loss, s.lr
         ));
-    })?;
+    });
     progress.finish_and_clear();
-    println!(
-        "trained {} steps ({} epochs); last loss {:.4}; best validation Dice {}; run folder {}",
+    let state = state.with_context(|| format!("run {}", run_dir.display()))?;
+    outln!(
+        "trained {} steps ({} epochs); last loss {}; best validation Dice {}; run folder {}",
         state.step,
         state.epoch,
-        state.losses.last().copied().unwrap_or(f32::NAN),
+        state
+            .losses
+            .last()
+            .map_or_else(|| "-".to_string(), |l| format!("{l:.4}")),
         state
             .best_dice
             .map_or_else(|| "-".to_string(), |d| format!("{d:.4}")),
         run_dir.display()
-    );
+    )?;
     Ok(())
 }
 

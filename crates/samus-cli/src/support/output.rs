@@ -3,12 +3,30 @@
 //! [`Outputs`] refuses to write onto a file the same command reads.
 
 use std::collections::HashMap;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
-use anyhow::Result;
+use anyhow::{bail, Context, Result};
 use candle_core::Tensor;
 use image::{DynamicImage, ImageFormat};
 use samus_core::atomic_write::{OutputGuard, WriteError};
+
+/// What an output file holds: its name must say so.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum OutputKind {
+    /// A PNG image (`.png`).
+    Png,
+    /// A safetensors file (`.safetensors`).
+    Safetensors,
+}
+
+impl OutputKind {
+    fn extension(self) -> &'static str {
+        match self {
+            OutputKind::Png => "png",
+            OutputKind::Safetensors => "safetensors",
+        }
+    }
+}
 
 /// The outputs of one command, guarded against its inputs.
 #[derive(Debug, Clone, Default)]
@@ -33,6 +51,56 @@ impl Outputs {
     /// Fails when `path` is one of the inputs (check before long work).
     pub fn check(&self, path: &Path) -> Result<()> {
         Ok(self.guard.check(path)?)
+    }
+
+    /// Checks every output of a command before any work starts: none is an input,
+    /// no two are the same file, each one's folder exists, none is write-protected,
+    /// and each name says what it holds. `outputs` are (flag, path, kind).
+    pub fn plan(&self, outputs: &[(&str, &Path, OutputKind)]) -> Result<()> {
+        let mut seen: Vec<(&str, PathBuf)> = Vec::new();
+        for &(flag, path, kind) in outputs {
+            self.check(path).with_context(|| flag.to_string())?;
+            let want = kind.extension();
+            let has = path.extension().and_then(|e| e.to_str());
+            if !has.is_some_and(|e| e.eq_ignore_ascii_case(want)) {
+                bail!(
+                    "{flag} {}: this output is written as {}; name it *.{want}",
+                    path.display(),
+                    want.to_uppercase()
+                );
+            }
+            let dir = match path.parent() {
+                Some(p) if !p.as_os_str().is_empty() => p,
+                _ => Path::new("."),
+            };
+            if !dir.is_dir() {
+                bail!(
+                    "{flag} {}: the folder {} does not exist",
+                    path.display(),
+                    dir.display()
+                );
+            }
+            if path.is_dir() {
+                bail!("{flag} {}: is a folder, not a file", path.display());
+            }
+            if std::fs::metadata(path).is_ok_and(|m| m.permissions().readonly()) {
+                bail!(
+                    "{flag} {}: the file is write-protected (make it writable or choose another path)",
+                    path.display()
+                );
+            }
+            let canonical = std::fs::canonicalize(dir)
+                .map(|d| d.join(path.file_name().unwrap_or_default()))
+                .unwrap_or_else(|_| path.to_path_buf());
+            if let Some((other, _)) = seen.iter().find(|(_, p)| *p == canonical) {
+                bail!(
+                    "{flag} and {other} name the same file {}; give each output its own path",
+                    path.display()
+                );
+            }
+            seen.push((flag, canonical));
+        }
+        Ok(())
     }
 
     /// Writes `bytes` to `path`.

@@ -70,6 +70,12 @@ const WORK_MAX: f32 = 256.0;
 const BAND_IN: f32 = 2.0;
 /// Outer radius (output pixels) of the surroundings band used by [`measure_cnr`].
 const BAND_OUT: f32 = 10.0;
+/// Most images per kind [`write_dataset`] writes (three kinds, so three times as many
+/// files in all); a larger count is an error rather than an allocation failure.
+pub const MAX_PER_DATASET: usize = 100_000;
+/// Fewest images per kind for which every split (train, val, test) gets one
+/// ([`split_counts`]).
+pub const MIN_PER_DATASET_ALL_SPLITS: usize = 3;
 /// Probability that an image gets scanner-like overlays.
 const OVERLAY_PROB: f64 = 0.4;
 

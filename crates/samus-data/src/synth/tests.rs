@@ -269,6 +269,23 @@ fn unwritable_output_is_an_error_naming_the_folder() -> Result<(), Box<dyn std::
 }
 
 #[test]
+fn absurd_image_counts_are_refused_before_anything_is_written() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("synth");
+    for n in [usize::MAX, 1_000_000_000, MAX_PER_DATASET + 1] {
+        match write_dataset(&out, n, 0) {
+            Err(crate::Error::TooManyImages { requested, max }) => {
+                assert_eq!((requested, max), (n, MAX_PER_DATASET));
+            }
+            other => panic!("{n} images per kind: {other:?}"),
+        }
+    }
+    assert!(!out.exists(), "nothing is written for a refused count");
+    let err = write_dataset(&out, usize::MAX, 0).unwrap_err().to_string();
+    assert!(err.contains("at most 100000"), "{err}");
+}
+
+#[test]
 fn otsu_on_bimodal_image() {
     let mut img = GrayImage::new(20, 10);
     let mut lab = GrayImage::new(20, 10);

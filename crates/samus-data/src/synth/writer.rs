@@ -9,7 +9,10 @@ use image::{GrayImage, ImageFormat};
 use rayon::prelude::*;
 use samus_core::atomic_write::write_atomic;
 
-use super::{generate, image_name, image_seed, split_counts, DatasetSummary, Difficulty, Kind};
+use super::{
+    generate, image_name, image_seed, split_counts, DatasetSummary, Difficulty, Kind,
+    MAX_PER_DATASET,
+};
 use crate::{Error, Result};
 
 /// Creates `path` and its parents.
@@ -61,13 +64,21 @@ pub fn write_dataset(out: &Path, per_dataset: usize, seed: u64) -> Result<Datase
     write_dataset_with(out, per_dataset, seed, &Difficulty::default())
 }
 
-/// Like [`write_dataset`] with an explicit [`Difficulty`].
+/// Like [`write_dataset`] with an explicit [`Difficulty`]. More than
+/// [`MAX_PER_DATASET`] images per kind is [`Error::TooManyImages`], before anything is
+/// written.
 pub fn write_dataset_with(
     out: &Path,
     per_dataset: usize,
     seed: u64,
     difficulty: &Difficulty,
 ) -> Result<DatasetSummary> {
+    if per_dataset > MAX_PER_DATASET {
+        return Err(Error::TooManyImages {
+            requested: per_dataset,
+            max: MAX_PER_DATASET,
+        });
+    }
     let main = out.join("MainPatient");
     create_dir(&main)?;
     for kind in Kind::ALL {

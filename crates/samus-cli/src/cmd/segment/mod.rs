@@ -12,7 +12,7 @@ use serde::Serialize;
 use crate::cmd::demo::demo_image;
 use crate::support::images::{mask_image, open_image, overlay};
 use crate::support::model::{warn_if_sam, Checkpoint, NO_CHECKPOINT};
-use crate::support::output::Outputs;
+use crate::support::output::{OutputKind, Outputs};
 use crate::support::RunContext;
 
 mod prompt_file;
@@ -59,10 +59,10 @@ pub struct SegmentArgs {
     image: Option<PathBuf>,
     /// Point prompt in image pixels, `x,y` or `x,y,label` (label 1 foreground,
     /// the default, or 0 background). Repeat for several points.
-    #[arg(long = "point", value_name = "X,Y[,LABEL]", value_parser = parse_point)]
+    #[arg(long = "point", value_name = "X,Y[,LABEL]", value_parser = parse_point, allow_hyphen_values = true)]
     points: Vec<PointPrompt>,
     /// Box prompt in image pixels.
-    #[arg(long = "box", value_name = "X0,Y0,X1,Y1", value_parser = parse_box)]
+    #[arg(long = "box", value_name = "X0,Y0,X1,Y1", value_parser = parse_box, allow_hyphen_values = true)]
     bbox: Option<[f32; 4]>,
     /// Several prompt sets from a JSON file, one mask each (`<out>_<name>.png`), the
     /// image encoded once; entries with a `class_id` are also painted into a label map.
@@ -166,17 +166,17 @@ pub fn run(args: SegmentArgs, ctx: &RunContext) -> Result<()> {
             .into_iter()
             .flatten(),
     );
-    for out in [
-        Some(&args.out),
-        args.overlay.as_ref(),
-        args.save_logits.as_ref(),
-        args.label_map.as_ref(),
-    ]
-    .into_iter()
-    .flatten()
-    {
-        outputs.check(out)?;
+    let mut planned = vec![("--out", args.out.as_path(), OutputKind::Png)];
+    if let Some(path) = &args.overlay {
+        planned.push(("--overlay", path, OutputKind::Png));
     }
+    if let Some(path) = &args.save_logits {
+        planned.push(("--save-logits", path, OutputKind::Safetensors));
+    }
+    if let Some(path) = &args.label_map {
+        planned.push(("--label-map", path, OutputKind::Png));
+    }
+    outputs.plan(&planned)?;
     let (image, image_name, points) = match (&args.image, args.demo) {
         (Some(path), _) => (
             open_image(path)?,
@@ -199,6 +199,28 @@ pub fn run(args: SegmentArgs, ctx: &RunContext) -> Result<()> {
     };
     if let Some(path) = &args.prompts {
         let entries = read_prompts(path)?;
+        // Each entry's mask (and the default label map) beside --out.
+        let beside_out: Vec<(String, PathBuf)> = entries
+            .iter()
+            .map(|e| {
+                (
+                    format!("--out (entry `{}`)", e.name),
+                    beside(&args.out, &e.name),
+                )
+            })
+            .chain(
+                (args.label_map.is_none() && entries.iter().any(|e| e.class_id.is_some()))
+                    .then(|| ("--out (label map)".to_string(), beside(&args.out, "labels"))),
+            )
+            .collect();
+        let mut all = planned.clone();
+        all.retain(|(flag, _, _)| *flag != "--out");
+        all.extend(
+            beside_out
+                .iter()
+                .map(|(flag, path)| (flag.as_str(), path.as_path(), OutputKind::Png)),
+        );
+        outputs.plan(&all)?;
         let (model, untrained) = load_model(&args, ctx)?;
         let job = PromptFileJob {
             args: &args,
@@ -256,7 +278,7 @@ pub fn run(args: SegmentArgs, ctx: &RunContext) -> Result<()> {
         logits: args.save_logits.as_ref().map(|p| p.display().to_string()),
     };
     if args.json {
-        println!("{}", serde_json::to_string(&report)?);
+        outln!("{}", serde_json::to_string(&report)?)?;
     } else {
         for m in &report.masks {
             let mark = if m.index == selected {
@@ -264,17 +286,19 @@ pub fn run(args: SegmentArgs, ctx: &RunContext) -> Result<()> {
             } else {
                 ""
             };
-            println!(
+            outln!(
                 "mask {}: predicted IoU {:.4}, area {} px{mark}",
-                m.index, m.iou, m.area
-            );
+                m.index,
+                m.iou,
+                m.area
+            )?;
         }
-        println!("mask written to {}", report.out);
+        outln!("mask written to {}", report.out)?;
         if let Some(p) = &report.overlay {
-            println!("overlay written to {p}");
+            outln!("overlay written to {p}")?;
         }
         if let Some(p) = &report.logits {
-            println!("logits written to {p}");
+            outln!("logits written to {p}")?;
         }
     }
     Ok(())
@@ -397,22 +421,25 @@ impl PromptFileJob<'_> {
             overlay: args.overlay.as_ref().map(|p| p.display().to_string()),
         };
         if args.json {
-            println!("{}", serde_json::to_string(&report)?);
+            outln!("{}", serde_json::to_string(&report)?)?;
         } else {
             for e in &report.entries {
                 let class = e
                     .class_id
                     .map_or_else(String::new, |c| format!(" class {c}"));
-                println!(
+                outln!(
                     "{}{class}: predicted IoU {:.4}, area {} px -> {}",
-                    e.name, e.iou, e.area, e.out
-                );
+                    e.name,
+                    e.iou,
+                    e.area,
+                    e.out
+                )?;
             }
             if let Some(p) = &report.label_map {
-                println!("label map written to {p}");
+                outln!("label map written to {p}")?;
             }
             if let Some(p) = &report.overlay {
-                println!("overlay written to {p}");
+                outln!("overlay written to {p}")?;
             }
         }
         Ok(())

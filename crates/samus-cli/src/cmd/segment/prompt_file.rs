@@ -56,20 +56,35 @@ struct RawEntry {
     bbox: Option<[f32; 4]>,
 }
 
-#[derive(Debug, Deserialize)]
-#[serde(untagged)]
-enum RawFile {
-    List(Vec<RawEntry>),
-    Object { prompts: Vec<RawEntry> },
-}
-
 /// Parses the text of a prompts file; errors name the entry.
 pub fn parse_prompts(text: &str) -> Result<Vec<PromptEntry>> {
-    let raw: RawFile = serde_json::from_str(text)
-        .context("expected a JSON list of {\"name\", \"class_id\", \"points\", \"box\"} entries")?;
-    let entries = match raw {
-        RawFile::List(e) | RawFile::Object { prompts: e } => e,
+    const EXPECTED: &str =
+        "expected a JSON list of {\"name\", \"class_id\", \"points\", \"box\"} entries, or {\"prompts\": [...]}";
+    let value: serde_json::Value = serde_json::from_str(text).context("not valid JSON")?;
+    let list = match value {
+        serde_json::Value::Array(list) => list,
+        serde_json::Value::Object(mut object) => match object.remove("prompts") {
+            Some(serde_json::Value::Array(list)) if object.is_empty() => list,
+            _ => bail!("{EXPECTED}; got an object with the keys {:?}", {
+                let mut keys: Vec<&String> = object.keys().collect();
+                keys.sort();
+                keys
+            }),
+        },
+        other => bail!("{EXPECTED}; got {}", json_kind(&other)),
     };
+    // Each entry on its own, so that an error names the entry and the field.
+    let entries = list
+        .into_iter()
+        .enumerate()
+        .map(|(i, entry)| {
+            let name = entry
+                .get("name")
+                .and_then(|n| n.as_str())
+                .map_or_else(String::new, |n| format!(" (`{n}`)"));
+            serde_json::from_value::<RawEntry>(entry).with_context(|| format!("entry {i}{name}"))
+        })
+        .collect::<Result<Vec<_>>>()?;
     if entries.is_empty() {
         bail!("the file holds no prompt entries");
     }
@@ -121,6 +136,18 @@ pub fn parse_prompts(text: &str) -> Result<Vec<PromptEntry>> {
             })
         })
         .collect()
+}
+
+/// What kind of JSON value this is, in words.
+fn json_kind(value: &serde_json::Value) -> &'static str {
+    match value {
+        serde_json::Value::Null => "null",
+        serde_json::Value::Bool(_) => "a boolean",
+        serde_json::Value::Number(_) => "a number",
+        serde_json::Value::String(_) => "a string",
+        serde_json::Value::Array(_) => "a list",
+        serde_json::Value::Object(_) => "an object",
+    }
 }
 
 /// Reads and parses a prompts file; errors name the file.
@@ -181,10 +208,36 @@ mod tests {
                 r#"[{"name": "a", "points": [[1, 2]]}, {"name": "a", "box": [0, 0, 1, 1]}]"#,
                 "twice",
             ),
-            (r#"[{"pints": [[1, 2]]}]"#, "JSON list"),
+            (r#"[{"pints": [[1, 2]]}]"#, "entry 0: unknown field `pints`"),
         ] {
             let err = format!("{:#}", parse_prompts(text).unwrap_err());
             assert!(err.contains(needle), "{text}: {err}");
+        }
+    }
+
+    #[test]
+    fn wrong_fields_and_types_name_the_entry_and_what_was_expected() {
+        for (text, needles) in [
+            (
+                r#"[{"name": "lv", "points": [[1, 2]], "colour": 3}]"#,
+                &["entry 0 (`lv`)", "unknown field `colour`"][..],
+            ),
+            (
+                r#"[{"points": [[1, 2]]}, {"class_id": -1, "points": [[1, 2]]}]"#,
+                &["entry 1", "-1"][..],
+            ),
+            (
+                r#"[{"points": [["a", 2]]}]"#,
+                &["entry 0", "string \"a\""][..],
+            ),
+            (r#""points""#, &["got a string"][..]),
+            (r#"{"entries": []}"#, &["\"entries\""][..]),
+        ] {
+            let err = format!("{:#}", parse_prompts(text).unwrap_err());
+            for needle in needles {
+                assert!(err.contains(needle), "{text}: `{err}` lacks `{needle}`");
+            }
+            assert!(!err.contains("untagged"), "{err}");
         }
     }
 
