@@ -196,8 +196,24 @@ pub fn run(args: BenchArgs, ctx: &RunContext) -> Result<()> {
     .collect();
     outputs.plan(&planned)?;
     let (model, cfg, tensors) = load(&args, ctx)?;
-    let (image, (cx, cy)) = demo_image(7);
-    let image = DynamicImage::ImageLuma8(image);
+    // The generated scan at the model's input size, so that the figures time the
+    // model rather than the resizing of whatever size the generator drew.
+    let (scan, (x, y)) = demo_image(7);
+    let side = cfg.img_size as u32;
+    let (sx, sy) = (
+        side as f32 / scan.width() as f32,
+        side as f32 / scan.height() as f32,
+    );
+    let image = DynamicImage::ImageLuma8(image::imageops::resize(
+        &scan,
+        side,
+        side,
+        image::imageops::FilterType::Triangle,
+    ));
+    let (cx, cy) = (
+        (x * sx).min(side as f32 - 1.0),
+        (y * sy).min(side as f32 - 1.0),
+    );
     if let Some(path) = &args.save_weights {
         outputs.safetensors(path, &tensors, None)?;
     }
