@@ -45,6 +45,12 @@ impl Prediction {
     /// `logits` `1 x K x H x W` at the image's size and `iou` (K values).
     pub fn from_logits(low_res_logits: Tensor, logits: Tensor, iou: &[f32]) -> Result<Self> {
         let (_, k, h, w) = logits.dims4()?;
+        if k == 0 || iou.len() != k {
+            return Err(Error::Tensor(candle_core::Error::Msg(format!(
+                "a prediction needs at least one candidate and one IoU per candidate, got {k} candidates and {} IoUs",
+                iou.len()
+            ))));
+        }
         let binary = logits
             .squeeze(0)?
             .gt(0.0)?
@@ -64,7 +70,7 @@ impl Prediction {
                 })?;
                 Ok(Mask {
                     index,
-                    iou: iou.get(index).copied().unwrap_or(f32::NAN),
+                    iou: iou[index],
                     image,
                 })
             })
