@@ -19,8 +19,9 @@ use samus_train::model::{BatchTensors, ModelKind, TrainModel};
 use samus_train::trainer::{TrainOptions, Trainer};
 
 use super::eval::print_report;
-use super::train::{check_output_folder, parse_minutes};
+use super::train::parse_minutes;
 use crate::support::images::sample_overlay;
+use crate::support::output::check_output_folder;
 use crate::support::output::Outputs;
 use crate::support::RunContext;
 

@@ -9,9 +9,10 @@ use samus_train::evaluate::{evaluate_with, EvalReport};
 use samus_train::freeze::TrainableSet;
 use samus_train::model::{ModelKind, TrainModel};
 
-use super::train::{check_output_file, check_output_folder, parse_batch_size, ModelAndData};
+use super::train::{parse_batch_size, ModelAndData};
 use crate::support::model::Checkpoint;
 use crate::support::output::Outputs;
+use crate::support::output::{check_output_file, check_output_folder};
 use crate::support::report::{score_cells, write_report, CaseCollector, CellFormat};
 use crate::support::RunContext;
 

@@ -8,7 +8,7 @@ use samus_data::synth::{
     write_dataset_with, Difficulty, MAX_PER_DATASET, MIN_PER_DATASET_ALL_SPLITS,
 };
 
-use super::train::check_output_folder;
+use crate::support::output::check_output_folder;
 
 /// Examples shown by `samus synth --help`.
 pub const EXAMPLES: &str = "\

@@ -15,7 +15,7 @@ use samus_train::optim::AdamConfig;
 use samus_train::trainer::{Finished, RunState, TrainOptions, Trainer};
 
 use crate::support::model::Checkpoint;
-use crate::support::output::Outputs;
+use crate::support::output::check_output_folder;
 use crate::support::RunContext;
 
 /// Examples shown by `samus train --help`.
@@ -96,75 +96,6 @@ fn parse_clip(text: &str) -> Result<f64, String> {
             "`{text}` is not a gradient norm: give a positive number (leave the flag out to not clip)"
         )),
     }
-}
-
-/// The folder part of a path: its parent, `.` for a bare name.
-fn parent_folder(path: &Path) -> &Path {
-    match path.parent() {
-        Some(p) if !p.as_os_str().is_empty() => p,
-        _ => Path::new("."),
-    }
-}
-
-/// Fails unless a file can be created in the folder `dir` (a probe file, removed).
-fn probe_writable(flag: &str, path: &Path, dir: &Path) -> Result<()> {
-    match tempfile::Builder::new()
-        .prefix(".samus-write-check")
-        .tempfile_in(dir)
-    {
-        Ok(_) => Ok(()),
-        Err(e) => bail!(
-            "{flag} {}: cannot write in the folder {} ({e})",
-            path.display(),
-            dir.display()
-        ),
-    }
-}
-
-/// Checks, before any work, that the output file `path` of `flag` can be written:
-/// it is none of the command's inputs (`outputs`), not a folder, and its folder
-/// exists and is writable.
-pub fn check_output_file(outputs: &Outputs, flag: &str, path: &Path) -> Result<()> {
-    outputs
-        .check(path)
-        .with_context(|| format!("{flag} {}", path.display()))?;
-    if path.is_dir() {
-        bail!("{flag} {}: is a folder; give a file name", path.display());
-    }
-    let dir = parent_folder(path);
-    if !dir.is_dir() {
-        bail!(
-            "{flag} {}: the folder {} does not exist",
-            path.display(),
-            dir.display()
-        );
-    }
-    probe_writable(flag, path, dir)
-}
-
-/// Checks, before any work, that the output folder `dir` of `flag` (created when
-/// absent, with its parents) can be written: it is not a file, nor is any of its
-/// existing ancestors, and the nearest existing one is writable. `what` names the
-/// folder in the message (`the run folder`, ...).
-pub fn check_output_folder(flag: &str, dir: &Path, what: &str) -> Result<()> {
-    if dir.exists() && !dir.is_dir() {
-        bail!(
-            "{flag} {} must be a folder ({what}), but a file of that name exists",
-            dir.display()
-        );
-    }
-    let mut existing = dir;
-    while !existing.exists() {
-        existing = parent_folder(existing);
-    }
-    if !existing.is_dir() {
-        bail!(
-            "{flag} {}: {} is a file, so the folder cannot be created",
-            dir.display(),
-            existing.display()
-        );
-    }
-    probe_writable(flag, dir, existing)
 }
 
 /// Which model to train or evaluate.

@@ -59,7 +59,7 @@ impl Outputs {
     pub fn plan(&self, outputs: &[(&str, &Path, OutputKind)]) -> Result<()> {
         let mut seen: Vec<(&str, PathBuf)> = Vec::new();
         for &(flag, path, kind) in outputs {
-            self.check(path).with_context(|| flag.to_string())?;
+            check_output_file(self, flag, path)?;
             let want = kind.extension();
             let has = path.extension().and_then(|e| e.to_str());
             if !has.is_some_and(|e| e.eq_ignore_ascii_case(want)) {
@@ -69,26 +69,13 @@ impl Outputs {
                     want.to_uppercase()
                 );
             }
-            let dir = match path.parent() {
-                Some(p) if !p.as_os_str().is_empty() => p,
-                _ => Path::new("."),
-            };
-            if !dir.is_dir() {
-                bail!(
-                    "{flag} {}: the folder {} does not exist",
-                    path.display(),
-                    dir.display()
-                );
-            }
-            if path.is_dir() {
-                bail!("{flag} {}: is a folder, not a file", path.display());
-            }
             if std::fs::metadata(path).is_ok_and(|m| m.permissions().readonly()) {
                 bail!(
                     "{flag} {}: the file is write-protected (make it writable or choose another path)",
                     path.display()
                 );
             }
+            let dir = parent_folder(path);
             let canonical = std::fs::canonicalize(dir)
                 .map(|d| d.join(path.file_name().unwrap_or_default()))
                 .unwrap_or_else(|_| path.to_path_buf());
@@ -146,4 +133,73 @@ impl Outputs {
             .collect();
         self.safetensors(path, &map, metadata)
     }
+}
+
+/// The folder part of a path: its parent, `.` for a bare name.
+fn parent_folder(path: &Path) -> &Path {
+    match path.parent() {
+        Some(p) if !p.as_os_str().is_empty() => p,
+        _ => Path::new("."),
+    }
+}
+
+/// Fails unless a file can be created in the folder `dir` (a probe file, removed).
+fn probe_writable(flag: &str, path: &Path, dir: &Path) -> Result<()> {
+    match tempfile::Builder::new()
+        .prefix(".samus-write-check")
+        .tempfile_in(dir)
+    {
+        Ok(_) => Ok(()),
+        Err(e) => bail!(
+            "{flag} {}: cannot write in the folder {} ({e})",
+            path.display(),
+            dir.display()
+        ),
+    }
+}
+
+/// Checks, before any work, that the output file `path` of `flag` can be written:
+/// it is none of the command's inputs (`outputs`), not a folder, and its folder
+/// exists and is writable.
+pub fn check_output_file(outputs: &Outputs, flag: &str, path: &Path) -> Result<()> {
+    outputs
+        .check(path)
+        .with_context(|| format!("{flag} {}", path.display()))?;
+    if path.is_dir() {
+        bail!("{flag} {}: is a folder; give a file name", path.display());
+    }
+    let dir = parent_folder(path);
+    if !dir.is_dir() {
+        bail!(
+            "{flag} {}: the folder {} does not exist",
+            path.display(),
+            dir.display()
+        );
+    }
+    probe_writable(flag, path, dir)
+}
+
+/// Checks, before any work, that the output folder `dir` of `flag` (created when
+/// absent, with its parents) can be written: it is not a file, nor is any of its
+/// existing ancestors, and the nearest existing one is writable. `what` names the
+/// folder in the message (`the run folder`, ...).
+pub fn check_output_folder(flag: &str, dir: &Path, what: &str) -> Result<()> {
+    if dir.exists() && !dir.is_dir() {
+        bail!(
+            "{flag} {} must be a folder ({what}), but a file of that name exists",
+            dir.display()
+        );
+    }
+    let mut existing = dir;
+    while !existing.exists() {
+        existing = parent_folder(existing);
+    }
+    if !existing.is_dir() {
+        bail!(
+            "{flag} {}: {} is a file, so the folder cannot be created",
+            dir.display(),
+            existing.display()
+        );
+    }
+    probe_writable(flag, dir, existing)
 }
