@@ -243,8 +243,29 @@ fn huge_images_are_refused_by_their_size() {
         &["--point", "10,10"],
         &["--out", p(&out)],
     );
-    assert_clean_failure(
-        &run,
-        "40000x40000 (1600 megapixels); the limit is 100 megapixels",
-    );
+    let needle = "40000x40000 (1600 megapixels); the limit is 100 megapixels";
+    assert_clean_failure(&run, needle);
+    // The same budget for masks (`metrics`) and for a dataset's images (`eval`).
+    let masks = s.dir.join("masks");
+    std::fs::create_dir(&masks).unwrap();
+    std::fs::copy(&huge, masks.join("a.png")).unwrap();
+    let run = samus(&["metrics", "--pred", p(&masks), "--gt", p(&masks)]);
+    assert_clean_failure(&run, needle);
+    let data = s.dir.join("synth");
+    let synth = samus(&["synth", "--out", p(&data), "--per-dataset", "3"]);
+    assert!(synth.status.success(), "{}", stderr(&synth));
+    let split =
+        std::fs::read_to_string(data.join("MainPatient/test-Breast-SynthBUSI.txt")).unwrap();
+    let name = split.lines().next().unwrap().split_once('/').unwrap().1;
+    std::fs::copy(&huge, data.join(format!("Breast-SynthBUSI/img/{name}.png"))).unwrap();
+    let run = samus(&[
+        "eval",
+        "--checkpoint",
+        p(&s.checkpoint),
+        "--data",
+        p(&data),
+        "--split",
+        "test-Breast-SynthBUSI",
+    ]);
+    assert_clean_failure(&run, needle);
 }

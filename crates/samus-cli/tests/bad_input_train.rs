@@ -251,6 +251,7 @@ fn resume_continues_quietly_and_a_finished_run_is_left_alone() {
     assert!(!stderr(&out).contains("random weights"), "{}", stderr(&out));
     assert!(String::from_utf8_lossy(&out.stdout).contains("(2 epochs)"));
     let state = std::fs::read(run.join("state.json")).unwrap();
+    let state_of_run = state.clone();
     let last = std::fs::read(run.join("last.safetensors")).unwrap();
     for _ in 0..2 {
         let out = train(&["--config", "tiny", "--epochs", "2", "--resume", p(&run)]);
@@ -277,4 +278,19 @@ fn resume_continues_quietly_and_a_finished_run_is_left_alone() {
     // A folder that is not a run.
     let out = train(&["--config", "tiny", "--resume", p(&data)]);
     assert_clean_failure(&out, "state.json");
+    // A fresh run onto a folder that holds one: refused before any work, the old
+    // run's files untouched (it used to append to the old metrics.csv).
+    let metrics = std::fs::read(run.join("metrics.csv")).unwrap();
+    let out = train(&["--config", "tiny", "--epochs", "1", "--out", p(&run)]);
+    assert_clean_failure(
+        &out,
+        "already holds a training run (state.json, metrics.csv",
+    );
+    assert!(
+        stderr(&out).contains(&format!("--resume {}", p(&run))),
+        "{}",
+        stderr(&out)
+    );
+    assert_eq!(std::fs::read(run.join("metrics.csv")).unwrap(), metrics);
+    assert_eq!(std::fs::read(run.join("state.json")).unwrap(), state_of_run);
 }

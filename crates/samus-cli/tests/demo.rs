@@ -50,6 +50,20 @@ fn demo_runs_end_to_end_offline() {
     assert!(!overlays.is_empty(), "no overlays written");
     let first = image::open(overlays[0].path()).unwrap();
     assert_eq!((first.width(), first.height()), (256, 256));
+    // A second demo into the same folder is refused before any work, the first
+    // demo's run left as it was.
+    let metrics = std::fs::read(out_dir.join("run/metrics.csv")).unwrap();
+    let again = samus(&["demo", "--out", p(&out_dir), "--minutes", "0.05"]);
+    assert!(!again.status.success());
+    assert!(
+        stderr(&again).contains("already holds a demo"),
+        "{}",
+        stderr(&again)
+    );
+    assert_eq!(
+        std::fs::read(out_dir.join("run/metrics.csv")).unwrap(),
+        metrics
+    );
 }
 
 #[test]

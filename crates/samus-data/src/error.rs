@@ -47,6 +47,22 @@ pub enum Error {
         /// What the decoder said.
         source: image::ImageError,
     },
+    /// An image's header states more pixels than [`crate::io::MAX_IMAGE_PIXELS`];
+    /// refused before it is decoded.
+    #[error(
+        "image {} is {width}x{height} ({} megapixels); the limit is {} megapixels (downscale it first)",
+        path.display(),
+        u64::from(*width) * u64::from(*height) / 1_000_000,
+        crate::io::MAX_IMAGE_PIXELS / 1_000_000
+    )]
+    ImageTooLarge {
+        /// The file.
+        path: PathBuf,
+        /// Its width, from its header.
+        width: u32,
+        /// Its height, from its header.
+        height: u32,
+    },
     /// An image and its label map differ in size.
     #[error(
         "{} is {}x{} but its label {} is {}x{}",
@@ -194,6 +210,7 @@ impl Error {
             | Error::CreateDir { path, .. }
             | Error::Missing { path }
             | Error::Decode { path, .. }
+            | Error::ImageTooLarge { path, .. }
             | Error::BadLabel { path, .. }
             | Error::LabelOutOfRange { path, .. }
             | Error::ClassMap { path, .. }

@@ -7,12 +7,45 @@ use samus_model::preprocess::to_grey_unit;
 
 use crate::{Error, Result};
 
-/// Decodes an image file of any supported format from its bytes.
+/// Largest image accepted, in pixels (10,000 x 10,000): far above any scanner's
+/// frame, below what would exhaust memory.
+pub const MAX_IMAGE_PIXELS: u64 = 100_000_000;
+/// Bytes an image may take while it is decoded (100 megapixels of 16-bit RGBA).
+const MAX_DECODE_BYTES: u64 = MAX_IMAGE_PIXELS * 8;
+
+/// Decodes an image file of any supported format from its bytes. Its size is read
+/// from its header first: beyond [`MAX_IMAGE_PIXELS`] it is refused with
+/// [`Error::ImageTooLarge`] before anything is allocated; within it, every image
+/// decodes (the `image` crate's default 512 MiB limit would refuse a large 16-bit
+/// colour scan).
 pub fn decode(path: &Path, bytes: &[u8]) -> Result<DynamicImage> {
-    image::load_from_memory(bytes).map_err(|source| Error::Decode {
+    let decode_error = |source| Error::Decode {
         path: path.to_path_buf(),
         source,
-    })
+    };
+    let reader = || {
+        image::ImageReader::new(std::io::Cursor::new(bytes))
+            .with_guessed_format()
+            .map_err(|e| decode_error(image::ImageError::IoError(e)))
+    };
+    let (width, height) = reader()?.into_dimensions().map_err(decode_error)?;
+    if u64::from(width) * u64::from(height) > MAX_IMAGE_PIXELS {
+        return Err(Error::ImageTooLarge {
+            path: path.to_path_buf(),
+            width,
+            height,
+        });
+    }
+    let mut limits = image::Limits::default();
+    limits.max_alloc = Some(MAX_DECODE_BYTES);
+    let mut reader = reader()?;
+    reader.limits(limits);
+    reader.decode().map_err(decode_error)
+}
+
+/// Reads and decodes an image file ([`decode`]).
+pub fn read_image(path: &Path) -> Result<DynamicImage> {
+    decode(path, &read_bytes(path)?)
 }
 
 fn read_bytes(path: &Path) -> Result<Vec<u8>> {
@@ -60,7 +93,7 @@ pub fn grey8_from_image(image: &DynamicImage) -> GrayImage {
 
 /// Reads an ultrasound image as 8-bit grey ([`grey8_from_image`]).
 pub fn read_image_grey8(path: &Path) -> Result<GrayImage> {
-    Ok(grey8_from_image(&decode(path, &read_bytes(path)?)?))
+    Ok(grey8_from_image(&read_image(path)?))
 }
 
 /// Converts a decoded label map to class ids: grey values are taken as they are (16-bit
@@ -92,7 +125,7 @@ pub fn label_from_image(path: &Path, image: &DynamicImage) -> Result<GrayImage> 
 
 /// Reads a label map (pixel value = class id).
 pub fn read_label(path: &Path) -> Result<GrayImage> {
-    label_from_image(path, &decode(path, &read_bytes(path)?)?)
+    label_from_image(path, &read_image(path)?)
 }
 
 #[cfg(test)]

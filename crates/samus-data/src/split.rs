@@ -26,9 +26,15 @@ impl FromStr for SplitEntry {
 
     fn from_str(line: &str) -> std::result::Result<Self, String> {
         let parts: Vec<&str> = line.trim().split('/').collect();
+        // A part names one folder or file under the root: never `.`, `..` or a
+        // backslash path, so that a split file cannot point outside the dataset.
         let nonempty = |s: &str, what: &str| {
             if s.is_empty() {
                 Err(format!("empty {what} in `{line}`"))
+            } else if s == "." || s == ".." || s.contains(['\\', '\0']) {
+                Err(format!(
+                    "{what} `{s}` in `{line}` is not a plain name (it would lead outside the dataset)"
+                ))
             } else {
                 Ok(s.to_string())
             }
@@ -143,6 +149,57 @@ impl ClassMap {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use proptest::prelude::*;
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(512))]
+
+        /// Any line, and any edit of a valid one, parses or is refused with a
+        /// message quoting it; what parses stays inside the dataset root.
+        #[test]
+        fn split_lines_never_panic_or_lead_outside_the_root(
+            line in "[0-9a-zA-Z./\\\\ _-]{0,40}",
+            cut in 0usize..40,
+            insert in "[./\\\\0-9]{0,4}",
+        ) {
+            let valid = "2/Breast-BUSI/benign (12)";
+            let at = cut.min(valid.len());
+            let edited = format!("{}{insert}{}", &valid[..at], &valid[at..]);
+            for text in [line.as_str(), edited.as_str()] {
+                match text.parse::<SplitEntry>() {
+                    Ok(entry) => {
+                        let root = Path::new("/data/US30K");
+                        for path in [entry.image_path(root), entry.label_path(root)] {
+                            prop_assert!(path.starts_with(root));
+                            prop_assert!(path
+                                .components()
+                                .all(|c| matches!(c, std::path::Component::Normal(_) | std::path::Component::RootDir)));
+                        }
+                    }
+                    Err(message) => prop_assert!(message.contains(text.trim()) || text.trim().is_empty()),
+                }
+            }
+        }
+
+        /// `class.json` text of any shape is read or refused, never a panic.
+        #[test]
+        fn class_maps_never_panic(text in "[{}\\[\\]\":,0-9a-z -]{0,60}") {
+            let dir = tempfile::tempdir().unwrap();
+            let path = dir.path().join("class.json");
+            std::fs::write(&path, &text).unwrap();
+            if let Err(e) = ClassMap::read(&path) {
+                prop_assert!(e.to_string().contains("class.json"));
+            }
+        }
+    }
+
+    #[test]
+    fn parts_that_lead_outside_the_root_are_refused() {
+        for line in ["1/../etc", "1/Breast-BUSI/..", "./x", "1/a\\..\\b/x"] {
+            let err = line.parse::<SplitEntry>().unwrap_err();
+            assert!(err.contains("not a plain name"), "{line}: {err}");
+        }
+    }
 
     #[test]
     fn parses_train_and_test_lines() {

@@ -211,3 +211,61 @@ fn configurations_beyond_the_limits_are_refused_by_field() {
         }
     ));
 }
+
+/// A safetensors file with `header` (JSON) and `data_len` zero bytes of data.
+fn write_raw_safetensors(path: &std::path::Path, header: &str, data_len: usize) {
+    let mut bytes = (header.len() as u64).to_le_bytes().to_vec();
+    bytes.extend_from_slice(header.as_bytes());
+    bytes.resize(bytes.len() + data_len, 0);
+    std::fs::write(path, bytes).unwrap();
+}
+
+#[test]
+fn safetensors_headers_with_lying_offsets_name_the_tensor() {
+    let tmp = tempfile::tempdir().unwrap();
+    let path = tmp.path().join("lying.safetensors");
+    let a = r#""a":{"dtype":"F32","shape":[2,2],"data_offsets":[0,16]}"#;
+    let cases = [
+        // `b` says 4 floats but its offsets hold 2.
+        (
+            format!(r#"{{{a},"b":{{"dtype":"F32","shape":[4],"data_offsets":[16,24]}}}}"#),
+            24,
+            "tensor `b`: shape [4] of F32 needs 16 bytes, its offsets [16, 24) hold 8",
+        ),
+        // `b` runs past the end of the file.
+        (
+            format!(r#"{{{a},"b":{{"dtype":"F32","shape":[4],"data_offsets":[16,32]}}}}"#),
+            24,
+            "tensor `b`: its data [16, 32) runs past the file's 24 bytes",
+        ),
+        // `b` overlaps `a`.
+        (
+            format!(r#"{{{a},"b":{{"dtype":"F32","shape":[2],"data_offsets":[8,16]}}}}"#),
+            16,
+            "tensor `b`: its data starts at byte 8, but tensor `a` ends at byte 16",
+        ),
+        // Data left over after the last tensor.
+        (
+            format!("{{{a}}}"),
+            20,
+            "data ends at byte 16, but the file holds 20 bytes",
+        ),
+        // An entry without offsets.
+        (
+            format!(r#"{{{a},"b":{{"dtype":"F32","shape":[4]}}}}"#),
+            16,
+            "tensor `b`: its header entry is invalid",
+        ),
+    ];
+    for (header, data_len, needle) in cases {
+        write_raw_safetensors(&path, &header, data_len);
+        let err = read_tensors(&path).unwrap_err().to_string();
+        assert!(
+            err.contains("lying.safetensors") && err.contains(needle),
+            "`{needle}` missing from: {err}"
+        );
+    }
+    // The same file with honest offsets reads.
+    write_raw_safetensors(&path, &format!("{{{a}}}"), 16);
+    assert_eq!(read_tensors(&path).unwrap()["a"].dims(), [2, 2]);
+}

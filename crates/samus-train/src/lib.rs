@@ -82,6 +82,18 @@ pub enum TrainError {
         /// What the OS said.
         source: std::io::Error,
     },
+    /// A fresh run was asked for in a folder that already holds a run.
+    #[error(
+        "{} already holds a training run ({}); resume it, or choose another run folder",
+        dir.display(),
+        files.join(", ")
+    )]
+    RunExists {
+        /// The run folder.
+        dir: std::path::PathBuf,
+        /// The run files found in it.
+        files: Vec<&'static str>,
+    },
     /// A run cannot be resumed.
     #[error("cannot resume: {0}")]
     Resume(String),

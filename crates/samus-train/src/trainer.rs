@@ -222,6 +222,15 @@ const STATE: &str = "state.json";
 const METRICS: &str = "metrics.csv";
 const CURVE: &str = "curve.png";
 
+/// The files of a run that `run_dir` already holds (`state.json`, `metrics.csv`,
+/// the checkpoints, the curve), in that order; empty for a new or empty folder.
+pub fn run_files_in(run_dir: &Path) -> Vec<&'static str> {
+    [STATE, METRICS, LAST, BEST, OPTIMIZER, CURVE]
+        .into_iter()
+        .filter(|name| run_dir.join(name).exists())
+        .collect()
+}
+
 /// Trains a [`TrainModel`] into a run folder.
 #[derive(Debug)]
 pub struct Trainer<'m> {
@@ -244,13 +253,33 @@ fn io_error(path: &Path) -> impl FnOnce(std::io::Error) -> TrainError + '_ {
 impl<'m> Trainer<'m> {
     /// A fresh run in `run_dir` (created); [`TrainError::Options`] when the options
     /// cannot train ([`TrainOptions::validate`]).
+    ///
+    /// A folder that already holds a run ([`run_files_in`]) is refused with
+    /// [`TrainError::RunExists`]: a fresh run never mixes its files with an old one.
     pub fn new(
         model: &'m TrainModel,
         options: TrainOptions,
         run_dir: impl AsRef<Path>,
     ) -> Result<Self, TrainError> {
+        let run_dir = run_dir.as_ref();
+        let found = run_files_in(run_dir);
+        if !found.is_empty() {
+            return Err(TrainError::RunExists {
+                dir: run_dir.to_path_buf(),
+                files: found,
+            });
+        }
+        Self::open(model, options, run_dir)
+    }
+
+    /// The run folder `run_dir` (created), with fresh progress and optimiser.
+    fn open(
+        model: &'m TrainModel,
+        options: TrainOptions,
+        run_dir: &Path,
+    ) -> Result<Self, TrainError> {
         options.validate()?;
-        let run_dir = run_dir.as_ref().to_path_buf();
+        let run_dir = run_dir.to_path_buf();
         std::fs::create_dir_all(&run_dir).map_err(io_error(&run_dir))?;
         let optimizer = Adam::new(model.vars(), options.adam)?;
         Ok(Self {
@@ -271,7 +300,7 @@ impl<'m> Trainer<'m> {
         options: TrainOptions,
         run_dir: impl AsRef<Path>,
     ) -> Result<Self, TrainError> {
-        let mut trainer = Self::new(model, options, run_dir)?;
+        let mut trainer = Self::open(model, options, run_dir.as_ref())?;
         let dir = trainer.run_dir.clone();
         trainer.state = RunState::read(&dir)?;
         trainer.saved_step = Some(trainer.state.step);

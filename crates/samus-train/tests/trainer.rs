@@ -325,3 +325,21 @@ fn options_that_cannot_train_are_refused() {
         );
     }
 }
+
+#[test]
+fn a_fresh_run_refuses_a_folder_that_holds_a_run() {
+    let (_tmp, _train, dir, m) = one_finished_epoch();
+    let metrics = std::fs::read(dir.join("metrics.csv")).unwrap();
+    match Trainer::new(&m, one_step_options(1), &dir) {
+        Err(samus_train::TrainError::RunExists { files, .. }) => {
+            assert_eq!(
+                &files[..3],
+                ["state.json", "metrics.csv", "last.safetensors"]
+            );
+        }
+        other => panic!("expected RunExists, got {other:?}"),
+    }
+    assert_eq!(std::fs::read(dir.join("metrics.csv")).unwrap(), metrics);
+    // The same folder resumes.
+    assert!(Trainer::resume(&m, one_step_options(2), &dir).is_ok());
+}

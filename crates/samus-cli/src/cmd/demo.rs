@@ -5,7 +5,7 @@
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
-use anyhow::{Context, Result};
+use anyhow::{bail, Context, Result};
 use clap::Args;
 use image::{DynamicImage, GrayImage};
 use indicatif::{ProgressBar, ProgressStyle};
@@ -16,7 +16,7 @@ use samus_train::evaluate::evaluate;
 use samus_train::freeze::TrainableSet;
 use samus_train::metrics::mask_metrics;
 use samus_train::model::{BatchTensors, ModelKind, TrainModel};
-use samus_train::trainer::{TrainOptions, Trainer};
+use samus_train::trainer::{run_files_in, TrainOptions, Trainer};
 
 use super::eval::print_report;
 use super::train::parse_minutes;
@@ -153,6 +153,14 @@ pub fn run(args: DemoArgs, ctx: &RunContext) -> Result<()> {
     check_output_folder("--out", &args.out, "the demo folder")?;
     let data = args.out.join("data");
     let run_dir = args.out.join("run");
+    if !run_files_in(&run_dir).is_empty() {
+        bail!(
+            "--out {}: the folder already holds a demo (its training run is in {}); \
+             choose another --out",
+            args.out.display(),
+            run_dir.display()
+        );
+    }
     let overlays = args.out.join("overlays");
     outln!(
         "1/4  writing {} synthetic ultrasound images per kind to {}",

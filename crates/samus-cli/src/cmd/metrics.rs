@@ -9,6 +9,8 @@ use samus_train::evaluate::Scores;
 use samus_train::metrics::{mask_metrics, MaskMetrics};
 use serde::Serialize;
 
+use crate::support::images::open_image;
+
 /// Examples shown by `samus metrics --help`.
 pub const EXAMPLES: &str = "\
 Examples:
@@ -61,9 +63,7 @@ fn png_files(dir: &Path) -> Result<BTreeMap<String, PathBuf>> {
 }
 
 fn read_mask(path: &Path) -> Result<(Vec<bool>, u32, u32)> {
-    let img = image::open(path)
-        .with_context(|| format!("mask {} is not a readable image", path.display()))?
-        .to_luma8();
+    let img = open_image(path)?.to_luma8();
     let (w, h) = img.dimensions();
     Ok((img.pixels().map(|p| p[0] > 0).collect(), w, h))
 }

@@ -12,7 +12,7 @@ use samus_train::freeze::TrainableSet;
 use samus_train::loss::SegmentationLoss;
 use samus_train::model::{ModelKind, TrainModel};
 use samus_train::optim::AdamConfig;
-use samus_train::trainer::{Finished, RunState, TrainOptions, Trainer};
+use samus_train::trainer::{run_files_in, Finished, RunState, TrainOptions, Trainer};
 
 use crate::support::model::Checkpoint;
 use crate::support::output::check_output_folder;
@@ -268,6 +268,22 @@ fn build_model(
     Ok(TrainModel::from_tensors(tensors, &cfg, kind, set, device)?)
 }
 
+/// Checks `--out DIR` before any work: a folder that can be created or written,
+/// holding no earlier run (whose files a fresh run would mix with its own).
+fn check_new_run_folder(dir: &Path) -> Result<()> {
+    check_output_folder("--out", dir, "the run folder")?;
+    let found = run_files_in(dir);
+    if !found.is_empty() {
+        bail!(
+            "--out {dir}: the folder already holds a training run ({files}); continue it \
+             with --resume {dir}, or choose another --out",
+            dir = dir.display(),
+            files = found.join(", ")
+        );
+    }
+    Ok(())
+}
+
 /// Checks `--resume DIR` before any work: a run folder with `state.json`, with
 /// something left to train under `options`.
 fn check_resume(dir: &Path, options: &TrainOptions) -> Result<()> {
@@ -333,7 +349,7 @@ pub fn run(args: TrainArgs, ctx: &RunContext) -> Result<()> {
     options.validate()?;
     match &args.resume {
         Some(dir) => check_resume(dir, &options)?,
-        None => check_output_folder("--out", &args.out, "the run folder")?,
+        None => check_new_run_folder(&args.out)?,
     }
     let model = build_model(
         ctx,

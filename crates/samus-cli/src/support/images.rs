@@ -11,12 +11,6 @@ use imageproc::rect::Rect;
 use samus_data::Sample;
 use samus_model::{Label, PointPrompt};
 
-/// Largest image accepted, in pixels (10,000 x 10,000): far above any scanner's
-/// frame, below what would exhaust memory.
-pub const MAX_IMAGE_PIXELS: u64 = 100_000_000;
-/// Bytes an image may take while it is decoded (100 megapixels of 16-bit RGBA).
-const MAX_DECODE_BYTES: u64 = MAX_IMAGE_PIXELS * 8;
-
 /// Opacity of the mask tint in overlays.
 const TINT_ALPHA: f32 = 0.45;
 const TINT: [f32; 3] = [255.0, 60.0, 60.0];
@@ -50,11 +44,11 @@ pub fn open_image(path: &Path) -> Result<DynamicImage> {
             path.display()
         );
     }
-    let reader = image::ImageReader::open(path)
+    let format = image::ImageReader::open(path)
         .with_context(|| format!("cannot open image {}", path.display()))?
         .with_guessed_format()
         .with_context(|| format!("cannot read image {}", path.display()))?;
-    match reader.format() {
+    match format.format() {
         Some(ImageFormat::Png | ImageFormat::Jpeg | ImageFormat::Bmp | ImageFormat::Tiff) => {}
         Some(other) => bail!(
             "image {}: {other:?} is not supported (use PNG, JPEG, BMP or TIFF)",
@@ -65,30 +59,9 @@ pub fn open_image(path: &Path) -> Result<DynamicImage> {
             path.display()
         ),
     }
-    let (width, height) = image::ImageReader::open(path)
-        .with_context(|| format!("cannot open image {}", path.display()))?
-        .with_guessed_format()
-        .with_context(|| format!("cannot read image {}", path.display()))?
-        .into_dimensions()
-        .with_context(|| format!("image {} is corrupt or truncated", path.display()))?;
-    let pixels = u64::from(width) * u64::from(height);
-    if pixels > MAX_IMAGE_PIXELS {
-        bail!(
-            "image {} is {width}x{height} ({} megapixels); the limit is {} megapixels (downscale it first)",
-            path.display(),
-            pixels / 1_000_000,
-            MAX_IMAGE_PIXELS / 1_000_000
-        );
-    }
-    let mut reader = reader;
-    let mut limits = image::Limits::default();
-    // Within the pixel budget every image decodes (the crate's default 512 MiB
-    // allocation limit would refuse a large 16-bit colour scan).
-    limits.max_alloc = Some(MAX_DECODE_BYTES);
-    reader.limits(limits);
-    let image = reader
-        .decode()
-        .with_context(|| format!("image {} is corrupt or truncated", path.display()))?;
+    // The pixel budget and the decoding limits are samus-data's, shared with the
+    // dataset readers.
+    let image = samus_data::io::read_image(path)?;
     if image.width() == 0 || image.height() == 0 {
         bail!("image {} is empty", path.display());
     }

@@ -113,6 +113,13 @@ pub fn parse_prompts(text: &str) -> Result<Vec<PromptEntry>> {
                 Some(c) => Some(c as u8),
                 None => None,
             };
+            // JSON numbers beyond f32 (1e300) arrive as infinities.
+            if let Some(p) = raw.points.iter().find(|p| p.iter().any(|v| !v.is_finite())) {
+                bail!("{what}: point {p:?} has a coordinate beyond what a pixel position can be");
+            }
+            if let Some(b) = raw.bbox.filter(|b| b.iter().any(|v| !v.is_finite())) {
+                bail!("{what}: box {b:?} has a coordinate beyond what a pixel position can be");
+            }
             let points = raw
                 .points
                 .iter()
@@ -179,6 +186,66 @@ pub fn label_map(entries: &[PromptEntry], logits: &[Vec<f32>]) -> Vec<u8> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use proptest::prelude::*;
+
+    /// JSON values built from the prompt schema's own keys and odd numbers, so that
+    /// most cases reach the field checks rather than the JSON parser.
+    fn json_value() -> impl Strategy<Value = serde_json::Value> {
+        use serde_json::{json, Value};
+        let leaf = prop_oneof![
+            Just(Value::Null),
+            any::<bool>().prop_map(Value::Bool),
+            prop_oneof![
+                Just(-1.0f64),
+                Just(0.0),
+                Just(1.0),
+                Just(1e300),
+                Just(0.5),
+                any::<f64>()
+            ]
+            .prop_map(|v| json!(v)),
+            any::<i64>().prop_map(|v| json!(v)),
+            "[a-z./ ]{0,6}".prop_map(Value::String),
+        ];
+        leaf.prop_recursive(4, 32, 5, |inner| {
+            let key = prop_oneof![
+                Just("name".to_string()),
+                Just("class_id".to_string()),
+                Just("points".to_string()),
+                Just("box".to_string()),
+                Just("prompts".to_string()),
+                "[a-z]{1,4}",
+            ];
+            prop_oneof![
+                proptest::collection::vec(inner.clone(), 0..5).prop_map(Value::Array),
+                proptest::collection::btree_map(key, inner, 0..4)
+                    .prop_map(|m| Value::Object(m.into_iter().collect())),
+            ]
+        })
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(1024))]
+
+        /// Any JSON is parsed into valid entries or refused with one line naming
+        /// what is wrong; never a panic.
+        #[test]
+        fn any_json_parses_or_is_refused_in_one_line(value in json_value()) {
+            match parse_prompts(&value.to_string()) {
+                Ok(entries) => {
+                    for e in entries {
+                        prop_assert!(!e.name.is_empty());
+                        prop_assert!(e.points.iter().all(|p| p.x.is_finite() && p.y.is_finite()));
+                        prop_assert!(e.bbox.is_none_or(|b| b.iter().all(|v| v.is_finite())));
+                    }
+                }
+                Err(e) => {
+                    let message = format!("{e:#}");
+                    prop_assert!(!message.is_empty() && !message.contains('\n'), "{}", message);
+                }
+            }
+        }
+    }
 
     #[test]
     fn parses_lists_and_objects() {

@@ -17,6 +17,9 @@ use samus_core::resize::resize_linear_along;
 use crate::config::SamusConfig;
 use crate::error::{Error, Result};
 
+mod pth;
+mod safetensors_header;
+
 /// A tensor that every SAMUS checkpoint has and SAM checkpoints lack.
 pub const SAMUS_MARKER: &str = "image_encoder.cnn_embed.inc.conv.0.weight";
 /// A tensor that every SAM and SAMUS checkpoint has.
@@ -99,9 +102,11 @@ fn sniff_format(path: &Path) -> Result<Format> {
 pub fn read_tensors(path: impl AsRef<Path>) -> Result<HashMap<String, Tensor>> {
     let path = path.as_ref();
     match sniff_format(path)? {
-        Format::Safetensors => candle_core::safetensors::load(path, &Device::Cpu)
-            .map_err(|e| checkpoint_error(path, format!("not a readable safetensors file: {e}"))),
-        Format::PthZip => read_pth(path),
+        Format::Safetensors => candle_core::safetensors::load(path, &Device::Cpu).map_err(|e| {
+            let why = safetensors_header::explain(path).unwrap_or_else(|| e.to_string());
+            checkpoint_error(path, format!("not a readable safetensors file: {why}"))
+        }),
+        Format::PthZip => pth::read_pth(path),
         Format::PthLegacy => Err(checkpoint_error(
             path,
             "legacy (non-zip) PyTorch format; re-save it in Python with \
@@ -109,84 +114,6 @@ pub fn read_tensors(path: impl AsRef<Path>) -> Result<HashMap<String, Tensor>> {
              and load the new file",
         )),
     }
-}
-
-/// Reads a PyTorch zip checkpoint: the state dict at the top level or under
-/// `model` or `state_dict`, every tensor's declared size checked against its data
-/// in the file first (a forged shape must not allocate terabytes).
-fn read_pth(path: &Path) -> Result<HashMap<String, Tensor>> {
-    for key in [None, Some("model"), Some("state_dict")] {
-        let pth = match candle_core::pickle::PthTensors::new(path, key) {
-            Ok(pth) => pth,
-            Err(e) if key.is_none() => {
-                return Err(checkpoint_error(
-                    path,
-                    format!("not a readable PyTorch checkpoint: {e}"),
-                ))
-            }
-            Err(_) => continue,
-        };
-        if pth.tensor_infos().is_empty() {
-            continue;
-        }
-        check_pth_sizes(path, pth.tensor_infos())?;
-        let mut tensors = HashMap::with_capacity(pth.tensor_infos().len());
-        for name in pth.tensor_infos().keys() {
-            let tensor = pth.get(name).map_err(|e| {
-                checkpoint_error(path, format!("tensor `{name}` cannot be read: {e}"))
-            })?;
-            if let Some(tensor) = tensor {
-                tensors.insert(name.clone(), tensor);
-            }
-        }
-        return Ok(tensors);
-    }
-    Err(checkpoint_error(
-        path,
-        "the PyTorch checkpoint holds no tensors",
-    ))
-}
-
-/// Fails with [`Error::TensorData`] when a tensor of a `.pth` declares more bytes
-/// than its storage record in the zip file holds.
-fn check_pth_sizes(
-    path: &Path,
-    infos: &HashMap<String, candle_core::pickle::TensorInfo>,
-) -> Result<()> {
-    let file = std::fs::File::open(path).map_err(Error::io(path))?;
-    let mut zip = zip::ZipArchive::new(std::io::BufReader::new(file))
-        .map_err(|e| checkpoint_error(path, format!("not a readable zip file: {e}")))?;
-    for (name, info) in infos {
-        let available = zip
-            .by_name(&info.path)
-            .map_err(|e| {
-                checkpoint_error(
-                    path,
-                    format!(
-                        "tensor `{name}`: its data record `{}` is missing: {e}",
-                        info.path
-                    ),
-                )
-            })?
-            .size();
-        let dims = info.layout.dims();
-        let needed = dims
-            .iter()
-            .try_fold(1u64, |acc, &d| acc.checked_mul(d as u64))
-            .and_then(|n| n.checked_add(info.layout.start_offset() as u64))
-            .and_then(|n| n.checked_mul(info.dtype.size_in_bytes() as u64))
-            .unwrap_or(u64::MAX);
-        if needed > available {
-            return Err(Error::TensorData {
-                path: Some(path.to_path_buf()),
-                name: name.clone(),
-                shape: dims.to_vec(),
-                needed,
-                available,
-            });
-        }
-    }
-    Ok(())
 }
 
 /// Tells a SAMUS checkpoint from a SAM one; `None` if it is neither.
