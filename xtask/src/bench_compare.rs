@@ -45,6 +45,11 @@ pub struct BenchCompareArgs {
     /// target/bench-compare).
     #[arg(long, value_name = "DIR")]
     pub work_dir: Option<PathBuf>,
+    /// Print one JSON object (`samus_full_s`, `samus_prompt_ms`, `pytorch_full_s`,
+    /// `pytorch_prompt_ms`, `full_ratio`, `prompt_ratio`, `max_rel_error`,
+    /// `threads`, `isa`, ...) instead of the table.
+    #[arg(long)]
+    pub json: bool,
 }
 
 /// The numbers of one implementation's `--json` report.
@@ -87,6 +92,8 @@ pub struct Comparison {
     pub pytorch: Timing,
     /// Relative error of the PyTorch logits against ours.
     pub logits_rel_error: f64,
+    /// The instruction set of our kernels (`samus bench`'s `isa`).
+    pub isa: String,
 }
 
 impl Comparison {
@@ -97,10 +104,35 @@ impl Comparison {
             .get("max_rel_error")
             .and_then(Value::as_f64)
             .context("the PyTorch report has no `max_rel_error`: it did not compare logits")?;
+        let timing = Timing::from_report(rust, "samus bench")?;
+        let isa = rust
+            .get("isa")
+            .and_then(Value::as_str)
+            .context("samus bench's report has no `isa`")?
+            .to_string();
         Ok(Self {
-            rust: Timing::from_report(rust, "samus bench")?,
+            rust: timing,
             pytorch: Timing::from_report(pytorch, "pytorch_reference.py")?,
             logits_rel_error,
+            isa,
+        })
+    }
+
+    /// The `--json` report: one object with both implementations' medians, the
+    /// ratios (above 1: ours is faster), the logits' error, threads and ISA.
+    pub fn json(&self) -> Value {
+        serde_json::json!({
+            "samus_full_s": self.rust.full_s,
+            "samus_encoder_s": self.rust.encoder_s,
+            "samus_prompt_ms": self.rust.decoder_ms,
+            "pytorch_full_s": self.pytorch.full_s,
+            "pytorch_encoder_s": self.pytorch.encoder_s,
+            "pytorch_prompt_ms": self.pytorch.decoder_ms,
+            "full_ratio": self.speedup(),
+            "prompt_ratio": self.pytorch.decoder_ms / self.rust.decoder_ms,
+            "max_rel_error": self.logits_rel_error,
+            "threads": self.rust.threads,
+            "isa": self.isa,
         })
     }
 
@@ -135,8 +167,8 @@ impl Comparison {
             "ms",
         );
         out += &format!(
-            "threads {} / {}; logits relative error {:.2e}\n",
-            self.rust.threads, self.pytorch.threads, self.logits_rel_error
+            "threads {} / {}; samus kernels {}; logits relative error {:.2e}\n",
+            self.rust.threads, self.pytorch.threads, self.isa, self.logits_rel_error
         );
         out
     }
@@ -228,7 +260,11 @@ pub fn run(args: &BenchCompareArgs) -> Result<()> {
     let pytorch = json_output(peer, "pytorch_reference.py")?;
 
     let comparison = Comparison::from_reports(&rust, &pytorch)?;
-    print!("{}", comparison.table());
+    if args.json {
+        println!("{}", comparison.json());
+    } else {
+        print!("{}", comparison.table());
+    }
     // A NaN error fails too.
     let same = comparison.logits_rel_error <= args.tolerance;
     if !same {
@@ -239,6 +275,9 @@ pub fn run(args: &BenchCompareArgs) -> Result<()> {
         );
     }
     let speedup = comparison.speedup();
+    if args.json {
+        return Ok(());
+    }
     if speedup >= 1.0 {
         println!("samus is {speedup:.2}x faster than PyTorch, with the same logits");
     } else {
@@ -256,7 +295,7 @@ mod tests {
     use serde_json::json;
 
     fn report(full: f64, encoder: f64, decoder: f64) -> Value {
-        json!({"full_median_s": full, "encoder_median_s": encoder, "decoder_median_ms": decoder, "threads": 2})
+        json!({"full_median_s": full, "encoder_median_s": encoder, "decoder_median_ms": decoder, "threads": 2, "isa": "avx2"})
     }
 
     #[test]
@@ -268,7 +307,29 @@ mod tests {
         let table = c.table();
         assert!(table.contains("1.25x"), "{table}");
         assert!(table.contains("0.80x"), "{table}");
-        assert!(table.contains("3.00e-6"), "{table}");
+        assert!(
+            table.contains("3.00e-6") && table.contains("avx2"),
+            "{table}"
+        );
+        // The JSON report holds the keys the issue names, computed from the reports.
+        let j = c.json();
+        for key in [
+            "samus_full_s",
+            "samus_prompt_ms",
+            "pytorch_full_s",
+            "pytorch_prompt_ms",
+            "full_ratio",
+            "prompt_ratio",
+            "max_rel_error",
+            "threads",
+            "isa",
+        ] {
+            assert!(j.get(key).is_some(), "{key} missing from {j}");
+        }
+        assert_eq!(j["samus_full_s"], json!(2.0));
+        assert_eq!(j["pytorch_prompt_ms"], json!(20.0));
+        assert!((j["prompt_ratio"].as_f64().unwrap() - 0.8).abs() < 1e-12);
+        assert_eq!(j["isa"], json!("avx2"));
     }
 
     #[test]

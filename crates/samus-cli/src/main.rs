@@ -34,6 +34,9 @@ const MAX_THREADS_PER_CORE: usize = 4;
 /// Applies `--threads` and opens `--device` before any work starts: the context
 /// every command runs in.
 fn configure(cli: &Cli) -> anyhow::Result<RunContext> {
+    // A `SAMUS_ISA` that names no instruction set, or one this CPU lacks, is an
+    // error here rather than silently ignored by the kernels.
+    samus_core::cpu::Isa::from_env()?;
     let device = support::device::open(cli.device)?;
     if let Some(n) = cli.threads {
         let cores = std::thread::available_parallelism().map_or(1, usize::from);

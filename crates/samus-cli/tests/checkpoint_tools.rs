@@ -197,6 +197,37 @@ fn bench_reports_the_promised_json_keys() {
     ]);
     let json: serde_json::Value = serde_json::from_slice(&one.stdout).unwrap();
     assert_eq!(json["threads"], 1, "--threads reaches the kernels");
+    // The kernels' instruction set is reported, and `SAMUS_ISA` reaches them: every
+    // one this CPU has, while a bad or unsupported value is refused at start.
+    let bench_with = |isa: &str| {
+        std::process::Command::new(env!("CARGO_BIN_EXE_samus"))
+            .args([
+                "bench",
+                "--config",
+                "tiny",
+                "--random-weights",
+                "--iters",
+                "1",
+                "--json",
+            ])
+            .env("SAMUS_ISA", isa)
+            .output()
+            .unwrap()
+    };
+    for isa in samus_core::cpu::Isa::ALL {
+        let out = bench_with(isa.name());
+        if isa.is_supported() {
+            assert!(out.status.success(), "{isa}: {}", stderr(&out));
+            let json: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+            assert_eq!(json["isa"], isa.name());
+        } else {
+            assert_clean_failure(&out, &format!("SAMUS_ISA={isa}: this CPU does not have it"));
+        }
+    }
+    assert_clean_failure(
+        &bench_with("avx9"),
+        "SAMUS_ISA=avx9: not an instruction set",
+    );
     let out = samus(&["bench"]);
     assert!(
         !out.status.success() && stderr(&out).contains("--checkpoint"),

@@ -1,10 +1,12 @@
 //! Matrix-product rate at ViT-B's shapes: `samus_core::linear::linear` and the
-//! packed-weight product of `samus_core::packed` (weights packed once, outside the
-//! timing), on rayon's pool as in the model.
+//! packed-weight product of `samus_core::packed` for each kernel (AVX-512, AVX2,
+//! portable; "not available on this CPU" for those it lacks), weights packed once
+//! outside the timing, on rayon's pool as in the model.
 //!
 //! `cargo run --release -p samus-core --example linear_rate`
 
 use candle_core::{Device, Tensor};
+use samus_core::cpu::Isa;
 use samus_core::packed::{gemm_packed, Epilogue, LeftOperand, PackedRhs, ProductOptions};
 
 fn rate(rows: usize, k: usize, n: usize, mut f: impl FnMut()) -> (f64, f64) {
@@ -39,28 +41,34 @@ fn main() -> candle_core::Result<()> {
             });
             let xs = x.flatten_all()?.to_vec1::<f32>()?;
             let ws = w.flatten_all()?.to_vec1::<f32>()?;
-            let packed = PackedRhs::from_linear_weight(&ws, n, k)?;
-            let mut out = vec![0f32; rows * n];
-            let left = LeftOperand {
-                data: &xs,
-                row_stride: k,
-                segment_offsets: &[0],
-                grid: None,
-            };
-            let (pms, pgflops) = rate(rows, k, n, || {
-                gemm_packed(
-                    rows,
-                    left,
-                    &packed,
-                    &mut out,
-                    n,
-                    ProductOptions::threaded(threads, Epilogue::None),
-                )
-                .unwrap_or(())
-            });
-            println!(
-                "{rows}x{k}x{n}: linear {ms:.2} ms, {gflops:.0} GFLOP/s; packed {pms:.2} ms, {pgflops:.0} GFLOP/s"
-            );
+            let mut line = format!("{rows}x{k}x{n}: linear {ms:.2} ms, {gflops:.0} GFLOP/s");
+            for isa in Isa::ALL {
+                if !isa.is_supported() {
+                    line += &format!("; packed {isa}: not available on this CPU");
+                    continue;
+                }
+                let packed = PackedRhs::from_linear_weight_for(isa, &ws, n, k)?;
+                let mut out = vec![0f32; rows * n];
+                let left = LeftOperand {
+                    data: &xs,
+                    row_stride: k,
+                    segment_offsets: &[0],
+                    grid: None,
+                };
+                let (pms, pgflops) = rate(rows, k, n, || {
+                    gemm_packed(
+                        rows,
+                        left,
+                        &packed,
+                        &mut out,
+                        n,
+                        ProductOptions::threaded(threads, Epilogue::None),
+                    )
+                    .unwrap_or(())
+                });
+                line += &format!("; packed {isa} {pms:.2} ms, {pgflops:.0} GFLOP/s");
+            }
+            println!("{line}");
         }
         // The 3x3 convolutions of the CNN branch and the refine adapters, packed.
         for (side, c, o) in [
@@ -72,13 +80,28 @@ fn main() -> candle_core::Result<()> {
         ] {
             let x = Tensor::randn(0f32, 1.0, (1, side, side, c), &dev)?;
             let k = Tensor::randn(0f32, 1.0, (o, c, 3, 3), &dev)?;
-            let cache = samus_core::packed::PackedCache::default();
             let (ms, gflops) = rate(side * side, 9 * c, o, || {
-                samus_core::conv::conv3x3_same_nhwc_cached(&x, &k, Some(&cache))
+                samus_core::conv::conv3x3_same_nhwc(&x, &k)
                     .map(drop)
                     .unwrap_or(())
             });
-            println!("conv3x3 {side}x{side}x{c} -> {o}: {ms:.2} ms, {gflops:.0} GFLOP/s");
+            let mut line = format!(
+                "conv3x3 {side}x{side}x{c} -> {o}: unpacked {ms:.2} ms, {gflops:.0} GFLOP/s"
+            );
+            for isa in Isa::ALL {
+                if !isa.is_supported() {
+                    line += &format!("; {isa}: not available on this CPU");
+                    continue;
+                }
+                let cache = samus_core::packed::PackedCache::for_isa(isa);
+                let (ms, gflops) = rate(side * side, 9 * c, o, || {
+                    samus_core::conv::conv3x3_same_nhwc_cached(&x, &k, Some(&cache))
+                        .map(drop)
+                        .unwrap_or(())
+                });
+                line += &format!("; {isa} {ms:.2} ms, {gflops:.0} GFLOP/s");
+            }
+            println!("{line}");
         }
         // The fused epilogues against their separate passes, at the MLP's shapes.
         use samus_core::linear::{linear_add_cached, linear_cached, linear_gelu_cached};

@@ -69,7 +69,7 @@ pub(crate) fn gelu_in_place(values: &mut [f32]) {
             }
         }
     }
-    pulp::Arch::new().dispatch(InPlace(values));
+    crate::cpu::simd().dispatch(InPlace(values));
 }
 
 /// `dst = grad * gelu'(x)`, vectorised like [`GeluKernel`].
@@ -103,7 +103,7 @@ impl CustomOp1 for GeluErf {
         let x = contiguous_f32(storage, layout, "gelu")?;
         let y = par_filled(x.len(), CHUNK, |index, dst| {
             let src = &x[index * CHUNK..][..dst.len()];
-            pulp::Arch::new().dispatch(GeluKernel { src, dst });
+            crate::cpu::simd().dispatch(GeluKernel { src, dst });
             Ok(())
         })?;
         Ok((CpuStorage::F32(y), layout.shape().clone()))
@@ -145,7 +145,7 @@ impl CustomOp2 for GeluErfBackward {
         dx.par_chunks_mut(CHUNK)
             .zip(x.par_chunks(CHUNK).zip(g.par_chunks(CHUNK)))
             .for_each(|(dst, (x, grad))| {
-                pulp::Arch::new().dispatch(GeluBackwardKernel { x, grad, dst })
+                crate::cpu::simd().dispatch(GeluBackwardKernel { x, grad, dst })
             });
         Ok((CpuStorage::F32(dx), l1.shape().clone()))
     }

@@ -16,8 +16,7 @@ use std::sync::Arc;
 
 use crate::cpu_kernel::{contiguous_f32, cpu_f32_inference, gemm_parallelism, par_filled};
 use crate::packed::{
-    self, gemm_packed_new, Epilogue, LeftOperand, PackedCache, PackedLayer, PackedRhs,
-    ProductOptions,
+    gemm_packed_new, Epilogue, LeftOperand, PackedCache, PackedLayer, PackedRhs, ProductOptions,
 };
 
 /// Side of the kernels of [`conv3x3_same`] and [`conv3x3_same_nhwc`].
@@ -65,11 +64,11 @@ pub fn conv3x3_same_nhwc_cached(
     }
     let inference = !x.track_op() && !weight.track_op();
     if inference && x.device().is_cpu() && x.dtype() == DType::F32 && weight.dtype() == DType::F32 {
-        let packed = cache.filter(|_| packed::available()).and_then(|cache| {
-            cache.get_or_pack(|| {
+        let packed = cache.filter(|cache| cache.is_active()).and_then(|cache| {
+            cache.get_or_pack(|isa| {
                 let data = weight.flatten_all()?.to_vec1::<f32>()?;
                 Ok(PackedLayer {
-                    rhs: PackedRhs::from_conv3x3_weight(&data, o, c)?,
+                    rhs: PackedRhs::from_conv3x3_weight_for(isa, &data, o, c)?,
                     bias: None,
                 })
             })
@@ -445,14 +444,15 @@ pub fn conv_transpose2x2_nhwc_cached(
 ) -> Result<Tensor> {
     let (n, h, w, c) = x.dims4()?;
     let o = transposed_2x2_outputs("conv_transpose2x2_nhwc", x, c, weight)?;
-    let packable = packed::available() && cpu_f32_inference([x, weight].into_iter().chain(bias));
+    let packable = cache.is_active() && cpu_f32_inference([x, weight].into_iter().chain(bias));
     let packed = packable
         .then(|| {
-            cache.get_or_pack(|| {
+            cache.get_or_pack(|isa| {
                 // Column (ky * 2 + kx) * O + o of the product.
                 let kernel = weight.permute((2, 3, 1, 0))?.reshape((4 * o, c))?;
                 Ok(PackedLayer {
-                    rhs: PackedRhs::from_linear_weight(
+                    rhs: PackedRhs::from_linear_weight_for(
+                        isa,
                         &kernel.flatten_all()?.to_vec1::<f32>()?,
                         4 * o,
                         c,
@@ -534,12 +534,16 @@ mod tests {
             } else {
                 Epilogue::None
             };
-            let cache = PackedCache::default();
-            for _ in 0..2 {
-                let got = conv_transpose2x2_nhwc_cached(&x, &k, b.as_ref(), &cache, epilogue).unwrap();
-                prop_assert_eq!(got.dims(), want.dims());
-                let diff = (&got - &want).unwrap().abs().unwrap().flatten_all().unwrap().max(0).unwrap().to_scalar::<f32>().unwrap();
-                prop_assert!(diff < 1e-4, "max difference {diff}");
+            for isa in crate::cpu::Isa::supported() {
+                let cache = PackedCache::for_isa(isa);
+                for _ in 0..2 {
+                    let got = conv_transpose2x2_nhwc_cached(&x, &k, b.as_ref(), &cache, epilogue).unwrap();
+                    prop_assert_eq!(got.dims(), want.dims());
+                    let diff = (&got - &want).unwrap().abs().unwrap().flatten_all().unwrap().max(0).unwrap().to_scalar::<f32>().unwrap();
+                    prop_assert!(diff < 1e-4, "{isa}: max difference {diff}");
+                }
+                let layer = cache.get_or_pack(|_| candle_core::bail!("not packed"));
+                prop_assert_eq!(layer.map(|l| l.rhs.isa()), Some(isa));
             }
         }
 
@@ -553,11 +557,15 @@ mod tests {
             let k = Tensor::randn(0f32, 1.0, (o, c, 3, 3), &dev).unwrap();
             let kernel = k.permute((0, 2, 3, 1)).unwrap().reshape((o, 9 * c)).unwrap();
             let unfolded = im2col3x3_nhwc(&x).unwrap().matmul(&kernel.t().unwrap()).unwrap().reshape((n, h, w, o)).unwrap();
-            let cache = PackedCache::default();
-            for _ in 0..2 {
-                let fast = conv3x3_same_nhwc_cached(&x, &k, Some(&cache)).unwrap();
-                let diff = (fast - &unfolded).unwrap().abs().unwrap().flatten_all().unwrap().max(0).unwrap().to_scalar::<f32>().unwrap();
-                prop_assert!(diff < 1e-3, "max difference {diff}");
+            for isa in crate::cpu::Isa::supported() {
+                let cache = PackedCache::for_isa(isa);
+                for _ in 0..2 {
+                    let fast = conv3x3_same_nhwc_cached(&x, &k, Some(&cache)).unwrap();
+                    let diff = (fast - &unfolded).unwrap().abs().unwrap().flatten_all().unwrap().max(0).unwrap().to_scalar::<f32>().unwrap();
+                    prop_assert!(diff < 1e-3, "{isa}: max difference {diff}");
+                }
+                let layer = cache.get_or_pack(|_| candle_core::bail!("not packed"));
+                prop_assert_eq!(layer.map(|l| l.rhs.isa()), Some(isa));
             }
         }
 

@@ -505,7 +505,7 @@ impl FusedAttention {
                 }
                 None => None,
             };
-            pulp::Arch::new().dispatch(BiasExpRows {
+            crate::cpu::simd().dispatch(BiasExpRows {
                 scores: &mut scores,
                 keys: nk,
                 bias,

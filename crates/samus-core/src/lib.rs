@@ -15,7 +15,9 @@
 //!   backward (feature `cuda`; elsewhere it is [`attention::multi_head_attention`]).
 //! - [`linear`]: `x W^T + b` with the bias accumulated by the matrix product (one
 //!   buffer and one pass fewer) when no gradient is needed.
-//! - [`packed`]: an f32 matrix product for inference on AVX-512 CPUs whose right
+//! - [`cpu`]: the CPU kernel layer: the instruction set the kernels use
+//!   ([`cpu::Isa`]: AVX-512, AVX2 + FMA or portable, detected once, `SAMUS_ISA` to
+//!   override) and [`packed`], an f32 matrix product for inference whose right
 //!   operand (a layer's weights) is packed once and cached ([`packed::PackedCache`]);
 //!   its left operand may be split into shifted segments (the taps of a 3x3
 //!   convolution), and a GELU can be applied to each output tile in the cache.
@@ -60,6 +62,7 @@ pub mod activation;
 pub mod atomic_write;
 pub mod attention;
 pub mod conv;
+pub mod cpu;
 mod cpu_kernel;
 pub mod cuda_attention;
 pub mod fixtures;
@@ -67,7 +70,6 @@ pub mod flash;
 pub mod layout;
 pub mod linear;
 pub mod norm;
-pub mod packed;
 pub mod parallel;
 pub mod pool;
 pub mod rel_pos;
@@ -78,6 +80,7 @@ pub mod window;
 
 pub use activation::gelu;
 pub use attention::{merge_heads, multi_head_attention, split_heads, AttentionOptions};
+pub use cpu::packed;
 pub use flash::attention_merged;
 pub use norm::{LayerNorm, LayerNorm2d};
 pub use pool::max_pool2x2;

@@ -14,7 +14,7 @@ use std::sync::Arc;
 
 use crate::cpu_kernel::{contiguous_f32, cpu_f32_inference, gemm_parallelism, par_filled};
 use crate::packed::{
-    self, gemm_packed, gemm_packed_new, Epilogue, LeftOperand, PackedCache, PackedLayer, PackedRhs,
+    gemm_packed, gemm_packed_new, Epilogue, LeftOperand, PackedCache, PackedLayer, PackedRhs,
     ProductOptions,
 };
 
@@ -106,7 +106,7 @@ fn packed_layer(
     let rows = x.elem_count() / in_dim.max(1);
     let residual_fits = residual
         .is_none_or(|r| r.elem_count() == rows * out_dim && r.dims().last() == Some(&out_dim));
-    let packable = packed::available()
+    let packable = cache.is_active()
         && rows >= PACKED_MIN_ROWS
         && residual_fits
         && x.dims().last() == Some(&in_dim)
@@ -114,7 +114,7 @@ fn packed_layer(
     if !packable {
         return Ok(None);
     }
-    Ok(cache.get_or_pack(|| {
+    Ok(cache.get_or_pack(|isa| {
         let w = weight.flatten_all()?.to_vec1::<f32>()?;
         let bias = bias
             .map(|b| b.flatten_all()?.to_vec1::<f32>())
@@ -123,7 +123,7 @@ fn packed_layer(
             candle_core::bail!("linear: bias does not have {out_dim} values")
         }
         Ok(PackedLayer {
-            rhs: PackedRhs::from_linear_weight(&w, out_dim, in_dim)?,
+            rhs: PackedRhs::from_linear_weight_for(isa, &w, out_dim, in_dim)?,
             bias,
         })
     }))
@@ -320,7 +320,7 @@ fn few_rows_product(x: &[f32], w: &[f32], in_dim: usize, out: &mut [f32]) {
     if in_dim == 0 {
         return;
     }
-    pulp::Arch::new().dispatch(FewRowsKernel { x, w, in_dim, out });
+    crate::cpu::simd().dispatch(FewRowsKernel { x, w, in_dim, out });
 }
 
 /// The vectorised body of [`few_rows_product`].
@@ -513,15 +513,21 @@ mod tests {
             let b = with_bias.then_some(&b);
             let want = composed(&x, &w, b);
             let tolerance = 1e-4 * (in_dim as f32).sqrt();
-            let cache = PackedCache::default();
-            for _ in 0..2 {
-                let plain = linear_cached(&x, &w, b, &cache).unwrap();
-                prop_assert_eq!(plain.dims(), want.dims());
-                prop_assert!(max_difference(&plain, &want) < tolerance);
-                let gelu = linear_gelu_cached(&x, &w, b, &cache).unwrap();
-                prop_assert!(max_difference(&gelu, &crate::gelu(&want).unwrap()) < tolerance);
-                let added = linear_add_cached(&x, &w, b, &r, &cache).unwrap();
-                prop_assert!(max_difference(&added, &(&r + &want).unwrap()) < tolerance);
+            // Every kernel this CPU has, each through its own cache.
+            for isa in crate::cpu::Isa::supported() {
+                let cache = PackedCache::for_isa(isa);
+                for _ in 0..2 {
+                    let plain = linear_cached(&x, &w, b, &cache).unwrap();
+                    prop_assert_eq!(plain.dims(), want.dims());
+                    prop_assert!(max_difference(&plain, &want) < tolerance, "{isa}");
+                    let gelu = linear_gelu_cached(&x, &w, b, &cache).unwrap();
+                    prop_assert!(max_difference(&gelu, &crate::gelu(&want).unwrap()) < tolerance, "{isa}");
+                    let added = linear_add_cached(&x, &w, b, &r, &cache).unwrap();
+                    prop_assert!(max_difference(&added, &(&r + &want).unwrap()) < tolerance, "{isa}");
+                }
+                // The packed path ran (the layer was packed for this kernel).
+                let layer = cache.get_or_pack(|_| candle_core::bail!("not packed"));
+                prop_assert_eq!(layer.map(|l| l.rhs.isa()), Some(isa));
             }
         }
     }
@@ -543,7 +549,7 @@ mod tests {
         }
         // Nothing was packed for the variable.
         assert!(cache
-            .get_or_pack(|| candle_core::bail!("not packed before"))
+            .get_or_pack(|_| candle_core::bail!("not packed before"))
             .is_none());
     }
 

@@ -222,7 +222,7 @@ impl CustomOp3 for FusedLayerNorm {
         }
         let task = (TASK_VALUES / c).max(1) * c;
         let out = par_filled(x.len(), task, |index, out| {
-            pulp::Arch::new().dispatch(NormRows {
+            crate::cpu::simd().dispatch(NormRows {
                 x: &x[index * task..][..out.len()],
                 out,
                 weight: w,

@@ -198,7 +198,7 @@ impl CustomOp1 for FusedSoftmax {
         let mut out = x.to_vec();
         if len > 0 {
             out.par_chunks_mut(len * rows_per_task(len))
-                .for_each(|rows| pulp::Arch::new().dispatch(SoftmaxRows { rows, len }));
+                .for_each(|rows| crate::cpu::simd().dispatch(SoftmaxRows { rows, len }));
         }
         Ok((CpuStorage::F32(out), layout.shape().clone()))
     }
@@ -242,7 +242,7 @@ impl CustomOp2 for SoftmaxBackward {
             out.par_chunks_mut(task)
                 .zip(probs.par_chunks(task).zip(grad.par_chunks(task)))
                 .for_each(|(out, (probs, grad))| {
-                    pulp::Arch::new().dispatch(SoftmaxBackwardRows {
+                    crate::cpu::simd().dispatch(SoftmaxBackwardRows {
                         probs,
                         grad,
                         out,
@@ -298,7 +298,7 @@ impl CustomOp3 for BiasedSoftmax {
                             }
                         }
                     }
-                    pulp::Arch::new().dispatch(SoftmaxRows { rows: out, len: nk });
+                    crate::cpu::simd().dispatch(SoftmaxRows { rows: out, len: nk });
                 });
         }
         Ok((CpuStorage::F32(out), l1.shape().clone()))

@@ -141,3 +141,46 @@ fn sam_rel_pos_conversion_matches() {
     let converted = resample_rel_pos(f.get("convert.sam_rel_pos"), 63).unwrap();
     f.check("convert.samus_rel_pos", &converted);
 }
+
+/// The forward-pass parity tests again under every kernel this CPU has: each in a
+/// child run of this test binary with `SAMUS_ISA` set (the kernels' instruction set
+/// is chosen once per process), so that AVX-512, AVX2 and the portable kernel are
+/// each held to the reference's numbers on a machine that has them.
+#[test]
+fn parity_holds_on_every_kernel() {
+    use samus_core::cpu::{isa::OVERRIDE_VAR, Isa};
+    if std::env::var_os(OVERRIDE_VAR).is_some() || fixture().is_none() {
+        return; // a child run, or no fixtures (already reported as skipped)
+    }
+    let tests = [
+        "encoder_stages_and_embeddings_match",
+        "prompted_outputs_match",
+        "full_forward_matches_end_to_end",
+    ];
+    let exe = std::env::current_exe().expect("the test binary's path");
+    let mut covered = Vec::new();
+    for isa in Isa::supported() {
+        let out = std::process::Command::new(&exe)
+            .args(tests)
+            .args(["--exact", "--test-threads", "1"])
+            .env(OVERRIDE_VAR, isa.name())
+            .output()
+            .expect("the test binary runs");
+        let text = format!(
+            "{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        assert!(
+            out.status.success(),
+            "parity fails with {OVERRIDE_VAR}={isa}:\n{text}"
+        );
+        assert!(
+            text.contains(&format!("{} passed", tests.len())),
+            "{isa}: not every parity test ran:\n{text}"
+        );
+        covered.push(isa.name());
+    }
+    assert!(!covered.is_empty());
+    eprintln!("parity checked with the kernels: {}", covered.join(", "));
+}

@@ -96,6 +96,8 @@ struct BenchReport {
     config: SamusConfig,
     iters: u32,
     threads: usize,
+    /// The kernels' instruction set (`avx512`, `avx2` or `scalar`).
+    isa: &'static str,
     full_median_s: f64,
     encoder_median_s: f64,
     encoder_min_s: f64,
@@ -253,6 +255,7 @@ pub fn run(args: BenchArgs, ctx: &RunContext) -> Result<()> {
         config: cfg,
         iters: args.iters,
         threads: candle_core::utils::get_num_threads(),
+        isa: samus_core::cpu::Isa::selected().name(),
         full_median_s: all.median,
         encoder_median_s: enc.median,
         encoder_min_s: enc.min,
@@ -267,10 +270,11 @@ pub fn run(args: BenchArgs, ctx: &RunContext) -> Result<()> {
         outln!("{}", serde_json::to_string(&report)?)?;
     } else {
         outln!(
-            "model       embed_dim {}, depth {}, {} threads, {} timed images",
+            "model       embed_dim {}, depth {}, {} threads, {} kernels, {} timed images",
             report.config.embed_dim,
             report.config.depth,
             report.threads,
+            report.isa,
             report.iters
         )?;
         outln!(
