@@ -269,3 +269,76 @@ fn safetensors_headers_with_lying_offsets_name_the_tensor() {
     write_raw_safetensors(&path, &format!("{{{a}}}"), 16);
     assert_eq!(read_tensors(&path).unwrap()["a"].dims(), [2, 2]);
 }
+
+#[test]
+fn safetensors_read_tensor_by_tensor_equals_candles_reader() {
+    let dev = Device::Cpu;
+    let tmp = tempfile::tempdir().unwrap();
+    let path = tmp.path().join("mixed.safetensors");
+    let base = Tensor::arange(-6f32, 6., &dev)
+        .unwrap()
+        .reshape((3, 4))
+        .unwrap();
+    let mut tensors = HashMap::new();
+    tensors.insert("f32".to_string(), base.clone());
+    for (name, dtype) in [
+        ("f16", candle_core::DType::F16),
+        ("bf16", candle_core::DType::BF16),
+        ("f64", candle_core::DType::F64),
+        ("i64", candle_core::DType::I64),
+    ] {
+        tensors.insert(name.to_string(), base.to_dtype(dtype).unwrap());
+    }
+    tensors.insert("u8".to_string(), Tensor::new(&[0u8, 7, 255], &dev).unwrap());
+    tensors.insert(
+        "empty".to_string(),
+        Tensor::zeros((0, 5), candle_core::DType::F32, &dev).unwrap(),
+    );
+    candle_core::safetensors::save(&tensors, &path).unwrap();
+    let ours = read_tensors(&path).unwrap();
+    let candles = candle_core::safetensors::load(&path, &dev).unwrap();
+    assert_eq!(ours.len(), candles.len());
+    for (name, want) in &candles {
+        let got = &ours[name];
+        assert_eq!(
+            (got.dtype(), got.dims()),
+            (want.dtype(), want.dims()),
+            "{name}"
+        );
+        let (g, w) = (
+            got.to_dtype(candle_core::DType::F64)
+                .unwrap()
+                .flatten_all()
+                .unwrap(),
+            want.to_dtype(candle_core::DType::F64)
+                .unwrap()
+                .flatten_all()
+                .unwrap(),
+        );
+        assert_eq!(
+            g.to_vec1::<f64>().unwrap(),
+            w.to_vec1::<f64>().unwrap(),
+            "{name}"
+        );
+    }
+    // The fixture checkpoint, bit for bit.
+    let Some(dir) = fixtures_or_skip(env!("CARGO_MANIFEST_DIR")) else {
+        return;
+    };
+    let fixture = dir.join("samus_tiny.safetensors");
+    let (ours, candles) = (
+        read_tensors(&fixture).unwrap(),
+        candle_core::safetensors::load(&fixture, &dev).unwrap(),
+    );
+    assert_eq!(ours.len(), candles.len());
+    for (name, want) in &candles {
+        let got = ours[name].flatten_all().unwrap().to_vec1::<f32>().unwrap();
+        let want = want.flatten_all().unwrap().to_vec1::<f32>().unwrap();
+        assert!(
+            got.iter()
+                .zip(&want)
+                .all(|(a, b)| a.to_bits() == b.to_bits()),
+            "{name}"
+        );
+    }
+}

@@ -11,14 +11,14 @@ use std::collections::HashMap;
 use std::io::Read;
 use std::path::Path;
 
-use candle_core::{Device, Tensor};
+use candle_core::Tensor;
 use samus_core::resize::resize_linear_along;
 
 use crate::config::SamusConfig;
 use crate::error::{Error, Result};
 
 mod pth;
-mod safetensors_header;
+mod safetensors_file;
 
 /// A tensor that every SAMUS checkpoint has and SAM checkpoints lack.
 pub const SAMUS_MARKER: &str = "image_encoder.cnn_embed.inc.conv.0.weight";
@@ -102,8 +102,7 @@ fn sniff_format(path: &Path) -> Result<Format> {
 pub fn read_tensors(path: impl AsRef<Path>) -> Result<HashMap<String, Tensor>> {
     let path = path.as_ref();
     match sniff_format(path)? {
-        Format::Safetensors => candle_core::safetensors::load(path, &Device::Cpu).map_err(|e| {
-            let why = safetensors_header::explain(path).unwrap_or_else(|| e.to_string());
+        Format::Safetensors => safetensors_file::read(path).map_err(|why| {
             checkpoint_error(path, format!("not a readable safetensors file: {why}"))
         }),
         Format::PthZip => pth::read_pth(path),
