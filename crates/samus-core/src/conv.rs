@@ -45,7 +45,8 @@ pub fn conv3x3_same_nhwc(x: &Tensor, weight: &Tensor) -> Result<Tensor> {
     conv3x3_same_nhwc_cached(x, weight, None)
 }
 
-/// [`conv3x3_same_nhwc`] that, without a gradient on an AVX-512 CPU, packs the
+/// [`conv3x3_same_nhwc`] that, without a gradient on a CPU with a packed kernel
+/// ([`PackedCache::is_active`]: AVX-512 or AVX2), packs the
 /// kernel once into `cache` for the matrix product of [`crate::packed`] (nine
 /// shifted segments of one product, the kernel read in its packed order).
 pub fn conv3x3_same_nhwc_cached(
@@ -429,8 +430,8 @@ pub fn conv_transpose2x2_nhwc(
         .reshape((n, 2 * h, 2 * w, o))
 }
 
-/// [`conv_transpose2x2_nhwc`] followed by `epilogue` that, without a gradient on an
-/// AVX-512 CPU, packs the kernel (and the bias repeated for the four taps) once
+/// [`conv_transpose2x2_nhwc`] followed by `epilogue` that, without a gradient on a
+/// CPU with a packed kernel (AVX-512 or AVX2), packs the kernel (and the bias repeated for the four taps) once
 /// into `cache`: one packed product over the pixels, the epilogue applied to each
 /// output tile in the cache, then one parallel pass that writes every 2 x 2 block
 /// into its place (instead of the kernel rearranged on every call, an unpacked

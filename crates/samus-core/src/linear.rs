@@ -48,8 +48,9 @@ pub fn linear(x: &Tensor, weight: &Tensor, bias: Option<&Tensor>) -> Result<Tens
     y.reshape(out_dims)
 }
 
-/// [`linear`] with the weight packed once into `cache` for the AVX-512 matrix
-/// product of [`crate::packed`], when no gradient is needed, on the CPU in f32, with
+/// [`linear`] with the weight packed once into `cache` for the matrix product of
+/// [`crate::packed`] (AVX-512 or AVX2 kernels, see [`PackedCache::is_active`]), when
+/// no gradient is needed, on the CPU in f32, with
 /// more than a few rows; otherwise exactly [`linear`].
 pub fn linear_cached(
     x: &Tensor,
@@ -94,7 +95,7 @@ pub fn linear_add_cached(
 
 /// The packed layer for an inference product of `x` with `weight`, or `None` when
 /// the product must take [`linear`] (gradients, another device or dtype, one row,
-/// no AVX-512, a residual of another shape).
+/// no packed kernel for this CPU, a residual of another shape).
 fn packed_layer(
     x: &Tensor,
     weight: &Tensor,
