@@ -58,25 +58,19 @@
 //! # }
 //! ```
 
-pub mod activation;
 pub mod atomic_write;
-pub mod attention;
-pub mod conv;
 pub mod cpu;
 mod cpu_kernel;
-pub mod cuda_attention;
+pub mod cuda;
 pub mod fixtures;
-pub mod flash;
-pub mod layout;
-pub mod linear;
-pub mod norm;
+pub mod ops;
 pub mod parallel;
-pub mod pool;
-pub mod rel_pos;
-pub mod resize;
-pub mod softmax;
-pub mod special;
-pub mod window;
+
+pub use cuda::attention as cuda_attention;
+pub use ops::{
+    activation, attention, conv, flash, layout, linear, norm, pool, rel_pos, resize, softmax,
+    special, window,
+};
 
 pub use activation::gelu;
 pub use attention::{merge_heads, multi_head_attention, split_heads, AttentionOptions};

@@ -364,7 +364,7 @@ mod tests {
     /// The tile sizes and shared-memory formulas here are those of the `.cu` file.
     #[test]
     fn tiles_mirror_the_kernel_source() {
-        let source = include_str!("../../kernels/fused_attention.cu");
+        let source = include_str!("../../../kernels/fused_attention.cu");
         for line in [
             "constexpr int FWD_BR = 64;",
             "constexpr int DQ_BR = 32;",
