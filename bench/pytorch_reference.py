@@ -21,6 +21,14 @@ Rust `low_res_logits`) checks that both computed the same thing. The IO file hol
 frame), `point_labels` (B x 1, int64) and optionally `low_res_logits` (B x 1 x 128 x
 128). The prompt is that one point plus SAM's padding point, single-mask output.
 
+`--train` times training steps instead (`cargo xtask bench-train`): every
+parameter trainable, Adam, the SPEC's loss (0.2 BCE with pos_weight 2 + 0.8 Dice) on
+the 128 x 128 logits of one fixed batch. Its IO file (from `samus bench --train
+--write-io`) holds `images`, `low_targets`, `point_coords` and `point_labels`; the
+JSON gives `train_step_median_s` and the losses of the first two steps
+(`first_loss` before any update, `second_loss` after one), which the same weights
+and batch make comparable with the Rust ones.
+
 `--check-fixtures DIR` checks this file against the parity fixtures (tiny model).
 Needs only torch, safetensors and numpy.
 """
@@ -703,6 +711,70 @@ def bench(args: argparse.Namespace) -> int:
     return 0
 
 
+def segmentation_loss(logits: Tensor, target: Tensor) -> Tensor:
+    """SPEC section 5: 0.2 BCE-with-logits (pos_weight 2, mean) + 0.8 (1 - Dice), the
+    Dice of sigmoid(logits) over the whole batch."""
+    bce = F.binary_cross_entropy_with_logits(logits, target, pos_weight=torch.tensor(2.0))
+    p = torch.sigmoid(logits)
+    dice = (2 * (p * target).sum() + 1e-5) / ((p * p).sum() + (target * target).sum() + 1e-5)
+    return 0.2 * bce + 0.8 * (1 - dice)
+
+
+def train_bench(args: argparse.Namespace) -> int:
+    """Times `--iters` training steps after two untimed ones (whose losses are
+    reported), every parameter trainable, plain Adam at `--lr`."""
+    torch.set_num_threads(args.threads)
+    cfg = SamusConfig.from_name_or_path(args.config)
+    model = Samus.load(cfg, args.weights)
+    model.train().requires_grad_(True)
+    if not Path(args.io).is_file():
+        raise SystemExit(f"IO file {args.io} not found")
+    io = load_file(args.io)
+    for key in ("images", "low_targets", "point_coords", "point_labels"):
+        if key not in io:
+            raise SystemExit(f"{args.io}: no tensor `{key}` (write it with samus bench --train --write-io)")
+    images = io["images"].float().contiguous()
+    targets = io["low_targets"].float()
+    coords, labels = io["point_coords"].float(), io["point_labels"]
+    opt = torch.optim.Adam(model.parameters(), lr=args.lr, betas=(0.9, 0.999), eps=1e-8)
+    losses, steps = [], []
+    for run in range(2 + args.iters):
+        t0 = time.perf_counter()
+        opt.zero_grad(set_to_none=True)
+        # The image-independent parts (position adapter, rel-pos tables) run in
+        # every step, so that their parameters get gradients.
+        model.image_encoder.prepare()
+        logits, _ = model.decode(model.embed(images), coords, labels)
+        loss = segmentation_loss(logits, targets)
+        loss.backward()
+        opt.step()
+        seconds = time.perf_counter() - t0
+        losses.append(loss.item())
+        if run >= 2:
+            steps.append(seconds)
+    result = {
+        "train_step_median_s": statistics.median(steps),
+        "train_step_min_s": min(steps),
+        "train_step_max_s": max(steps),
+        "first_loss": losses[0],
+        "second_loss": losses[1],
+        "batch_size": images.shape[0],
+        "trainable_parameters": sum(p.numel() for p in model.parameters()),
+        "lr": args.lr,
+        "threads": torch.get_num_threads(),
+        "torch_version": torch.__version__,
+        "config": args.config,
+    }
+    if args.json:
+        print(json.dumps(result))
+    else:
+        print(f"SAMUS PyTorch reference, training: config {args.config}, batch {images.shape[0]}, "
+              f"{result['threads']} threads, torch {torch.__version__}, {args.iters} steps")
+        print(f"  train step, median        {result['train_step_median_s']:9.3f} s")
+        print(f"  loss: first {losses[0]:.6f}, second {losses[1]:.6f}")
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         description="Independent PyTorch SAMUS forward pass, the benchmark peer of the Rust "
@@ -722,6 +794,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--json", action="store_true", help="print one JSON object: full_median_s, "
                         "encoder_median_s, decoder_median_ms (per prompt), images_per_s, threads, "
                         "torch_version, config[, max_rel_error]")
+    parser.add_argument("--train", action="store_true", help="time training steps (forward, "
+                        "loss, backward, Adam; every parameter trainable) on the IO file's batch")
+    parser.add_argument("--lr", type=float, default=1e-4, help="Adam learning rate with --train "
+                        "(default 1e-4)")
     parser.add_argument("--check-fixtures", metavar="DIR", help="self-test against the parity "
                         "fixtures in DIR (samus_tiny.json/.safetensors, samus_tiny_io.safetensors)")
     args = parser.parse_args(argv)
@@ -732,7 +808,7 @@ def main(argv: list[str] | None = None) -> int:
         parser.error("required without --check-fixtures: " + ", ".join(missing))
     if args.iters < 1 or args.warmup < 0 or args.threads < 1:
         parser.error("--iters and --threads must be >= 1, --warmup >= 0")
-    return bench(args)
+    return train_bench(args) if args.train else bench(args)
 
 
 if __name__ == "__main__":

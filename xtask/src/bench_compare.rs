@@ -175,14 +175,14 @@ impl Comparison {
 }
 
 /// The workspace root (xtask's parent folder).
-fn workspace_root() -> PathBuf {
+pub(crate) fn workspace_root() -> PathBuf {
     let manifest = PathBuf::from(env!("CARGO_MANIFEST_DIR"));
     manifest.parent().map(Path::to_path_buf).unwrap_or(manifest)
 }
 
 /// Runs `command`, returning its standard output parsed as JSON (the last line that
 /// parses, so that warnings before it do not matter).
-fn json_output(mut command: Command, what: &str) -> Result<Value> {
+pub(crate) fn json_output(mut command: Command, what: &str) -> Result<Value> {
     let output = command
         .output()
         .with_context(|| format!("cannot start {what}"))?;
@@ -199,6 +199,28 @@ fn json_output(mut command: Command, what: &str) -> Result<Value> {
         .rev()
         .find_map(|line| serde_json::from_str::<Value>(line.trim()).ok())
         .with_context(|| format!("{what} printed no JSON report:\n{stdout}"))
+}
+
+/// The Python interpreter of the PyTorch peer: `given`, else `$SAMUS_PYTHON`, else
+/// `python3`; fails, saying what to install, when it cannot import torch,
+/// safetensors and numpy.
+pub(crate) fn pytorch_interpreter(given: Option<&str>) -> Result<String> {
+    let python = given
+        .map(str::to_string)
+        .or_else(|| std::env::var("SAMUS_PYTHON").ok())
+        .unwrap_or_else(|| "python3".to_string());
+    let probe = Command::new(&python)
+        .args(["-c", "import torch, safetensors, numpy"])
+        .output()
+        .with_context(|| format!("cannot start Python `{python}`"))?;
+    if !probe.status.success() {
+        bail!(
+            "`{python}` cannot import torch, safetensors and numpy: install them \
+             (`pip install torch safetensors numpy`, see docs/PERFORMANCE.md) or name \
+             another interpreter with --python or SAMUS_PYTHON"
+        );
+    }
+    Ok(python)
 }
 
 /// Runs `cargo xtask bench-compare`.
@@ -224,23 +246,8 @@ pub fn run(args: &BenchCompareArgs) -> Result<()> {
         .arg(&io);
     let rust = json_output(ours, "samus bench")?;
 
-    let python = args
-        .python
-        .clone()
-        .or_else(|| std::env::var("SAMUS_PYTHON").ok())
-        .unwrap_or_else(|| "python3".to_string());
+    let python = pytorch_interpreter(args.python.as_deref())?;
     let script = root.join("bench").join("pytorch_reference.py");
-    let probe = Command::new(&python)
-        .args(["-c", "import torch, safetensors, numpy"])
-        .output()
-        .with_context(|| format!("cannot start Python `{python}`"))?;
-    if !probe.status.success() {
-        bail!(
-            "`{python}` cannot import torch, safetensors and numpy: install them \
-             (`pip install torch safetensors numpy`, see docs/PERFORMANCE.md) or name \
-             another interpreter with --python or SAMUS_PYTHON"
-        );
-    }
     eprintln!("timing the PyTorch peer ({python}) ...");
     let mut peer = Command::new(&python);
     peer.arg(&script)

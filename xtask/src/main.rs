@@ -7,6 +7,7 @@ use anyhow::{bail, Result};
 use clap::{Parser, Subcommand};
 use samus_core::fixtures::{fixtures_dir, FIXTURES_ENV};
 use xtask::bench_compare::{self, BenchCompareArgs};
+use xtask::bench_train::{self, BenchTrainArgs};
 use xtask::download::{self, DownloadArgs};
 
 /// Project automation for the SAMUS workspace.
@@ -41,6 +42,11 @@ enum Task {
     /// random weights and input, check that both give the same logits, and print the
     /// speed ratio. Needs a Python with torch, safetensors and numpy.
     BenchCompare(BenchCompareArgs),
+    /// Time one training step (tiny configuration, batch 4, every parameter
+    /// trainable) against the PyTorch peer on the same random weights and batch,
+    /// check that both start from the same loss, and print the speed ratio. Needs a
+    /// Python with torch, safetensors and numpy.
+    BenchTrain(BenchTrainArgs),
 }
 
 /// The fixture files the parity tests read.
@@ -77,6 +83,7 @@ fn main() -> ExitCode {
         Task::Download(args) => download::run(&args),
         Task::Train { args } => xtask::train::run(&args),
         Task::BenchCompare(args) => bench_compare::run(&args),
+        Task::BenchTrain(args) => bench_train::run(&args),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

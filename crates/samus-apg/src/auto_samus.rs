@@ -9,8 +9,8 @@ use samus_core::parallel::run_in_pool;
 use samus_core::resize::resize_bilinear;
 use samus_model::checkpoint::read_tensors;
 use samus_model::{
-    DecoderOutput, Error, ImageEmbedding, LoadReport, MissingTensors, Prediction, Result, Samus,
-    SamusConfig, SamusLoader, WeightStore,
+    DecoderOutput, Error, ImageEmbedding, LoadReport, MissingTensors, PackedWeights, Prediction,
+    Result, Samus, SamusConfig, SamusLoader, WeightStore,
 };
 
 use crate::generator::{DenseFeatureAdapter, GeneratedPrompts, PromptGenerator};
@@ -114,6 +114,12 @@ impl AutoSamus {
     /// The SAMUS model underneath.
     pub fn samus(&self) -> &Samus {
         &self.samus
+    }
+
+    /// Packs SAMUS's encoder weights for inference on this CPU and drops their
+    /// unpacked copies ([`Samus::pack_for_inference`]; the generator is small).
+    pub fn pack_for_inference(&mut self) -> CandleResult<PackedWeights> {
+        self.samus.pack_for_inference()
     }
 
     /// The prompt generator.
@@ -256,12 +262,19 @@ impl AutoSamusLoader {
         self
     }
 
-    /// Builds the model.
+    /// Builds the model for inference: as [`AutoSamusLoader::load_with_report`],
+    /// with SAMUS's encoder weights then packed for this CPU and their unpacked
+    /// copies dropped ([`AutoSamus::pack_for_inference`]).
     pub fn load(self) -> Result<AutoSamus> {
-        Ok(self.load_with_report()?.0)
+        let (mut model, report) = self.load_with_report()?;
+        drop(report);
+        model.pack_for_inference()?;
+        Ok(model)
     }
 
-    /// Builds the model and says what loading did.
+    /// Builds the model and says what loading did. The weights stay unpacked, as
+    /// the report's tensors hold them too: drop the report, then call
+    /// [`AutoSamus::pack_for_inference`] for the memory of [`AutoSamusLoader::load`].
     pub fn load_with_report(self) -> Result<(AutoSamus, AutoLoadReport)> {
         let mut parts = self.samus.into_parts()?;
         if let Some(apg_path) = &self.apg {

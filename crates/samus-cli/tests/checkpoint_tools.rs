@@ -159,6 +159,69 @@ fn global_threads_and_device_flags() {
     }
 }
 
+/// `samus bench --train`: one training step of the tiny model, its report, and the
+/// batch and weights it hands a peer implementation.
+#[test]
+fn bench_train_times_a_step_and_writes_its_batch() {
+    let dir = tempfile::tempdir().unwrap();
+    let (weights, io) = (
+        dir.path().join("w.safetensors"),
+        dir.path().join("io.safetensors"),
+    );
+    let out = samus(&[
+        "bench",
+        "--train",
+        "--random-weights",
+        "--batch-size",
+        "2",
+        "--iters",
+        "1",
+        "--json",
+        "--save-weights",
+        weights.to_str().unwrap(),
+        "--write-io",
+        io.to_str().unwrap(),
+    ]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let json: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    for key in [
+        "train_step_median_s",
+        "first_loss",
+        "second_loss",
+        "trainable_parameters",
+    ] {
+        assert!(json[key].as_f64().is_some_and(|v| v > 0.0), "{key}: {json}");
+    }
+    assert_eq!(json["batch_size"], 2);
+    assert_eq!(
+        json["config"]["embed_dim"], 128,
+        "--random-weights defaults to tiny"
+    );
+    // One Adam update lowers the loss of the batch it was computed on.
+    assert!(
+        json["second_loss"].as_f64() < json["first_loss"].as_f64(),
+        "{json}"
+    );
+    let batch = candle_core::safetensors::load(&io, &candle_core::Device::Cpu).unwrap();
+    assert_eq!(batch["images"].dims(), &[2, 1, 256, 256]);
+    assert_eq!(batch["low_targets"].dims(), &[2, 1, 128, 128]);
+    assert_eq!(batch["point_coords"].dims(), &[2, 1, 2]);
+    assert_eq!(batch["point_labels"].dims(), &[2, 1]);
+    let saved = candle_core::safetensors::load(&weights, &candle_core::Device::Cpu).unwrap();
+    let params: usize = saved.values().map(|t| t.elem_count()).sum();
+    assert!(
+        params as f64 >= json["trainable_parameters"].as_f64().unwrap(),
+        "{params}"
+    );
+    // --batch-size belongs to --train.
+    let out = samus(&["bench", "--random-weights", "--batch-size", "2"]);
+    assert!(
+        !out.status.success() && stderr(&out).contains("--train"),
+        "{}",
+        stderr(&out)
+    );
+}
+
 #[test]
 fn bench_reports_the_promised_json_keys() {
     let out = samus(&[

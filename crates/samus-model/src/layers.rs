@@ -1,11 +1,15 @@
 //! Building blocks shared by the SAMUS components, each loaded by its checkpoint
 //! names with the reference's default initialisation as the hint for fresh weights.
 
-use candle_core::{Module, Result, Tensor};
+use std::sync::Arc;
+
+use candle_core::{DType, Module, Result, Tensor};
 use candle_nn::{Conv2d, Conv2dConfig, ConvTranspose2d, ConvTranspose2dConfig, Init, VarBuilder};
 use samus_core::conv::conv3x3_same_nhwc_cached;
+use samus_core::cpu::Isa;
 use samus_core::layout::{channels_first, channels_last};
-use samus_core::packed::PackedCache;
+use samus_core::linear;
+use samus_core::packed::{PackedCache, PackedLayer};
 use samus_core::pool::max_pool2x2_nhwc;
 use samus_core::{LayerNorm, LayerNorm2d};
 
@@ -25,10 +29,18 @@ pub fn pytorch_default_init(fan_in: usize) -> Init {
 /// A fully connected layer `y = x W^T + b` over the last axis (PyTorch `nn.Linear`).
 #[derive(Debug, Clone)]
 pub struct Linear {
-    weight: Tensor,
+    weight: LinearWeight,
     bias: Option<Tensor>,
-    /// The weight packed for the CPU's inference product, made on first use.
-    packed: PackedCache,
+}
+
+/// How a [`Linear`] holds its weight.
+#[derive(Debug, Clone)]
+enum LinearWeight {
+    /// The `out x in` tensor (trainable or not), with its packed form for the CPU's
+    /// inference product made on first use.
+    Dense { weight: Tensor, packed: PackedCache },
+    /// Only the packed form ([`Linear::pack_for_inference`]): CPU inference in f32.
+    Packed(Arc<PackedLayer>),
 }
 
 impl Linear {
@@ -42,45 +54,81 @@ impl Linear {
             None
         };
         Ok(Self {
-            weight,
+            weight: LinearWeight::Dense {
+                weight,
+                packed: PackedCache::default(),
+            },
             bias,
-            packed: PackedCache::default(),
         })
     }
 
-    /// The `out x in` weight.
-    pub fn weight(&self) -> &Tensor {
-        &self.weight
+    /// The `out x in` weight; `None` once the layer keeps only its packed form.
+    pub fn weight(&self) -> Option<&Tensor> {
+        match &self.weight {
+            LinearWeight::Dense { weight, .. } => Some(weight),
+            LinearWeight::Packed(_) => None,
+        }
     }
 
     /// The bias, if the layer has one.
     pub fn bias(&self) -> Option<&Tensor> {
         self.bias.as_ref()
     }
-}
 
-impl Linear {
+    /// Packs the weight for this CPU's inference product and drops the unpacked
+    /// tensor (whose memory is freed once nothing else holds it); returns the bytes
+    /// of the packed form, or `None`, leaving the layer as it was, where the packed
+    /// product does not apply: no packed kernel for this CPU, a weight that is not
+    /// an f32 CPU tensor, or a trainable one. Afterwards the layer runs on the CPU
+    /// in f32 only, without gradients.
+    pub fn pack_for_inference(&mut self) -> Result<Option<usize>> {
+        let LinearWeight::Dense { weight, .. } = &self.weight else {
+            return Ok(None);
+        };
+        let packable = samus_core::packed::available()
+            && weight.device().is_cpu()
+            && weight.dtype() == DType::F32
+            && !weight.is_variable()
+            && self.bias.as_ref().is_none_or(|b| !b.is_variable());
+        if !packable {
+            return Ok(None);
+        }
+        let layer = PackedLayer::from_linear(weight, self.bias.as_ref(), Isa::selected())?;
+        let bytes = layer.bytes();
+        self.weight = LinearWeight::Packed(Arc::new(layer));
+        Ok(Some(bytes))
+    }
+
     /// `gelu(self(x))`, with the GELU fused into the product where it runs packed.
     pub fn forward_gelu(&self, x: &Tensor) -> Result<Tensor> {
-        samus_core::linear::linear_gelu_cached(x, &self.weight, self.bias.as_ref(), &self.packed)
+        match &self.weight {
+            LinearWeight::Dense { weight, packed } => {
+                linear::linear_gelu_cached(x, weight, self.bias.as_ref(), packed)
+            }
+            LinearWeight::Packed(layer) => linear::linear_gelu_packed(x, layer),
+        }
     }
 
     /// `residual + self(x)`, with the product accumulating onto `residual` where it
     /// runs packed.
     pub fn forward_add(&self, x: &Tensor, residual: &Tensor) -> Result<Tensor> {
-        samus_core::linear::linear_add_cached(
-            x,
-            &self.weight,
-            self.bias.as_ref(),
-            residual,
-            &self.packed,
-        )
+        match &self.weight {
+            LinearWeight::Dense { weight, packed } => {
+                linear::linear_add_cached(x, weight, self.bias.as_ref(), residual, packed)
+            }
+            LinearWeight::Packed(layer) => linear::linear_add_packed(x, layer, residual),
+        }
     }
 }
 
 impl Module for Linear {
     fn forward(&self, x: &Tensor) -> Result<Tensor> {
-        samus_core::linear::linear_cached(x, &self.weight, self.bias.as_ref(), &self.packed)
+        match &self.weight {
+            LinearWeight::Dense { weight, packed } => {
+                linear::linear_cached(x, weight, self.bias.as_ref(), packed)
+            }
+            LinearWeight::Packed(layer) => linear::linear_packed(x, layer),
+        }
     }
 }
 

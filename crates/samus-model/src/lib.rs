@@ -77,7 +77,7 @@ pub use mask_decoder::{DecoderOutput, MaskDecoder};
 pub use prediction::{Mask, Prediction};
 pub use prompt_encoder::{PromptBatch, PromptEncoder};
 pub use prompts::{Label, PointPrompt, Prompts};
-pub use samus::{Samus, SamusOutput};
+pub use samus::{PackedWeights, Samus, SamusOutput};
 pub use weights::{MissingTensors, WeightStore};
 
 #[cfg(test)]

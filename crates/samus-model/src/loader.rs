@@ -105,13 +105,20 @@ impl SamusLoader {
         self
     }
 
-    /// Builds the model.
+    /// Builds the model for inference: as [`SamusLoader::load_with_report`], with
+    /// the image encoder's weights then packed for this CPU and their unpacked
+    /// copies dropped ([`Samus::pack_for_inference`]).
     pub fn load(self) -> Result<Samus> {
-        Ok(self.load_with_report()?.0)
+        let (mut model, report) = self.load_with_report()?;
+        drop(report);
+        model.pack_for_inference()?;
+        Ok(model)
     }
 
     /// Builds the model and says what loading did (kind, configuration, tensors
-    /// initialised or unused).
+    /// initialised or unused). The weights stay unpacked, as the report's tensors
+    /// hold them too: drop the report, then call [`Samus::pack_for_inference`] for
+    /// the memory and speed of [`SamusLoader::load`].
     pub fn load_with_report(self) -> Result<(Samus, LoadReport)> {
         let parts = self.into_parts()?;
         let (model, report, _) = parts.build(None)?;

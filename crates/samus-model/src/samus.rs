@@ -21,6 +21,16 @@ pub struct SamusOutput {
     pub masks: Tensor,
 }
 
+/// What [`Samus::pack_for_inference`] packed.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct PackedWeights {
+    /// Linear layers now held in packed form only.
+    pub layers: usize,
+    /// The memory of their packed weights, in bytes (their unpacked copies took
+    /// as much).
+    pub bytes: usize,
+}
+
 /// SAMUS: SAM's ViT encoder with a CNN branch and adapters, SAM's prompt encoder and
 /// mask decoder, on 256 x 256 inputs.
 #[derive(Debug, Clone)]
@@ -74,6 +84,23 @@ impl Samus {
     /// The mask decoder.
     pub fn mask_decoder(&self) -> &MaskDecoder {
         &self.mask_decoder
+    }
+
+    /// Packs the image encoder's linear layers (nearly all of the model's weights)
+    /// for this CPU's inference product ahead of time, and drops their unpacked
+    /// copies: inference then holds the encoder's weights once, not twice (as lazy
+    /// packing on first use does), and the first image pays no packing.
+    ///
+    /// The memory is freed once nothing else holds the tensors (a
+    /// [`LoadReport`](crate::LoadReport)'s `tensors` do). [`SamusLoader::load`]
+    /// does this itself. Where the packed product does not apply (another device
+    /// or dtype, trainable weights, a CPU without a packed kernel) the layers stay
+    /// as they are. Afterwards the encoder runs on the CPU in f32, without
+    /// gradients.
+    ///
+    /// [`SamusLoader::load`]: crate::SamusLoader::load
+    pub fn pack_for_inference(&mut self) -> Result<PackedWeights> {
+        run_in_pool(|| self.image_encoder.pack_for_inference())
     }
 
     /// Images `B x 1|3 x S x S` in [0, 1] to image embeddings `B x 256 x G x G`.

@@ -135,6 +135,55 @@ fn full_forward_matches_end_to_end() {
     assert!(sign_agreement(&out.masks, f.get("point.masks")).unwrap() >= MASK_AGREEMENT);
 }
 
+/// The model as `Samus::load` gives it to apps, its encoder's weights packed ahead
+/// of time with the unpacked copies dropped: the same numbers as the reference,
+/// and the same bits as the model that packs on first use.
+#[test]
+fn packed_model_matches_the_reference() {
+    let Some(f) = fixture() else { return };
+    let dir = fixtures_or_skip(env!("CARGO_MANIFEST_DIR")).expect("fixtures");
+    let cfg = f.model.config().clone();
+    let mut packed = Samus::loader(dir.join("samus_tiny.safetensors"))
+        .config(cfg)
+        .load()
+        .expect("fixture weights");
+    // `load` packed every encoder linear layer already where a packed kernel runs.
+    let again = packed.pack_for_inference().unwrap();
+    assert_eq!(again.layers, 0, "load left layers unpacked");
+    let mut lazy = f.model.clone();
+    let first = lazy.pack_for_inference().unwrap();
+    eprintln!(
+        "packed {} layers ({} bytes) with the {} kernel",
+        first.layers,
+        first.bytes,
+        samus_core::cpu::Isa::selected()
+    );
+    if samus_core::packed::available() {
+        assert!(first.layers > 0, "nothing was packed");
+    } else {
+        assert_eq!(first.layers, 0);
+    }
+    let point = PromptBatch {
+        points: Some((f.get("point_coords"), f.get("point_labels"))),
+        ..Default::default()
+    };
+    let out = packed.forward(f.get("image"), &point, false).unwrap();
+    f.check("point.low_res_logits", &out.low_res_logits);
+    f.check("point.masks", &out.masks);
+    let unpacked = f.model.forward(f.get("image"), &point, false).unwrap();
+    let same = (&out.low_res_logits - &unpacked.low_res_logits)
+        .unwrap()
+        .abs()
+        .unwrap()
+        .flatten_all()
+        .unwrap()
+        .max(0)
+        .unwrap()
+        .to_scalar::<f32>()
+        .unwrap();
+    assert_eq!(same, 0.0, "packing ahead of time changed the logits");
+}
+
 #[test]
 fn sam_rel_pos_conversion_matches() {
     let Some(f) = fixture() else { return };
@@ -156,6 +205,7 @@ fn parity_holds_on_every_kernel() {
         "encoder_stages_and_embeddings_match",
         "prompted_outputs_match",
         "full_forward_matches_end_to_end",
+        "packed_model_matches_the_reference",
     ];
     let exe = std::env::current_exe().expect("the test binary's path");
     let mut covered = Vec::new();

@@ -146,8 +146,11 @@ fn load_model(args: &AutoArgs, ctx: &RunContext) -> Result<AutoSamus> {
         bail!(NO_CHECKPOINT);
     };
     let checkpoint = Checkpoint::read(path, args.config.as_deref())?;
-    let (model, report) = checkpoint.auto(ctx, args.apg.as_deref())?;
+    let (mut model, report) = checkpoint.auto(ctx, args.apg.as_deref())?;
     warn_if_sam(path, &report.samus);
+    // The report holds every tensor: without it, packing frees the unpacked copies.
+    drop(report);
+    model.pack_for_inference()?;
     Ok(model)
 }
 

@@ -12,6 +12,7 @@ use candle_core::{CpuStorage, CustomOp2, CustomOp3, Layout, Result, Shape, Tenso
 
 use std::sync::Arc;
 
+use crate::cpu::Isa;
 use crate::cpu_kernel::{contiguous_f32, cpu_f32_inference, gemm_parallelism, par_filled};
 use crate::packed::{
     gemm_packed, gemm_packed_new, Epilogue, LeftOperand, PackedCache, PackedLayer, PackedRhs,
@@ -93,6 +94,90 @@ pub fn linear_add_cached(
     }
 }
 
+impl PackedLayer {
+    /// Packs a linear layer's `out x in` weight, and its bias, for `isa`'s kernels:
+    /// what [`linear_cached`] packs on first use, made ahead of time for a layer
+    /// that keeps only the packed form (see [`linear_packed`]). Fails if the CPU
+    /// lacks `isa`, or if the tensors are not f32 or do not agree.
+    pub fn from_linear(weight: &Tensor, bias: Option<&Tensor>, isa: Isa) -> Result<Self> {
+        let (out_dim, in_dim) = weight.dims2()?;
+        let bias = bias
+            .map(|b| b.flatten_all()?.to_vec1::<f32>())
+            .transpose()?;
+        if bias.as_ref().is_some_and(|b| b.len() != out_dim) {
+            candle_core::bail!("linear: bias does not have {out_dim} values")
+        }
+        // Packed from the tensor's own buffer, without a copy of the weights first
+        // (for a ViT-B encoder, 384 MB of fresh pages).
+        let weight = weight.contiguous()?;
+        let (storage, layout) = weight.storage_and_layout();
+        let candle_core::Storage::Cpu(storage) = &*storage else {
+            candle_core::bail!("linear: the weight to pack is not on the CPU")
+        };
+        let w = contiguous_f32(storage, layout, "linear weight")?;
+        Ok(Self {
+            rhs: PackedRhs::from_linear_weight_for(isa, w, out_dim, in_dim)?,
+            bias,
+        })
+    }
+}
+
+/// `x W^T + b` on a layer kept only in packed form ([`PackedLayer::from_linear`]),
+/// for `x` `(..., in)` on the CPU in f32 without gradient, any number of rows.
+pub fn linear_packed(x: &Tensor, layer: &Arc<PackedLayer>) -> Result<Tensor> {
+    check_packed_input(x, layer, None)?;
+    apply_packed(x, layer.clone(), Epilogue::None, None)
+}
+
+/// `gelu(x W^T + b)` on a packed layer, as [`linear_gelu_cached`] computes it.
+pub fn linear_gelu_packed(x: &Tensor, layer: &Arc<PackedLayer>) -> Result<Tensor> {
+    check_packed_input(x, layer, None)?;
+    apply_packed(x, layer.clone(), Epilogue::Gelu, None)
+}
+
+/// `residual + x W^T + b` on a packed layer, as [`linear_add_cached`] computes it.
+pub fn linear_add_packed(
+    x: &Tensor,
+    layer: &Arc<PackedLayer>,
+    residual: &Tensor,
+) -> Result<Tensor> {
+    check_packed_input(x, layer, Some(residual))?;
+    apply_packed(x, layer.clone(), Epilogue::None, Some(residual))
+}
+
+/// Refuses what a packed layer cannot take: another device or dtype, a gradient
+/// (the packed weights are no variable), or shapes that do not agree.
+fn check_packed_input(x: &Tensor, layer: &PackedLayer, residual: Option<&Tensor>) -> Result<()> {
+    let (k, n) = (layer.rhs.k(), layer.rhs.n());
+    if x.dims().last() != Some(&k) {
+        candle_core::bail!(
+            "linear layer expects {k} input features, got {:?}",
+            x.shape()
+        )
+    }
+    let rows = x.elem_count() / k.max(1);
+    if residual.is_some_and(|r| r.elem_count() != rows * n || r.dims().last() != Some(&n)) {
+        candle_core::bail!(
+            "linear: residual {:?} is not the output's shape (rows x {n})",
+            residual.map(Tensor::shape)
+        )
+    }
+    if !cpu_f32_inference([x].into_iter().chain(residual)) {
+        candle_core::bail!(
+            "linear: this layer's weights are packed for CPU inference in f32; the input is \
+             {:?} on {:?}{}",
+            x.dtype(),
+            x.device().location(),
+            if x.track_op() {
+                " and needs a gradient"
+            } else {
+                ""
+            }
+        )
+    }
+    Ok(())
+}
+
 /// The packed layer for an inference product of `x` with `weight`, or `None` when
 /// the product must take [`linear`] (gradients, another device or dtype, one row,
 /// no packed kernel for this CPU, a residual of another shape).
@@ -115,19 +200,7 @@ fn packed_layer(
     if !packable {
         return Ok(None);
     }
-    Ok(cache.get_or_pack(|isa| {
-        let w = weight.flatten_all()?.to_vec1::<f32>()?;
-        let bias = bias
-            .map(|b| b.flatten_all()?.to_vec1::<f32>())
-            .transpose()?;
-        if bias.as_ref().is_some_and(|b| b.len() != out_dim) {
-            candle_core::bail!("linear: bias does not have {out_dim} values")
-        }
-        Ok(PackedLayer {
-            rhs: PackedRhs::from_linear_weight_for(isa, &w, out_dim, in_dim)?,
-            bias,
-        })
-    }))
+    Ok(cache.get_or_pack(|isa| PackedLayer::from_linear(weight, bias, isa)))
 }
 
 /// Runs the packed product on `x` (`(..., in)`), onto `residual` if given.
@@ -531,6 +604,60 @@ mod tests {
                 prop_assert_eq!(layer.map(|l| l.rhs.isa()), Some(isa));
             }
         }
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(16))]
+
+        /// Layers kept only in packed form against candle's composed operations,
+        /// from one row (which the cached path leaves to dot products) up, on every
+        /// kernel this CPU has.
+        #[test]
+        fn packed_only_layers_match_composed(rows in 1usize..40, in_dim in 1usize..400, out_dim in 1usize..70, with_bias: bool) {
+            let dev = Device::Cpu;
+            let x = Tensor::randn(0f32, 1.0, (1, rows, in_dim), &dev).unwrap();
+            let w = Tensor::randn(0f32, 1.0, (out_dim, in_dim), &dev).unwrap();
+            let b = Tensor::randn(0f32, 1.0, out_dim, &dev).unwrap();
+            let r = Tensor::randn(0f32, 1.0, (1, rows, out_dim), &dev).unwrap();
+            let b = with_bias.then_some(&b);
+            let want = composed(&x, &w, b);
+            let tolerance = 1e-4 * (in_dim as f32).sqrt();
+            for isa in crate::cpu::Isa::supported() {
+                let layer = Arc::new(PackedLayer::from_linear(&w, b, isa).unwrap());
+                prop_assert_eq!(layer.rhs.isa(), isa);
+                let plain = linear_packed(&x, &layer).unwrap();
+                prop_assert_eq!(plain.dims(), want.dims());
+                prop_assert!(max_difference(&plain, &want) < tolerance, "{isa}");
+                let gelu = linear_gelu_packed(&x, &layer).unwrap();
+                prop_assert!(max_difference(&gelu, &crate::gelu(&want).unwrap()) < tolerance, "{isa}");
+                let added = linear_add_packed(&x, &layer, &r).unwrap();
+                prop_assert!(max_difference(&added, &(&r + &want).unwrap()) < tolerance, "{isa}");
+            }
+        }
+    }
+
+    #[test]
+    fn packed_only_layers_refuse_what_they_cannot_compute() {
+        let dev = Device::Cpu;
+        let w = Tensor::randn(0f32, 1.0, (3, 4), &dev).unwrap();
+        let layer = Arc::new(PackedLayer::from_linear(&w, None, crate::cpu::Isa::Scalar).unwrap());
+        let wide = Tensor::zeros((2, 5), candle_core::DType::F32, &dev).unwrap();
+        let err = linear_packed(&wide, &layer).unwrap_err().to_string();
+        assert!(err.contains("expects 4 input features"), "{err}");
+        let x = Tensor::zeros((2, 4), candle_core::DType::F32, &dev).unwrap();
+        let residual = Tensor::zeros((2, 4), candle_core::DType::F32, &dev).unwrap();
+        let err = linear_add_packed(&x, &layer, &residual)
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("residual"), "{err}");
+        let var = Var::from_tensor(&x).unwrap();
+        let err = linear_packed(var.as_tensor(), &layer)
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("needs a gradient"), "{err}");
+        let half = x.to_dtype(candle_core::DType::F16).unwrap();
+        let err = linear_gelu_packed(&half, &layer).unwrap_err().to_string();
+        assert!(err.contains("packed for CPU inference in f32"), "{err}");
     }
 
     #[test]

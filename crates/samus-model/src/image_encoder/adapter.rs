@@ -27,6 +27,11 @@ impl FeatureAdapter {
             skip,
         })
     }
+
+    /// The linear layers (`D_fc1`, `D_fc2`).
+    pub(crate) fn linears_mut(&mut self) -> [&mut Linear; 2] {
+        [&mut self.fc1, &mut self.fc2]
+    }
 }
 
 impl Module for FeatureAdapter {

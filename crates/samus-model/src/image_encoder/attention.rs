@@ -49,6 +49,11 @@ impl EncoderAttention {
     pub fn rel_pos_tables(&self) -> (&Tensor, &Tensor) {
         (&self.rel_pos_h, &self.rel_pos_w)
     }
+
+    /// The linear layers (`qkv`, `proj`).
+    pub(crate) fn linears_mut(&mut self) -> [&mut Linear; 2] {
+        [&mut self.qkv, &mut self.proj]
+    }
 }
 
 impl EncoderAttention {

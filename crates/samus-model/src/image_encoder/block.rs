@@ -33,6 +33,11 @@ impl EncoderMlp {
             lin2: Linear::load(vb.pp("lin2"), hidden, dim, true)?,
         })
     }
+
+    /// The linear layers (`lin1`, `lin2`).
+    pub(crate) fn linears_mut(&mut self) -> [&mut Linear; 2] {
+        [&mut self.lin1, &mut self.lin2]
+    }
 }
 
 impl EncoderMlp {
@@ -106,6 +111,20 @@ impl EncoderBlock {
             mlp: EncoderMlp::load(vb.pp("mlp"), dim, cfg.mlp_dim())?,
             kind,
         })
+    }
+
+    /// Every linear layer of the block: attention, MLP and, in a global block, the
+    /// SAMUS adapters.
+    pub(crate) fn linears_mut(&mut self) -> Vec<&mut Linear> {
+        let mut linears: Vec<&mut Linear> = Vec::new();
+        linears.extend(self.attn.linears_mut());
+        linears.extend(self.mlp.linears_mut());
+        if let BlockKind::Global(adapters) = &mut self.kind {
+            let GlobalAdapters { space, mlp, .. } = &mut **adapters;
+            linears.extend(space.linears_mut());
+            linears.extend(mlp.linears_mut());
+        }
+        linears
     }
 
     /// Whether this block attends globally (and carries the SAMUS adapters).

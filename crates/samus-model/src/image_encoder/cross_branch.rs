@@ -34,6 +34,11 @@ impl CrossBranchAttention {
         })
     }
 
+    /// The linear layers (`q`, `k`, `v`, `proj`).
+    pub(crate) fn linears_mut(&mut self) -> [&mut Linear; 4] {
+        [&mut self.q, &mut self.k, &mut self.v, &mut self.proj]
+    }
+
     /// `queries` (ViT tokens) and `context` (CNN tokens), both BHWC `B x H x W x D`;
     /// returns BHWC `B x H x W x D`.
     pub fn forward(&self, queries: &Tensor, context: &Tensor) -> Result<Tensor> {

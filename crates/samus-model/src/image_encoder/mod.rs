@@ -28,6 +28,7 @@ use candle_core::{Module, Result, Tensor};
 use candle_nn::{Init, VarBuilder};
 
 use crate::config::{SamusConfig, SAM_POS_EMBED_GRID};
+use crate::samus::PackedWeights;
 
 /// Weight of the CNN tokens added to the ViT tokens before the neck.
 pub const CNN_SKIP_SCALE: f64 = 0.5;
@@ -85,6 +86,23 @@ impl ImageEncoder {
             blocks,
             neck: Neck::load(vb.pp("neck"), d, cfg.prompt_embed_dim)?,
         })
+    }
+
+    /// Packs every linear layer of the encoder (the blocks' attention and MLP
+    /// products and the SAMUS adapters: nearly all of its weights) for this CPU's
+    /// inference product and drops their unpacked copies; see
+    /// [`Samus::pack_for_inference`](crate::Samus::pack_for_inference).
+    pub fn pack_for_inference(&mut self) -> Result<PackedWeights> {
+        let mut packed = PackedWeights::default();
+        let adapter = self.input_adapter.linears_mut();
+        let blocks = self.blocks.iter_mut().flat_map(EncoderBlock::linears_mut);
+        for layer in adapter.into_iter().chain(blocks) {
+            if let Some(bytes) = layer.pack_for_inference()? {
+                packed.layers += 1;
+                packed.bytes += bytes;
+            }
+        }
+        Ok(packed)
     }
 
     /// The position adapter's output `1 x G x G x D` (cached).

@@ -134,9 +134,13 @@ fn load_model(args: &SegmentArgs, ctx: &RunContext) -> Result<(Samus, bool)> {
         );
         return Ok((Samus::random(&cfg, DEMO_SEED, &ctx.device)?, true));
     };
-    let (model, report) = Checkpoint::read(path, args.config.as_deref())?.samus(ctx)?;
+    let (mut model, report) = Checkpoint::read(path, args.config.as_deref())?.samus(ctx)?;
     warn_if_sam(path, &report);
-    Ok((model, report.kind == CheckpointKind::Sam))
+    let was_sam = report.kind == CheckpointKind::Sam;
+    // The report holds every tensor: without it, packing frees the unpacked copies.
+    drop(report);
+    model.pack_for_inference()?;
+    Ok((model, was_sam))
 }
 
 fn summaries(prediction: &Prediction) -> Vec<MaskSummary> {

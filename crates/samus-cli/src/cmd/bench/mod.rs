@@ -1,5 +1,8 @@
 //! `samus bench`: how fast SAMUS runs here: the image encoder, the decoder per prompt
-//! on a cached embedding, images per second and peak memory.
+//! on a cached embedding, images per second and peak memory; with `--train`, one
+//! training step ([`train`]).
+
+mod train;
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
@@ -28,12 +31,17 @@ pub const EXAMPLES: &str = "Examples:
   samus bench --checkpoint samus_vit_b.safetensors --threads 1 --json
 
   # Keep the random weights and one input/output pair for a peer implementation
-  samus bench --random-weights --save-weights w.safetensors --write-io io.safetensors";
+  samus bench --random-weights --save-weights w.safetensors --write-io io.safetensors
+
+  # One training step of the tiny configuration, batch 4, every parameter trainable
+  samus bench --train --random-weights --config tiny --batch-size 4";
 
 /// Prompts decoded on each cached embedding to time the decoder.
 const PROMPTS_PER_IMAGE: usize = 10;
 /// Untimed runs before the measurement (allocator and caches warm up).
 const WARMUP_RUNS: usize = 1;
+/// Images per training step of `--train`.
+const DEFAULT_TRAIN_BATCH: u32 = 4;
 
 /// Arguments of `samus bench`.
 #[derive(Debug, Args)]
@@ -48,9 +56,20 @@ pub struct BenchArgs {
     /// Time a model with random weights of the configuration's shapes.
     #[arg(long, conflicts_with = "checkpoint")]
     random_weights: bool,
-    /// Timed images (each: one encoder pass and 10 prompts).
+    /// Timed images (each: one encoder pass and 10 prompts); with --train, timed
+    /// training steps.
     #[arg(long, default_value_t = 5, value_parser = clap::value_parser!(u32).range(1..=10_000))]
     iters: u32,
+    /// Time training steps instead (forward, loss, backward and Adam on one batch,
+    /// every parameter trainable; default configuration with --random-weights:
+    /// tiny). --write-io then writes the batch (`images`, `low_targets`,
+    /// `point_coords`, `point_labels`).
+    #[arg(long)]
+    train: bool,
+    /// Images per training step (with --train).
+    #[arg(long, default_value_t = DEFAULT_TRAIN_BATCH, requires = "train",
+          value_parser = clap::value_parser!(u32).range(1..=256))]
+    batch_size: u32,
     /// Print one JSON object.
     #[arg(long)]
     json: bool,
@@ -124,8 +143,16 @@ fn load(
 ) -> Result<(Samus, SamusConfig, HashMap<String, Tensor>)> {
     if args.random_weights {
         let cfg = SamusConfig::from_name_or_path(args.config.as_deref().unwrap_or("vit_b"))?;
-        let (model, tensors) =
+        let (mut model, tensors) =
             samus_model::train::random_weights(&cfg, DEFAULT_INIT_SEED, &ctx.device)?;
+        // The weights are kept only for --save-weights; packing then frees the
+        // unpacked copies of the rest, as a loaded model's.
+        let tensors = if args.save_weights.is_some() {
+            tensors
+        } else {
+            HashMap::new()
+        };
+        model.pack_for_inference()?;
         return Ok((model, cfg, tensors));
     }
     let Some(path) = &args.checkpoint else {
@@ -139,7 +166,8 @@ fn load(
     } else {
         HashMap::new()
     };
-    let (model, _) = checkpoint.samus(ctx)?;
+    let (mut model, _) = checkpoint.samus(ctx)?;
+    model.pack_for_inference()?;
     Ok((model, cfg, tensors))
 }
 
@@ -188,6 +216,9 @@ fn write_io(
 
 /// Runs `samus bench`.
 pub fn run(args: BenchArgs, ctx: &RunContext) -> Result<()> {
+    if args.train {
+        return train::run(&args, ctx);
+    }
     let outputs = Outputs::guarding(args.checkpoint.iter());
     let planned: Vec<(&str, &Path, OutputKind)> = [
         ("--save-weights", &args.save_weights),
