@@ -623,13 +623,15 @@ def rel_error(ours: Tensor, ref: Tensor) -> float:
             / torch.linalg.vector_norm(ref.double())).item()
 
 
-def read_io(path: str) -> dict[str, Tensor]:
+def read_io(path: str, keys: tuple[str, ...] = ("image", "point_coords", "point_labels"),
+            hint: str = "") -> dict[str, Tensor]:
+    """The IO file's tensors; exits naming the file and the first of `keys` it lacks."""
     if not Path(path).is_file():
         raise SystemExit(f"IO file {path} not found")
     io = load_file(path)
-    for key in ("image", "point_coords", "point_labels"):
+    for key in keys:
         if key not in io:
-            raise SystemExit(f"{path}: no tensor `{key}`")
+            raise SystemExit(f"{path}: no tensor `{key}`{hint}")
     return io
 
 
@@ -727,12 +729,8 @@ def train_bench(args: argparse.Namespace) -> int:
     cfg = SamusConfig.from_name_or_path(args.config)
     model = Samus.load(cfg, args.weights)
     model.train().requires_grad_(True)
-    if not Path(args.io).is_file():
-        raise SystemExit(f"IO file {args.io} not found")
-    io = load_file(args.io)
-    for key in ("images", "low_targets", "point_coords", "point_labels"):
-        if key not in io:
-            raise SystemExit(f"{args.io}: no tensor `{key}` (write it with samus bench --train --write-io)")
+    io = read_io(args.io, ("images", "low_targets", "point_coords", "point_labels"),
+                 " (write it with samus bench --train --write-io)")
     images = io["images"].float().contiguous()
     targets = io["low_targets"].float()
     coords, labels = io["point_coords"].float(), io["point_labels"]

@@ -168,13 +168,6 @@ pub fn run(args: &BenchTrainArgs) -> Result<()> {
     std::fs::create_dir_all(&dir).with_context(|| format!("cannot create {}", dir.display()))?;
     let weights = dir.join(format!("{}_random.safetensors", args.config));
     let io = dir.join(format!("{}_batch.safetensors", args.config));
-    // Both files are ours to replace from one run to the next.
-    for stale in [&weights, &io] {
-        if stale.exists() {
-            std::fs::remove_file(stale)
-                .with_context(|| format!("cannot replace {}", stale.display()))?;
-        }
-    }
     let (threads, iters, batch) = (
         args.threads.to_string(),
         args.iters.to_string(),

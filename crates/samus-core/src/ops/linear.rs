@@ -156,7 +156,7 @@ fn check_packed_input(x: &Tensor, layer: &PackedLayer, residual: Option<&Tensor>
         )
     }
     let rows = x.elem_count() / k.max(1);
-    if residual.is_some_and(|r| r.elem_count() != rows * n || r.dims().last() != Some(&n)) {
+    if !residual_fits(residual, rows, n) {
         candle_core::bail!(
             "linear: residual {:?} is not the output's shape (rows x {n})",
             residual.map(Tensor::shape)
@@ -190,17 +190,20 @@ fn packed_layer(
 ) -> Result<Option<Arc<PackedLayer>>> {
     let (out_dim, in_dim) = weight.dims2()?;
     let rows = x.elem_count() / in_dim.max(1);
-    let residual_fits = residual
-        .is_none_or(|r| r.elem_count() == rows * out_dim && r.dims().last() == Some(&out_dim));
     let packable = cache.is_active()
         && rows >= PACKED_MIN_ROWS
-        && residual_fits
+        && residual_fits(residual, rows, out_dim)
         && x.dims().last() == Some(&in_dim)
         && cpu_f32_inference([x, weight].into_iter().chain(bias).chain(residual));
     if !packable {
         return Ok(None);
     }
     Ok(cache.get_or_pack(|isa| PackedLayer::from_linear(weight, bias, isa)))
+}
+
+/// Whether `residual` (if any) has the shape of a `rows x n` product's output.
+fn residual_fits(residual: Option<&Tensor>, rows: usize, n: usize) -> bool {
+    residual.is_none_or(|r| r.elem_count() == rows * n && r.dims().last() == Some(&n))
 }
 
 /// Runs the packed product on `x` (`(..., in)`), onto `residual` if given.

@@ -214,11 +214,9 @@ fn write_io(
     outputs.safetensors(path, &tensors, None)
 }
 
-/// Runs `samus bench`.
-pub fn run(args: BenchArgs, ctx: &RunContext) -> Result<()> {
-    if args.train {
-        return train::run(&args, ctx);
-    }
+/// The outputs guard with `--save-weights` and `--write-io` checked before any
+/// work (never onto the checkpoint, safetensors names).
+fn planned_outputs(args: &BenchArgs) -> Result<Outputs> {
     let outputs = Outputs::guarding(args.checkpoint.iter());
     let planned: Vec<(&str, &Path, OutputKind)> = [
         ("--save-weights", &args.save_weights),
@@ -228,25 +226,37 @@ pub fn run(args: BenchArgs, ctx: &RunContext) -> Result<()> {
     .filter_map(|(flag, path)| Some((flag, path.as_deref()?, OutputKind::Safetensors)))
     .collect();
     outputs.plan(&planned)?;
-    let (model, cfg, tensors) = load(&args, ctx)?;
-    // The generated scan at the model's input size, so that the figures time the
-    // model rather than the resizing of whatever size the generator drew.
-    let (scan, (x, y)) = demo_image(7);
-    let side = cfg.img_size as u32;
+    Ok(outputs)
+}
+
+/// The generated demo scan of `seed` at the model's input size `side` (so that
+/// the figures time the model rather than the resizing of whatever size the
+/// generator drew), with its click in that frame.
+fn demo_scan(seed: u64, side: usize) -> (image::GrayImage, (f32, f32)) {
+    let (scan, (x, y)) = demo_image(seed);
     let (sx, sy) = (
         side as f32 / scan.width() as f32,
         side as f32 / scan.height() as f32,
     );
-    let image = DynamicImage::ImageLuma8(image::imageops::resize(
+    let resized = image::imageops::resize(
         &scan,
-        side,
-        side,
+        side as u32,
+        side as u32,
         image::imageops::FilterType::Triangle,
-    ));
-    let (cx, cy) = (
-        (x * sx).min(side as f32 - 1.0),
-        (y * sy).min(side as f32 - 1.0),
     );
+    let last = side as f32 - 1.0;
+    (resized, ((x * sx).min(last), (y * sy).min(last)))
+}
+
+/// Runs `samus bench`.
+pub fn run(args: BenchArgs, ctx: &RunContext) -> Result<()> {
+    if args.train {
+        return train::run(&args, ctx);
+    }
+    let outputs = planned_outputs(&args)?;
+    let (model, cfg, tensors) = load(&args, ctx)?;
+    let (scan, (cx, cy)) = demo_scan(7, cfg.img_size);
+    let image = DynamicImage::ImageLuma8(scan);
     if let Some(path) = &args.save_weights {
         outputs.safetensors(path, &tensors, None)?;
     }

@@ -19,10 +19,8 @@ use samus_train::model::{BatchTensors, ModelKind, TrainModel};
 use samus_train::optim::{Adam, AdamConfig};
 use serde::Serialize;
 
-use super::{peak_rss_mb, spread, BenchArgs, WARMUP_RUNS};
-use crate::cmd::demo::demo_image;
+use super::{demo_scan, peak_rss_mb, planned_outputs, spread, BenchArgs, WARMUP_RUNS};
 use crate::support::model::Checkpoint;
-use crate::support::output::{OutputKind, Outputs};
 use crate::support::RunContext;
 
 /// Learning rate of the timed steps: the reference's single-dataset fine-tuning
@@ -55,15 +53,7 @@ struct TrainBenchReport {
 
 /// Runs `samus bench --train`.
 pub fn run(args: &BenchArgs, ctx: &RunContext) -> Result<()> {
-    let outputs = Outputs::guarding(args.checkpoint.iter());
-    let planned: Vec<(&str, &std::path::Path, OutputKind)> = [
-        ("--save-weights", &args.save_weights),
-        ("--write-io", &args.write_io),
-    ]
-    .into_iter()
-    .filter_map(|(flag, path)| Some((flag, path.as_deref()?, OutputKind::Safetensors)))
-    .collect();
-    outputs.plan(&planned)?;
+    let outputs = planned_outputs(args)?;
     let (cfg, tensors) = weights(args, ctx)?;
     if let Some(path) = &args.save_weights {
         outputs.safetensors(path, &tensors, None)?;
@@ -184,22 +174,8 @@ fn demo_batch(cfg: &SamusConfig, batch: usize, device: &Device) -> Result<BatchT
     let (mut images, mut targets, mut points, mut labels) =
         (Vec::new(), Vec::new(), Vec::new(), Vec::new());
     for i in 0..batch {
-        let (scan, (x, y)) = demo_image(7 + i as u64);
-        let (sx, sy) = (
-            side as f32 / scan.width() as f32,
-            side as f32 / scan.height() as f32,
-        );
-        let resized = image::imageops::resize(
-            &scan,
-            side as u32,
-            side as u32,
-            image::imageops::FilterType::Triangle,
-        );
-        images.extend(resized.as_raw().iter().map(|&v| f32::from(v) / 255.0));
-        let (cx, cy) = (
-            (x * sx).min(side as f32 - 1.0),
-            (y * sy).min(side as f32 - 1.0),
-        );
+        let (scan, (cx, cy)) = demo_scan(7 + i as u64, side);
+        images.extend(scan.as_raw().iter().map(|&v| f32::from(v) / 255.0));
         points.extend([cx, cy]);
         labels.push(1f32);
         let (lx, ly) = (cx / 2.0, cy / 2.0);
