@@ -5,7 +5,7 @@ use std::process::ExitCode;
 
 use anyhow::{bail, Result};
 use clap::{Parser, Subcommand};
-use samus_core::fixtures::{fixtures_dir, FIXTURES_ENV};
+use samus_core::fixtures::{fixtures_dir, realdata_dir, FIXTURES_ENV, REALDATA_ENV};
 use xtask::bench_compare::{self, BenchCompareArgs};
 use xtask::bench_train::{self, BenchTrainArgs};
 use xtask::download::{self, DownloadArgs};
@@ -20,9 +20,10 @@ struct Cli {
 
 #[derive(Debug, Subcommand)]
 enum Task {
-    /// Check that the reference parity fixtures are present and print their folder
-    /// (from $SAMUS_FIXTURES or ../shared/fixtures). CI runs this before the tests so
-    /// that parity tests can never be skipped there.
+    /// Check that the reference parity fixtures and the real data are present and
+    /// print their folders (from $SAMUS_FIXTURES / $SAMUS_REALDATA or
+    /// ../shared/fixtures / ../shared/realdata). CI runs this before the tests so that
+    /// parity and real-data tests can never be skipped there.
     Fixtures,
     /// Download an original SAM checkpoint (vit_b, vit_l or vit_h) from the Hugging Face
     /// Hub into the standard HF cache, verify it, and print its local path.
@@ -61,6 +62,34 @@ const FIXTURE_FILES: [&str; 8] = [
     "busi/benign0001.png",
 ];
 
+/// The real-data files the tests read.
+const REALDATA_FILES: [&str; 5] = [
+    "BUSBRA/bus_data.csv",
+    "BUSBRA/5-fold-cv.csv",
+    "BUSBRA/Images/bus_0001-l.png",
+    "BUSBRA/Masks/mask_0001-l.png",
+    "BUSBRA/LICENSE.txt",
+];
+
+fn check_realdata() -> Result<PathBuf> {
+    let Some(dir) = realdata_dir(env!("CARGO_MANIFEST_DIR")) else {
+        bail!("real data not found: set {REALDATA_ENV} or place it in ../shared/realdata beside the workspace");
+    };
+    let missing: Vec<&str> = REALDATA_FILES
+        .iter()
+        .copied()
+        .filter(|f| !dir.join(f).is_file())
+        .collect();
+    if !missing.is_empty() {
+        bail!(
+            "real data in {} lacks: {}",
+            dir.display(),
+            missing.join(", ")
+        );
+    }
+    Ok(dir)
+}
+
 fn check_fixtures() -> Result<PathBuf> {
     let Some(dir) = fixtures_dir(env!("CARGO_MANIFEST_DIR")) else {
         bail!("fixtures not found: set {FIXTURES_ENV} or place them in ../shared/fixtures beside the workspace");
@@ -79,7 +108,12 @@ fn check_fixtures() -> Result<PathBuf> {
 fn main() -> ExitCode {
     let cli = Cli::parse();
     let result = match cli.task {
-        Task::Fixtures => check_fixtures().map(|dir| println!("{}", dir.display())),
+        Task::Fixtures => check_fixtures().and_then(|fixtures| {
+            let realdata = check_realdata()?;
+            println!("fixtures: {}", fixtures.display());
+            println!("real data: {}", realdata.display());
+            Ok(())
+        }),
         Task::Download(args) => download::run(&args),
         Task::Train { args } => xtask::train::run(&args),
         Task::BenchCompare(args) => bench_compare::run(&args),

@@ -67,7 +67,7 @@ enum Command {
     /// Segment images without prompts with AutoSAMUS (batched, with a progress bar).
     #[command(after_help = auto::EXAMPLES)]
     Auto(auto::AutoArgs),
-    /// Inspect datasets in the US30K layout.
+    /// Import public ultrasound releases or folders into the US30K layout, and check it.
     #[command(after_help = data::EXAMPLES)]
     Data(data::DataArgs),
     /// Score a folder of predicted masks against ground truth (Dice, IoU, accuracy,

@@ -1,8 +1,11 @@
-//! Locating the reference parity fixtures and comparing tensors with them.
+//! Locating the reference parity fixtures and the real scans, and comparing tensors
+//! with the fixtures.
 //!
-//! The fixtures (numbers produced by the PyTorch reference) live outside the project:
-//! in `$SAMUS_FIXTURES`, or in `../shared/fixtures` beside the workspace. Tests call
-//! [`fixtures_dir`] and skip with a clear message when neither exists.
+//! The fixtures (numbers produced by the PyTorch reference) and the real data
+//! (BUS-BRA, point-of-care files) live outside the project: in `$SAMUS_FIXTURES` /
+//! `$SAMUS_REALDATA`, or in `../shared/fixtures` / `../shared/realdata` beside the
+//! workspace. Tests call [`fixtures_or_skip`] / [`realdata_or_skip`] and skip with a
+//! clear message when neither exists.
 
 use std::path::PathBuf;
 
@@ -11,23 +14,13 @@ use candle_core::{DType, Result, Tensor};
 /// Environment variable naming the fixture directory.
 pub const FIXTURES_ENV: &str = "SAMUS_FIXTURES";
 
+/// Environment variable naming the real-data directory (BUS-BRA, point-of-care files).
+pub const REALDATA_ENV: &str = "SAMUS_REALDATA";
+
 /// The fixture directory: `$SAMUS_FIXTURES`, else `../shared/fixtures` next to the
 /// workspace root (found from `manifest_dir`, a crate's `CARGO_MANIFEST_DIR`).
 pub fn fixtures_dir(manifest_dir: &str) -> Option<PathBuf> {
-    if let Some(dir) = std::env::var_os(FIXTURES_ENV) {
-        let dir = PathBuf::from(dir);
-        return dir.is_dir().then_some(dir);
-    }
-    let mut dir = PathBuf::from(manifest_dir);
-    loop {
-        if dir.join("Cargo.lock").exists() || dir.join(".ci").is_dir() {
-            let candidate = dir.join("..").join("shared").join("fixtures");
-            return candidate.canonicalize().ok().filter(|c| c.is_dir());
-        }
-        if !dir.pop() {
-            return None;
-        }
-    }
+    shared_dir(FIXTURES_ENV, "fixtures", manifest_dir)
 }
 
 /// [`fixtures_dir`] for tests: prints `skipped: fixtures not found ...` when there
@@ -38,6 +31,43 @@ pub fn fixtures_or_skip(manifest_dir: &str) -> Option<PathBuf> {
         eprintln!("skipped: fixtures not found (set {FIXTURES_ENV} or provide ../shared/fixtures)");
     }
     dir
+}
+
+/// The real-data directory: `$SAMUS_REALDATA`, else `../shared/realdata` next to the
+/// workspace root.
+pub fn realdata_dir(manifest_dir: &str) -> Option<PathBuf> {
+    shared_dir(REALDATA_ENV, "realdata", manifest_dir)
+}
+
+/// [`realdata_dir`] for tests: prints `skipped: real data not found ...` when there
+/// is none.
+pub fn realdata_or_skip(manifest_dir: &str) -> Option<PathBuf> {
+    let dir = realdata_dir(manifest_dir);
+    if dir.is_none() {
+        eprintln!(
+            "skipped: real data not found (set {REALDATA_ENV} or provide ../shared/realdata)"
+        );
+    }
+    dir
+}
+
+/// `$env`, else `../shared/<name>` beside the workspace root found from
+/// `manifest_dir`.
+fn shared_dir(env: &str, name: &str, manifest_dir: &str) -> Option<PathBuf> {
+    if let Some(dir) = std::env::var_os(env) {
+        let dir = PathBuf::from(dir);
+        return dir.is_dir().then_some(dir);
+    }
+    let mut dir = PathBuf::from(manifest_dir);
+    loop {
+        if dir.join("Cargo.lock").exists() || dir.join(".ci").is_dir() {
+            let candidate = dir.join("..").join("shared").join(name);
+            return candidate.canonicalize().ok().filter(|c| c.is_dir());
+        }
+        if !dir.pop() {
+            return None;
+        }
+    }
 }
 
 /// `||a - b|| / ||b||` over the whole tensors (b is the reference).

@@ -1,5 +1,5 @@
 //! The one error type of samus-data: reading a US30K folder (class map, split files,
-//! images, labels) and writing a synthetic dataset.
+//! images, labels), importing a release into one, and writing a synthetic dataset.
 
 use std::path::PathBuf;
 
@@ -192,6 +192,31 @@ pub enum Error {
         /// The largest number accepted.
         max: usize,
     },
+    /// A source file of an import (a release's CSV, XML, JSON, volume, or its folder)
+    /// is not what its layout describes.
+    #[error("{}: {reason}", path.display())]
+    Source {
+        /// The file or folder.
+        path: PathBuf,
+        /// What is wrong with it.
+        reason: String,
+    },
+    /// A mask holds a value that the import's value map (`--map`) does not name.
+    #[error("{}: mask value {value} is not in --map (add {value}=<class id>)", path.display())]
+    UnmappedLabel {
+        /// The mask file.
+        path: PathBuf,
+        /// The value.
+        value: u8,
+    },
+    /// An import option is out of range or does not fit the format.
+    #[error("{option}: {reason}")]
+    BadOption {
+        /// The option, as on the command line.
+        option: &'static str,
+        /// What is wrong.
+        reason: String,
+    },
     /// Content could not be serialised as JSON.
     #[error("cannot serialise JSON for {}: {source}", path.display())]
     EncodeJson {
@@ -220,10 +245,12 @@ impl Error {
             | Error::EmptySplit { path }
             | Error::IndexOutOfRange { path, .. }
             | Error::EncodePng { path, .. }
-            | Error::EncodeJson { path, .. } => Some(path),
+            | Error::EncodeJson { path, .. }
+            | Error::Source { path, .. }
+            | Error::UnmappedLabel { path, .. } => Some(path),
             Error::SizeMismatch { image, .. } => Some(image),
             Error::Sample { split, .. } => Some(split),
-            Error::TooManyImages { .. } => None,
+            Error::TooManyImages { .. } | Error::BadOption { .. } => None,
             Error::Write(e) => match e {
                 WriteError::Io { path, .. }
                 | WriteError::OntoInput { path }

@@ -8,8 +8,10 @@
 //! prompt, transformed as the reference does ([`transform`], [`prompt`]); its
 //! [`Us30kSplit::batches`] decode seeded, shuffled batches in parallel. Every fallible
 //! function returns [`Result`], whose [`Error`] names the file (and line) at fault;
-//! every file written ([`synth::write_dataset`]) goes through
-//! [`samus_core::atomic_write`].
+//! every file written ([`synth::write_dataset`], [`import::import_dataset`]) goes
+//! through [`samus_core::atomic_write`]. [`import`] converts the public releases
+//! (BUSI, BUS-BRA, HC18, TN3K, DDTI, TG3K, UDIAT, CAMUS) and plain folders into the
+//! layout, split by patient.
 //!
 //! ```
 //! use samus_data::split::SplitEntry;
@@ -23,6 +25,7 @@
 pub mod check;
 pub mod dataset;
 mod error;
+pub mod import;
 pub mod io;
 pub mod prompt;
 pub mod split;

@@ -44,3 +44,8 @@ pub fn assert_clean_failure(out: &Output, needle: &str) {
         "error does not mention `{needle}`: {err}"
     );
 }
+
+/// The real-data folder, or `None` after printing that the test is skipped.
+pub fn realdata() -> Option<PathBuf> {
+    samus_core::fixtures::realdata_or_skip(env!("CARGO_MANIFEST_DIR"))
+}
