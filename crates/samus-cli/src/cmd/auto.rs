@@ -1,17 +1,20 @@
 //! `samus auto`: segment images without prompts with AutoSAMUS.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::HashMap;
 use std::path::{Path, PathBuf};
+use std::time::Instant;
 
 use anyhow::{bail, Context, Result};
 use candle_core::{Device, Tensor};
 use clap::Args;
 use image::DynamicImage;
-use indicatif::{ProgressBar, ProgressStyle};
 use samus_apg::AutoSamus;
 use samus_model::Prediction;
 use serde::Serialize;
 
+use crate::support::archive::{
+    expand_inputs, output_names, progress_bar, ArchiveArgs, ResultsTable,
+};
 use crate::support::images::{open_image, overlay};
 use crate::support::model::{warn_if_sam, Checkpoint, NO_CHECKPOINT};
 use crate::support::output::{OutputKind, Outputs};
@@ -25,10 +28,15 @@ Examples:
 
   # A folder and a glob, masks and overlays into out/, a JSON summary
   samus auto --checkpoint autosamus_vit_b.safetensors --image scans/ --image 'more/*.png' \\
-      --out-dir out --overlay --json";
+      --out-dir out --overlay --json
 
-/// Image file extensions taken from folders.
-const IMAGE_EXTENSIONS: [&str; 6] = ["png", "jpg", "jpeg", "bmp", "tif", "tiff"];
+  # An archive split between 4 jobs (K = 0..3, e.g. a scheduler's array index);
+  # run again after an interruption: finished images are skipped
+  samus auto --checkpoint autosamus_vit_b.safetensors --image archive/ --out-dir out \\
+      --num-parts 4 --part-id K
+
+Each job writes out/results.csv (out/results-partK-of-N.csv when split): image
+name, file, mask area, mean foreground probability, predicted IoU, seconds.";
 
 /// Arguments of `samus auto`.
 #[derive(Debug, Args)]
@@ -62,7 +70,19 @@ pub struct AutoArgs {
     /// Print the results as one JSON object.
     #[arg(long)]
     json: bool,
+    #[command(flatten)]
+    archive: ArchiveArgs,
 }
+
+/// The columns of `samus auto`'s results table.
+const RESULT_COLUMNS: [&str; 6] = [
+    "name",
+    "image",
+    "area",
+    "mean_probability",
+    "predicted_iou",
+    "seconds",
+];
 
 #[derive(Debug, Serialize)]
 struct ImageSummary {
@@ -73,72 +93,6 @@ struct ImageSummary {
     overlay: Option<String>,
     area: usize,
     mean_foreground_probability: f32,
-}
-
-fn has_glob_chars(s: &str) -> bool {
-    s.contains(['*', '?', '['])
-}
-
-/// Expands the `--image` arguments into files, in order, without repeats.
-fn expand_inputs(specs: &[String]) -> Result<Vec<PathBuf>> {
-    let mut files = Vec::new();
-    for spec in specs {
-        let path = Path::new(spec);
-        let found: Vec<PathBuf> = if path.is_dir() {
-            let mut entries: Vec<PathBuf> = std::fs::read_dir(path)
-                .with_context(|| format!("cannot list folder {spec}"))?
-                .filter_map(|e| e.ok().map(|e| e.path()))
-                .filter(|p| {
-                    p.extension().and_then(|e| e.to_str()).is_some_and(|e| {
-                        IMAGE_EXTENSIONS.contains(&e.to_ascii_lowercase().as_str())
-                    })
-                })
-                .collect();
-            entries.sort();
-            entries
-        } else if has_glob_chars(spec) && !path.exists() {
-            let mut matches = Vec::new();
-            for entry in glob::glob(spec).with_context(|| format!("bad glob pattern `{spec}`"))? {
-                matches.push(entry.with_context(|| format!("cannot read a match of `{spec}`"))?);
-            }
-            matches.sort();
-            matches
-        } else if path.exists() {
-            vec![path.to_path_buf()]
-        } else {
-            bail!("image {spec} does not exist");
-        };
-        if found.is_empty() {
-            bail!("no images found in `{spec}`");
-        }
-        files.extend(found);
-    }
-    let mut seen = HashSet::new();
-    files.retain(|f| seen.insert(f.clone()));
-    Ok(files)
-}
-
-/// `<out-dir>/<stem><suffix>.png`, refusing two inputs with the same stem.
-fn output_names(files: &[PathBuf]) -> Result<Vec<String>> {
-    let mut seen: HashMap<String, &Path> = HashMap::new();
-    files
-        .iter()
-        .map(|f| {
-            let stem = f
-                .file_stem()
-                .and_then(|s| s.to_str())
-                .with_context(|| format!("image {} has no usable file name", f.display()))?
-                .to_string();
-            if let Some(other) = seen.insert(stem.clone(), f) {
-                bail!(
-                    "images {} and {} would write the same mask `{stem}_mask.png`; run them separately",
-                    other.display(),
-                    f.display()
-                );
-            }
-            Ok(stem)
-        })
-        .collect()
 }
 
 fn load_model(args: &AutoArgs, ctx: &RunContext) -> Result<AutoSamus> {
@@ -177,25 +131,55 @@ fn summarise(prediction: &Prediction) -> Result<(usize, f32)> {
 
 /// Runs `samus auto`.
 pub fn run(args: AutoArgs, ctx: &RunContext) -> Result<()> {
-    let files = expand_inputs(&args.images)?;
-    let stems = output_names(&files)?;
-    let mut outputs = Outputs::guarding(&files);
+    args.archive.validate()?;
+    let all_files = expand_inputs(&args.images)?;
+    // Names are checked over the whole folder, so that every part agrees.
+    let all_stems = output_names(&all_files)?;
+    let mut results = ResultsTable::open(
+        args.archive.results_path(&args.out_dir),
+        &RESULT_COLUMNS,
+        1,
+        args.archive.overwrite,
+    )?;
+    let mask_of = |stem: &str| args.out_dir.join(format!("{stem}_mask.png"));
+    let overlay_of = |stem: &str| args.out_dir.join(format!("{stem}_overlay.png"));
+    let done = |stem: &str| {
+        results.contains(&[stem])
+            && mask_of(stem).is_file()
+            && (!args.overlay || overlay_of(stem).is_file())
+    };
+    let (mut files, mut stems) = (Vec::new(), Vec::new());
+    let mut skipped = 0usize;
+    for (file, stem) in args
+        .archive
+        .select(&all_files)
+        .into_iter()
+        .zip(args.archive.select(&all_stems))
+    {
+        if done(&stem) {
+            skipped += 1;
+        } else {
+            files.push(file);
+            stems.push(stem);
+        }
+    }
+    if skipped > 0 && args.save_logits.is_some() {
+        bail!(
+            "--save-logits needs every image's logits, but {skipped} image(s) are already done in {}: add --overwrite, or drop --save-logits",
+            args.out_dir.display()
+        );
+    }
+    let mut outputs = Outputs::guarding(&all_files);
     for input in [&args.checkpoint, &args.apg].into_iter().flatten() {
         outputs.add_input(input);
     }
     let masks: Vec<(String, PathBuf)> = stems
         .iter()
         .flat_map(|stem| {
-            let mask = (
-                format!("mask of `{stem}`"),
-                args.out_dir.join(format!("{stem}_mask.png")),
-            );
-            let overlay = args.overlay.then(|| {
-                (
-                    format!("overlay of `{stem}`"),
-                    args.out_dir.join(format!("{stem}_overlay.png")),
-                )
-            });
+            let mask = (format!("mask of `{stem}`"), mask_of(stem));
+            let overlay = args
+                .overlay
+                .then(|| (format!("overlay of `{stem}`"), overlay_of(stem)));
             std::iter::once(mask).chain(overlay)
         })
         .collect();
@@ -212,14 +196,27 @@ pub fn run(args: AutoArgs, ctx: &RunContext) -> Result<()> {
         );
     }
     outputs.plan(&planned)?;
+    if skipped > 0 && !args.json {
+        eprintln!(
+            "{skipped} image(s) already done in {} (skipped; --overwrite redoes them)",
+            args.out_dir.display()
+        );
+    }
+    if files.is_empty() {
+        if !args.json {
+            outln!("nothing to do: every image of this part is done")?;
+        } else {
+            outln!(
+                "{}",
+                serde_json::json!({ "images": [], "skipped": skipped })
+            )?;
+        }
+        return Ok(());
+    }
     let model = load_model(&args, ctx)?;
     std::fs::create_dir_all(&args.out_dir)
         .with_context(|| format!("cannot create output folder {}", args.out_dir.display()))?;
-    let progress = ProgressBar::new(files.len() as u64);
-    progress.set_style(
-        ProgressStyle::with_template("{bar:30} {pos}/{len} images {elapsed_precise} {msg}")
-            .context("progress bar template")?,
-    );
+    let progress = progress_bar(files.len())?;
     let mut summaries = Vec::with_capacity(files.len());
     let mut low_res = Vec::with_capacity(files.len());
     let mut ious = Vec::with_capacity(files.len());
@@ -227,11 +224,13 @@ pub fn run(args: AutoArgs, ctx: &RunContext) -> Result<()> {
         .chunks(args.batch_size as usize)
         .zip(stems.chunks(args.batch_size as usize))
     {
+        let start = Instant::now();
         let images = chunk_files
             .iter()
             .map(|f| open_image(f))
             .collect::<Result<Vec<DynamicImage>>>()?;
         let segs = model.segment_images(&images)?;
+        let seconds = start.elapsed().as_secs_f64() / chunk_files.len() as f64;
         for ((file, stem), (image, seg)) in chunk_files
             .iter()
             .zip(chunk_stems)
@@ -240,10 +239,10 @@ pub fn run(args: AutoArgs, ctx: &RunContext) -> Result<()> {
             let (area, mean) = summarise(seg)?;
             let (w, h) = (image.width(), image.height());
             let mask_img = &seg.best().image;
-            let mask_path = args.out_dir.join(format!("{stem}_mask.png"));
+            let mask_path = mask_of(stem);
             outputs.png(&DynamicImage::ImageLuma8(mask_img.clone()), &mask_path)?;
             let overlay_path = if args.overlay {
-                let p = args.out_dir.join(format!("{stem}_overlay.png"));
+                let p = overlay_of(stem);
                 outputs.png(
                     &DynamicImage::ImageRgb8(overlay(image, mask_img, &[], None, None)),
                     &p,
@@ -252,6 +251,7 @@ pub fn run(args: AutoArgs, ctx: &RunContext) -> Result<()> {
             } else {
                 None
             };
+            let iou = seg.best().iou;
             let summary = ImageSummary {
                 image: file.display().to_string(),
                 width: w,
@@ -273,12 +273,24 @@ pub fn run(args: AutoArgs, ctx: &RunContext) -> Result<()> {
                     )
                 })?;
             }
+            results.insert(vec![
+                stem.clone(),
+                summary.image.clone(),
+                area.to_string(),
+                format!("{mean:.6}"),
+                format!("{iou:.6}"),
+                format!("{seconds:.4}"),
+            ]);
             summaries.push(summary);
-            low_res.push(seg.low_res_logits().clone());
-            ious.push(Tensor::new(&[seg.best().iou], &Device::Cpu)?.unsqueeze(0)?);
+            if args.save_logits.is_some() {
+                low_res.push(seg.low_res_logits().clone());
+                ious.push(Tensor::new(&[iou], &Device::Cpu)?.unsqueeze(0)?);
+            }
             progress.inc(1);
         }
+        results.flush_now_and_then(&outputs)?;
     }
+    results.flush(&outputs)?;
     progress.finish_and_clear();
     if let Some(path) = &args.save_logits {
         let logits = Tensor::cat(&low_res, 0)?;
@@ -297,7 +309,17 @@ pub fn run(args: AutoArgs, ctx: &RunContext) -> Result<()> {
     if args.json {
         outln!(
             "{}",
-            serde_json::to_string(&serde_json::json!({ "images": summaries }))?
+            serde_json::to_string(&serde_json::json!({
+                "images": summaries,
+                "skipped": skipped,
+                "results": results.path().display().to_string(),
+            }))?
+        )?;
+    } else {
+        outln!(
+            "{} image(s) segmented, {skipped} already done; results in {}",
+            summaries.len(),
+            results.path().display()
         )?;
     }
     Ok(())

@@ -1,6 +1,7 @@
 //! What the subcommands share: reading images and writing results, loading models,
 //! the compute device, HTML reports.
 
+pub mod archive;
 pub mod device;
 pub mod images;
 pub mod model;

@@ -128,7 +128,18 @@ pub(crate) fn busi(src: &Path) -> Result<Listing> {
             }
         }
         for (stem, path) in &files {
-            if stem.contains("_mask") {
+            if let Some(pos) = stem.find("_mask") {
+                let suffix = &stem[pos + "_mask".len()..];
+                let is_mask = suffix.is_empty()
+                    || suffix
+                        .strip_prefix('_')
+                        .is_some_and(|n| n.parse::<u32>().is_ok());
+                if !is_mask {
+                    listing.skip(
+                        path,
+                        "named like a mask, but neither NAME_mask nor NAME_mask_N",
+                    );
+                }
                 continue;
             }
             match masks.remove(stem.as_str()) {

@@ -10,11 +10,13 @@ use samus_model::{CheckpointKind, PointPrompt, Prediction, Prompts, Samus, Samus
 use serde::Serialize;
 
 use crate::cmd::demo::demo_image;
+use crate::support::archive::ArchiveArgs;
 use crate::support::images::{mask_image, open_image, overlay};
 use crate::support::model::{warn_if_sam, Checkpoint, NO_CHECKPOINT};
 use crate::support::output::{OutputKind, Outputs};
 use crate::support::RunContext;
 
+mod archive;
 mod prompt_file;
 mod prompts;
 
@@ -40,6 +42,11 @@ Examples:
   # Try it without weights: a generated image and an untrained tiny model
   samus segment --demo --out demo_mask.png --overlay demo_overlay.png
 
+  # A folder of scans, each with its own prompts (prompts/<stem>.json), masks and
+  # label maps into out/, results in out/results.csv; split over 2 jobs, resumable
+  samus segment --checkpoint samus_vit_b.safetensors --image scans/ \\
+      --prompts prompts/ --out-dir out --num-parts 2 --part-id 0
+
 Getting weights: `cargo xtask download` fetches SAM ViT-B (sam_vit_b_01ec64);
 pass it with --checkpoint (the SAMUS parts then start untrained) or use a trained
 SAMUS checkpoint.";
@@ -54,7 +61,8 @@ pub struct SegmentArgs {
     /// Default: guessed from the checkpoint's tensor shapes.
     #[arg(long, value_name = "PRESET|FILE")]
     config: Option<String>,
-    /// Image to segment (PNG, JPEG, BMP or TIFF; grey or colour, 8 or 16 bit).
+    /// Image to segment (PNG, JPEG, BMP or TIFF; grey or colour, 8 or 16 bit); with
+    /// --out-dir, a folder or a glob pattern.
     #[arg(long, value_name = "FILE", required_unless_present = "demo")]
     image: Option<PathBuf>,
     /// Point prompt in image pixels, `x,y` or `x,y,label` (label 1 foreground,
@@ -67,6 +75,7 @@ pub struct SegmentArgs {
     /// Several prompt sets from a JSON file, one mask each (`<out>_<name>.png`), the
     /// image encoded once; entries with a `class_id` are also painted into a label map.
     /// Format: `[{"name": "lv", "class_id": 1, "points": [[x, y], [x, y, 0]], "box": [x0, y0, x1, y1]}, ...]`.
+    /// With --out-dir: one such file for every image, or a folder of `<stem>.json`.
     #[arg(long, value_name = "FILE", conflicts_with_all = ["points", "bbox"])]
     prompts: Option<PathBuf>,
     /// Where to write the label map of a --prompts file (pixel = class id, overlaps to
@@ -92,6 +101,13 @@ pub struct SegmentArgs {
     /// untrained tiny model (shows the pipeline, not real segmentation).
     #[arg(long)]
     demo: bool,
+    /// Archive mode: segment every image of the --image folder or glob with
+    /// --prompts, writing `<stem>_<entry>.png`, `<stem>_labels.png` and results.csv
+    /// (name, entry, image, area, mean probability, predicted IoU, seconds) here.
+    #[arg(long, value_name = "DIR", requires = "prompts", conflicts_with = "out")]
+    out_dir: Option<PathBuf>,
+    #[command(flatten)]
+    archive: ArchiveArgs,
 }
 
 #[derive(Debug, Serialize)]
@@ -164,6 +180,14 @@ fn iou_tensor(prediction: &Prediction) -> Result<Tensor> {
 
 /// Runs `samus segment`.
 pub fn run(args: SegmentArgs, ctx: &RunContext) -> Result<()> {
+    if let Some(out_dir) = &args.out_dir {
+        return archive::run(&args, out_dir, ctx);
+    }
+    if args.archive.num_parts != 1 || args.archive.part_id != 0 || args.archive.overwrite {
+        bail!(
+            "--num-parts, --part-id and --overwrite split and resume a folder: add --out-dir DIR"
+        );
+    }
     let config_file = args.config.as_ref().map(PathBuf::from);
     let outputs = Outputs::guarding(
         [&args.image, &args.checkpoint, &args.prompts, &config_file]
