@@ -118,6 +118,24 @@ fn auto_splits_a_folder_between_jobs_and_resumes() {
         ),
         (Some(0), 5)
     );
+    // A broken scan is passed over and named; the rest of the folder is done.
+    let broken = tmp.path().join("broken");
+    scans(&broken, &dir, 2);
+    std::fs::write(broken.join("scan00.png"), b"not a png").unwrap();
+    let o = auto(&dir, &broken, &tmp.path().join("bout"), &[]);
+    assert!(!o.status.success());
+    let err = stderr(&o);
+    assert!(
+        err.contains("scan00.png") && err.contains("1 image(s) could not be read"),
+        "{err}"
+    );
+    assert!(!err.contains("panicked"), "{err}");
+    assert_eq!(
+        rows(&tmp.path().join("bout/results.csv"), 1)
+            .keys()
+            .collect::<Vec<_>>(),
+        ["scan01"]
+    );
     // Logits need every image.
     std::fs::remove_file(single.join("scan02_mask.png")).unwrap();
     let logits = tmp.path().join("l.safetensors");

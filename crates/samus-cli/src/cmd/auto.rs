@@ -220,22 +220,36 @@ pub fn run(args: AutoArgs, ctx: &RunContext) -> Result<()> {
     let mut summaries = Vec::with_capacity(files.len());
     let mut low_res = Vec::with_capacity(files.len());
     let mut ious = Vec::with_capacity(files.len());
+    let mut failed: Vec<String> = Vec::new();
     for (chunk_files, chunk_stems) in files
         .chunks(args.batch_size as usize)
         .zip(stems.chunks(args.batch_size as usize))
     {
         let start = Instant::now();
-        let images = chunk_files
-            .iter()
-            .map(|f| open_image(f))
-            .collect::<Result<Vec<DynamicImage>>>()?;
+        // An unreadable file is reported and passed over, so that one broken scan
+        // cannot stop an archive (a rerun tries it again).
+        let mut readable = Vec::with_capacity(chunk_files.len());
+        let mut images = Vec::with_capacity(chunk_files.len());
+        for (file, stem) in chunk_files.iter().zip(chunk_stems) {
+            match open_image(file) {
+                Ok(image) => {
+                    readable.push((file, stem));
+                    images.push(image);
+                }
+                Err(e) => {
+                    let message = format!("{e:#}");
+                    progress.suspend(|| eprintln!("warning: {message} (passed over)"));
+                    failed.push(message);
+                    progress.inc(1);
+                }
+            }
+        }
+        if images.is_empty() {
+            continue;
+        }
         let segs = model.segment_images(&images)?;
-        let seconds = start.elapsed().as_secs_f64() / chunk_files.len() as f64;
-        for ((file, stem), (image, seg)) in chunk_files
-            .iter()
-            .zip(chunk_stems)
-            .zip(images.iter().zip(&segs))
-        {
+        let seconds = start.elapsed().as_secs_f64() / images.len() as f64;
+        for ((file, stem), (image, seg)) in readable.into_iter().zip(images.iter().zip(&segs)) {
             let (area, mean) = summarise(seg)?;
             let (w, h) = (image.width(), image.height());
             let mask_img = &seg.best().image;
@@ -312,6 +326,7 @@ pub fn run(args: AutoArgs, ctx: &RunContext) -> Result<()> {
             serde_json::to_string(&serde_json::json!({
                 "images": summaries,
                 "skipped": skipped,
+                "failed": failed,
                 "results": results.path().display().to_string(),
             }))?
         )?;
@@ -321,6 +336,12 @@ pub fn run(args: AutoArgs, ctx: &RunContext) -> Result<()> {
             summaries.len(),
             results.path().display()
         )?;
+    }
+    if let Some(first) = failed.first() {
+        bail!(
+            "{} image(s) could not be read and were passed over (the others are done; a rerun tries them again); the first: {first}",
+            failed.len()
+        );
     }
     Ok(())
 }

@@ -142,9 +142,21 @@ pub fn run(args: &SegmentArgs, out_dir: &Path, ctx: &RunContext) -> Result<()> {
     std::fs::create_dir_all(out_dir)
         .with_context(|| format!("cannot create output folder {}", out_dir.display()))?;
     let progress = progress_bar(jobs.len())?;
+    let mut failed: Vec<String> = Vec::new();
     for job in &jobs {
         let start = Instant::now();
-        let rows = segment_one(&model, args, job, out_dir, &outputs)?;
+        // An unreadable scan is reported and passed over (a rerun tries it again).
+        let image = match open_image(&job.file) {
+            Ok(image) => image,
+            Err(e) => {
+                let message = format!("{e:#}");
+                progress.suspend(|| eprintln!("warning: {message} (passed over)"));
+                failed.push(message);
+                progress.inc(1);
+                continue;
+            }
+        };
+        let rows = segment_one(&model, args, job, &image, out_dir, &outputs)?;
         let seconds = start.elapsed().as_secs_f64();
         for mut row in rows {
             row.push(format!("{seconds:.4}"));
@@ -159,8 +171,9 @@ pub fn run(args: &SegmentArgs, out_dir: &Path, ctx: &RunContext) -> Result<()> {
         outln!(
             "{}",
             serde_json::json!({
-                "images": jobs.len(),
+                "images": jobs.len() - failed.len(),
                 "skipped": done,
+                "failed": failed,
                 "without_prompts": without_prompts,
                 "results": results.path().display().to_string(),
             })
@@ -168,9 +181,15 @@ pub fn run(args: &SegmentArgs, out_dir: &Path, ctx: &RunContext) -> Result<()> {
     } else {
         outln!(
             "{} image(s) segmented, {done} already done; results in {}",
-            jobs.len(),
+            jobs.len() - failed.len(),
             results.path().display()
         )?;
+    }
+    if let Some(first) = failed.first() {
+        bail!(
+            "{} image(s) could not be read and were passed over (the others are done; a rerun tries them again); the first: {first}",
+            failed.len()
+        );
     }
     Ok(())
 }
@@ -181,12 +200,12 @@ fn segment_one(
     model: &Samus,
     args: &SegmentArgs,
     job: &Job,
+    image: &DynamicImage,
     out_dir: &Path,
     outputs: &Outputs,
 ) -> Result<Vec<Vec<String>>> {
-    let image = open_image(&job.file)?;
     let (w, h) = (image.width(), image.height());
-    let embedding = model.embed(&image)?;
+    let embedding = model.embed(image)?;
     let mut logits = Vec::with_capacity(job.entries.len());
     let mut rows = Vec::with_capacity(job.entries.len());
     for entry in &job.entries {
