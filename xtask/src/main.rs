@@ -71,49 +71,74 @@ const REALDATA_FILES: [&str; 5] = [
     "BUSBRA/LICENSE.txt",
 ];
 
-fn check_realdata() -> Result<PathBuf> {
-    let Some(dir) = realdata_dir(env!("CARGO_MANIFEST_DIR")) else {
-        bail!("real data not found: set {REALDATA_ENV} or place it in ../shared/realdata beside the workspace");
-    };
-    let missing: Vec<&str> = REALDATA_FILES
-        .iter()
-        .copied()
-        .filter(|f| !dir.join(f).is_file())
-        .collect();
-    if !missing.is_empty() {
-        bail!(
-            "real data in {} lacks: {}",
-            dir.display(),
-            missing.join(", ")
-        );
-    }
-    Ok(dir)
+/// A folder of shared test data beside the workspace, and what must be in it.
+struct SharedData {
+    /// What it is called in messages.
+    what: &'static str,
+    /// The environment variable that names it.
+    env: &'static str,
+    /// Its folder under `../shared/`.
+    folder: &'static str,
+    /// The files the tests read.
+    files: &'static [&'static str],
 }
 
-fn check_fixtures() -> Result<PathBuf> {
-    let Some(dir) = fixtures_dir(env!("CARGO_MANIFEST_DIR")) else {
-        bail!("fixtures not found: set {FIXTURES_ENV} or place them in ../shared/fixtures beside the workspace");
-    };
-    let missing: Vec<&str> = FIXTURE_FILES
-        .iter()
-        .copied()
-        .filter(|f| !dir.join(f).is_file())
-        .collect();
-    if !missing.is_empty() {
-        bail!("fixtures in {} lack: {}", dir.display(), missing.join(", "));
+const FIXTURES: SharedData = SharedData {
+    what: "fixtures",
+    env: FIXTURES_ENV,
+    folder: "fixtures",
+    files: &FIXTURE_FILES,
+};
+
+const REALDATA: SharedData = SharedData {
+    what: "real data",
+    env: REALDATA_ENV,
+    folder: "realdata",
+    files: &REALDATA_FILES,
+};
+
+impl SharedData {
+    /// `dir` (as `fixtures_dir` or `realdata_dir` found it), checked to hold every
+    /// file.
+    fn check(&self, dir: Option<PathBuf>) -> Result<PathBuf> {
+        let Some(dir) = dir else {
+            bail!(
+                "{} not found: set {} or place it in ../shared/{} beside the workspace",
+                self.what,
+                self.env,
+                self.folder
+            );
+        };
+        let missing: Vec<&str> = self
+            .files
+            .iter()
+            .copied()
+            .filter(|f| !dir.join(f).is_file())
+            .collect();
+        if !missing.is_empty() {
+            bail!(
+                "{} in {} lacks: {}",
+                self.what,
+                dir.display(),
+                missing.join(", ")
+            );
+        }
+        Ok(dir)
     }
-    Ok(dir)
 }
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
     let result = match cli.task {
-        Task::Fixtures => check_fixtures().and_then(|fixtures| {
-            let realdata = check_realdata()?;
-            println!("fixtures: {}", fixtures.display());
-            println!("real data: {}", realdata.display());
-            Ok(())
-        }),
+        Task::Fixtures => {
+            let manifest = env!("CARGO_MANIFEST_DIR");
+            FIXTURES.check(fixtures_dir(manifest)).and_then(|fixtures| {
+                let realdata = REALDATA.check(realdata_dir(manifest))?;
+                println!("fixtures: {}", fixtures.display());
+                println!("real data: {}", realdata.display());
+                Ok(())
+            })
+        }
         Task::Download(args) => download::run(&args),
         Task::Train { args } => xtask::train::run(&args),
         Task::BenchCompare(args) => bench_compare::run(&args),

@@ -43,6 +43,14 @@ pub fn decode(path: &Path, bytes: &[u8]) -> Result<DynamicImage> {
     reader.decode().map_err(decode_error)
 }
 
+/// Creates the folder `path` and its parents.
+pub(crate) fn create_dir(path: &Path) -> Result<()> {
+    std::fs::create_dir_all(path).map_err(|source| Error::CreateDir {
+        path: path.to_path_buf(),
+        source,
+    })
+}
+
 /// Reads and decodes an image file ([`decode`]).
 pub fn read_image(path: &Path) -> Result<DynamicImage> {
     decode(path, &read_bytes(path)?)

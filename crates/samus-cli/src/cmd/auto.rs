@@ -13,7 +13,7 @@ use samus_model::Prediction;
 use serde::Serialize;
 
 use crate::support::archive::{
-    expand_inputs, output_names, progress_bar, ArchiveArgs, ResultsTable,
+    expand_inputs, job_summary, output_names, progress_bar, ArchiveArgs, ResultsTable, Unreadable,
 };
 use crate::support::images::{open_image, overlay};
 use crate::support::model::{warn_if_sam, Checkpoint, NO_CHECKPOINT};
@@ -220,7 +220,7 @@ pub fn run(args: AutoArgs, ctx: &RunContext) -> Result<()> {
     let mut summaries = Vec::with_capacity(files.len());
     let mut low_res = Vec::with_capacity(files.len());
     let mut ious = Vec::with_capacity(files.len());
-    let mut failed: Vec<String> = Vec::new();
+    let mut failed = Unreadable::default();
     for (chunk_files, chunk_stems) in files
         .chunks(args.batch_size as usize)
         .zip(stems.chunks(args.batch_size as usize))
@@ -236,12 +236,7 @@ pub fn run(args: AutoArgs, ctx: &RunContext) -> Result<()> {
                     readable.push((file, stem));
                     images.push(image);
                 }
-                Err(e) => {
-                    let message = format!("{e:#}");
-                    progress.suspend(|| eprintln!("warning: {message} (passed over)"));
-                    failed.push(message);
-                    progress.inc(1);
-                }
+                Err(e) => failed.pass_over(&progress, &e),
             }
         }
         if images.is_empty() {
@@ -326,22 +321,12 @@ pub fn run(args: AutoArgs, ctx: &RunContext) -> Result<()> {
             serde_json::to_string(&serde_json::json!({
                 "images": summaries,
                 "skipped": skipped,
-                "failed": failed,
+                "failed": failed.messages(),
                 "results": results.path().display().to_string(),
             }))?
         )?;
     } else {
-        outln!(
-            "{} image(s) segmented, {skipped} already done; results in {}",
-            summaries.len(),
-            results.path().display()
-        )?;
+        outln!("{}", job_summary(summaries.len(), skipped, results.path()))?;
     }
-    if let Some(first) = failed.first() {
-        bail!(
-            "{} image(s) could not be read and were passed over (the others are done; a rerun tries them again); the first: {first}",
-            failed.len()
-        );
-    }
-    Ok(())
+    failed.finish()
 }

@@ -155,6 +155,54 @@ pub fn progress_bar(len: usize) -> Result<ProgressBar> {
     Ok(bar)
 }
 
+/// An archive job's last line: how many images were done now and before, and where
+/// the results are.
+pub fn job_summary(segmented: usize, already_done: usize, results: &Path) -> String {
+    format!(
+        "{segmented} image(s) segmented, {already_done} already done; results in {}",
+        results.display()
+    )
+}
+
+/// The images of an archive job that could not be read: each one is reported when
+/// it happens and passed over, so that one broken scan cannot stop an archive; the
+/// job then ends with an error naming the first (a rerun tries them again).
+#[derive(Debug, Default)]
+pub struct Unreadable {
+    messages: Vec<String>,
+}
+
+impl Unreadable {
+    /// Reports `error` above the progress bar and counts the image as done.
+    pub fn pass_over(&mut self, progress: &ProgressBar, error: &anyhow::Error) {
+        let message = format!("{error:#}");
+        progress.suspend(|| eprintln!("warning: {message} (passed over)"));
+        self.messages.push(message);
+        progress.inc(1);
+    }
+
+    /// The messages, in order.
+    pub fn messages(&self) -> &[String] {
+        &self.messages
+    }
+
+    /// The images passed over.
+    pub fn count(&self) -> usize {
+        self.messages.len()
+    }
+
+    /// Fails, naming the first image, when any was passed over.
+    pub fn finish(&self) -> Result<()> {
+        if let Some(first) = self.messages.first() {
+            bail!(
+                "{} image(s) could not be read and were passed over (the others are done; a rerun tries them again); the first: {first}",
+                self.messages.len()
+            );
+        }
+        Ok(())
+    }
+}
+
 /// `results.csv` of an archive job: one row per result, keyed by its first
 /// `key_columns` columns; rows of earlier runs are kept (unless `--overwrite`),
 /// and the file is rewritten atomically every few seconds and at the end.

@@ -11,6 +11,7 @@ use image::{GrayImage, ImageFormat};
 use samus_core::atomic_write::OutputGuard;
 
 use super::item::{Role, SourceItem};
+pub(crate) use crate::io::create_dir;
 use crate::split::{SplitEntry, MAIN_PATIENT_DIR};
 use crate::{Error, Result};
 
@@ -57,14 +58,6 @@ pub(crate) fn png_bytes(path: &Path, img: &GrayImage) -> Result<Vec<u8>> {
             source,
         })?;
     Ok(buf.into_inner())
-}
-
-/// Creates `path` and its parents.
-pub(crate) fn create_dir(path: &Path) -> Result<()> {
-    std::fs::create_dir_all(path).map_err(|source| Error::CreateDir {
-        path: path.to_path_buf(),
-        source,
-    })
 }
 
 /// Adds (or updates) `dataset`'s class count in `<root>/MainPatient/class.json`,

@@ -13,15 +13,8 @@ use super::{
     generate, image_name, image_seed, split_counts, DatasetSummary, Difficulty, Kind,
     MAX_PER_DATASET,
 };
+use crate::io::create_dir;
 use crate::{Error, Result};
-
-/// Creates `path` and its parents.
-fn create_dir(path: &Path) -> Result<()> {
-    std::fs::create_dir_all(path).map_err(|source| Error::CreateDir {
-        path: path.to_path_buf(),
-        source,
-    })
-}
 
 /// Encodes `img` as PNG and writes it atomically to `path`.
 fn write_png(path: &Path, img: &GrayImage) -> Result<()> {

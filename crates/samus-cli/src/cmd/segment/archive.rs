@@ -11,7 +11,9 @@ use samus_model::Samus;
 
 use super::prompt_file::{label_map, read_prompts, PromptEntry};
 use super::SegmentArgs;
-use crate::support::archive::{expand_inputs, output_names, progress_bar, ResultsTable};
+use crate::support::archive::{
+    expand_inputs, job_summary, output_names, progress_bar, ResultsTable, Unreadable,
+};
 use crate::support::images::open_image;
 use crate::support::output::Outputs;
 use crate::support::RunContext;
@@ -142,17 +144,14 @@ pub fn run(args: &SegmentArgs, out_dir: &Path, ctx: &RunContext) -> Result<()> {
     std::fs::create_dir_all(out_dir)
         .with_context(|| format!("cannot create output folder {}", out_dir.display()))?;
     let progress = progress_bar(jobs.len())?;
-    let mut failed: Vec<String> = Vec::new();
+    let mut failed = Unreadable::default();
     for job in &jobs {
         let start = Instant::now();
         // An unreadable scan is reported and passed over (a rerun tries it again).
         let image = match open_image(&job.file) {
             Ok(image) => image,
             Err(e) => {
-                let message = format!("{e:#}");
-                progress.suspend(|| eprintln!("warning: {message} (passed over)"));
-                failed.push(message);
-                progress.inc(1);
+                failed.pass_over(&progress, &e);
                 continue;
             }
         };
@@ -171,27 +170,20 @@ pub fn run(args: &SegmentArgs, out_dir: &Path, ctx: &RunContext) -> Result<()> {
         outln!(
             "{}",
             serde_json::json!({
-                "images": jobs.len() - failed.len(),
+                "images": jobs.len() - failed.count(),
                 "skipped": done,
-                "failed": failed,
+                "failed": failed.messages(),
                 "without_prompts": without_prompts,
                 "results": results.path().display().to_string(),
             })
         )?;
     } else {
         outln!(
-            "{} image(s) segmented, {done} already done; results in {}",
-            jobs.len() - failed.len(),
-            results.path().display()
+            "{}",
+            job_summary(jobs.len() - failed.count(), done, results.path())
         )?;
     }
-    if let Some(first) = failed.first() {
-        bail!(
-            "{} image(s) could not be read and were passed over (the others are done; a rerun tries them again); the first: {first}",
-            failed.len()
-        );
-    }
-    Ok(())
+    failed.finish()
 }
 
 /// Encodes one image once, predicts every entry, writes the masks and the label map;
