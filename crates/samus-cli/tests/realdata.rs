@@ -107,55 +107,29 @@ fn busbra_import_train_evaluate() {
 fn import_errors_name_the_file_or_option() {
     let tmp = tempfile::tempdir().unwrap();
     let root = tmp.path().join("US30K");
-    let out = samus(&["data", "import", "busbra", p(tmp.path()), "--out", p(&root)]);
-    assert_clean_failure(&out, "Images");
-    let out = samus(&[
-        "data",
-        "import",
-        "busi",
-        p(&tmp.path().join("gone")),
-        "--out",
-        p(&root),
-    ]);
-    assert_clean_failure(&out, "gone: is not a folder");
-    let out = samus(&[
-        "data",
-        "import",
-        "busbra",
-        p(tmp.path()),
-        "--out",
-        p(&root),
-        "--val",
-        "2",
-    ]);
-    assert_clean_failure(&out, "--val: 2");
-    let out = samus(&[
-        "data",
-        "import",
-        "busbra",
-        p(tmp.path()),
-        "--out",
-        p(&root),
-        "--map",
-        "255=1",
-    ]);
-    assert_clean_failure(&out, "folder format");
+    let import = |format: &str, src: &std::path::Path, extra: &[&str]| {
+        let mut args = vec!["data", "import", format, p(src), "--out", p(&root)];
+        args.extend(extra);
+        samus(&args)
+    };
+    assert_clean_failure(&import("busbra", tmp.path(), &[]), "Images");
+    assert_clean_failure(
+        &import("busi", &tmp.path().join("gone"), &[]),
+        "gone: is not a folder",
+    );
+    assert_clean_failure(&import("busbra", tmp.path(), &["--val", "2"]), "--val: 2");
+    assert_clean_failure(
+        &import("busbra", tmp.path(), &["--map", "255=1"]),
+        "folder format",
+    );
     let folds = tmp.path().join("folds.csv");
     std::fs::write(&folds, "ID,valid_1\n").unwrap();
     if let Some(realdata) = realdata() {
-        let src = realdata.join("BUSBRA");
-        let out = samus(&[
-            "data",
-            "import",
+        let out = import(
             "busbra",
-            p(&src),
-            "--out",
-            p(&root),
-            "--folds-from",
-            p(&folds),
-            "--fold",
-            "3",
-        ]);
+            &realdata.join("BUSBRA"),
+            &["--folds-from", p(&folds), "--fold", "3"],
+        );
         assert_clean_failure(&out, "valid_3");
     }
     assert!(!root.join("Breast-BUSBRA").exists());

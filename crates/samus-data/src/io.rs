@@ -43,6 +43,17 @@ pub fn decode(path: &Path, bytes: &[u8]) -> Result<DynamicImage> {
     reader.decode().map_err(decode_error)
 }
 
+/// PNG bytes of an 8-bit grey image (`path`: where it is going, for the error).
+pub(crate) fn png_bytes(path: &Path, img: &GrayImage) -> Result<Vec<u8>> {
+    let mut buf = std::io::Cursor::new(Vec::new());
+    img.write_to(&mut buf, image::ImageFormat::Png)
+        .map_err(|source| Error::EncodePng {
+            path: path.to_path_buf(),
+            source,
+        })?;
+    Ok(buf.into_inner())
+}
+
 /// Creates the folder `path` and its parents.
 pub(crate) fn create_dir(path: &Path) -> Result<()> {
     std::fs::create_dir_all(path).map_err(|source| Error::CreateDir {

@@ -4,14 +4,13 @@
 //! importing twice changes nothing.
 
 use std::collections::BTreeMap;
-use std::io::Cursor;
+
 use std::path::{Path, PathBuf};
 
-use image::{GrayImage, ImageFormat};
 use samus_core::atomic_write::OutputGuard;
 
 use super::item::{Role, SourceItem};
-pub(crate) use crate::io::create_dir;
+pub(crate) use crate::io::{create_dir, png_bytes};
 use crate::split::{SplitEntry, MAIN_PATIENT_DIR};
 use crate::{Error, Result};
 
@@ -47,17 +46,6 @@ pub(crate) fn write_if_changed(guard: &OutputGuard, path: &Path, bytes: &[u8]) -
     }
     guard.write(path, bytes)?;
     Ok(Written::Changed)
-}
-
-/// PNG bytes of an 8-bit grey image.
-pub(crate) fn png_bytes(path: &Path, img: &GrayImage) -> Result<Vec<u8>> {
-    let mut buf = Cursor::new(Vec::new());
-    img.write_to(&mut buf, ImageFormat::Png)
-        .map_err(|source| Error::EncodePng {
-            path: path.to_path_buf(),
-            source,
-        })?;
-    Ok(buf.into_inner())
 }
 
 /// Adds (or updates) `dataset`'s class count in `<root>/MainPatient/class.json`,

@@ -2,10 +2,10 @@
 //! the image and label PNGs, every file through [`samus_core::atomic_write`].
 
 use std::collections::BTreeMap;
-use std::io::Cursor;
+
 use std::path::Path;
 
-use image::{GrayImage, ImageFormat};
+use image::GrayImage;
 use rayon::prelude::*;
 use samus_core::atomic_write::write_atomic;
 
@@ -13,18 +13,12 @@ use super::{
     generate, image_name, image_seed, split_counts, DatasetSummary, Difficulty, Kind,
     MAX_PER_DATASET,
 };
-use crate::io::create_dir;
+use crate::io::{create_dir, png_bytes};
 use crate::{Error, Result};
 
 /// Encodes `img` as PNG and writes it atomically to `path`.
 fn write_png(path: &Path, img: &GrayImage) -> Result<()> {
-    let mut buf = Cursor::new(Vec::new());
-    img.write_to(&mut buf, ImageFormat::Png)
-        .map_err(|source| Error::EncodePng {
-            path: path.to_path_buf(),
-            source,
-        })?;
-    Ok(write_atomic(path, &buf.into_inner())?)
+    Ok(write_atomic(path, &png_bytes(path, img)?)?)
 }
 
 /// Split-file lines for one image.
