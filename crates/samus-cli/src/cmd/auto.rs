@@ -9,13 +9,13 @@ use candle_core::{Device, Tensor};
 use clap::Args;
 use image::DynamicImage;
 use samus_apg::AutoSamus;
-use samus_model::Prediction;
 use serde::Serialize;
 
 use crate::support::archive::{
-    expand_inputs, job_summary, output_names, progress_bar, ArchiveArgs, ResultsTable, Unreadable,
+    announce_done, expand_inputs, job_summary, output_names, progress_bar, ArchiveArgs,
+    ResultsTable, Unreadable,
 };
-use crate::support::images::{open_image, overlay};
+use crate::support::images::{area_and_mean_probability, open_image, overlay};
 use crate::support::model::{warn_if_sam, Checkpoint, NO_CHECKPOINT};
 use crate::support::output::{OutputKind, Outputs};
 use crate::support::RunContext;
@@ -108,27 +108,6 @@ fn load_model(args: &AutoArgs, ctx: &RunContext) -> Result<AutoSamus> {
     Ok(model)
 }
 
-/// The mask's area and the mean foreground probability inside it.
-fn summarise(prediction: &Prediction) -> Result<(usize, f32)> {
-    let mask = prediction.best();
-    let prob = candle_nn::ops::sigmoid(prediction.logits())?
-        .flatten_all()?
-        .to_vec1::<f32>()?;
-    let (area, sum) = mask
-        .image
-        .as_raw()
-        .iter()
-        .zip(&prob)
-        .filter(|(m, _)| **m > 0)
-        .fold((0usize, 0f64), |(n, s), (_, p)| (n + 1, s + *p as f64));
-    let mean = if area == 0 {
-        0.0
-    } else {
-        (sum / area as f64) as f32
-    };
-    Ok((area, mean))
-}
-
 /// Runs `samus auto`.
 pub fn run(args: AutoArgs, ctx: &RunContext) -> Result<()> {
     args.archive.validate()?;
@@ -196,12 +175,7 @@ pub fn run(args: AutoArgs, ctx: &RunContext) -> Result<()> {
         );
     }
     outputs.plan(&planned)?;
-    if skipped > 0 && !args.json {
-        eprintln!(
-            "{skipped} image(s) already done in {} (skipped; --overwrite redoes them)",
-            args.out_dir.display()
-        );
-    }
+    announce_done(skipped, &args.out_dir, args.json);
     if files.is_empty() {
         if !args.json {
             outln!("nothing to do: every image of this part is done")?;
@@ -245,7 +219,7 @@ pub fn run(args: AutoArgs, ctx: &RunContext) -> Result<()> {
         let segs = model.segment_images(&images)?;
         let seconds = start.elapsed().as_secs_f64() / images.len() as f64;
         for ((file, stem), (image, seg)) in readable.into_iter().zip(images.iter().zip(&segs)) {
-            let (area, mean) = summarise(seg)?;
+            let (area, mean) = area_and_mean_probability(&seg.best().image, &seg.best_logits()?);
             let (w, h) = (image.width(), image.height());
             let mask_img = &seg.best().image;
             let mask_path = mask_of(stem);

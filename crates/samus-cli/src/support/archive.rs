@@ -155,6 +155,17 @@ pub fn progress_bar(len: usize) -> Result<ProgressBar> {
     Ok(bar)
 }
 
+/// Says on standard error how many images of this part are already done and
+/// skipped (nothing when there are none, or with `--json`).
+pub fn announce_done(done: usize, out_dir: &Path, json: bool) {
+    if done > 0 && !json {
+        eprintln!(
+            "{done} image(s) already done in {} (skipped; --overwrite redoes them)",
+            out_dir.display()
+        );
+    }
+}
+
 /// An archive job's last line: how many images were done now and before, and where
 /// the results are.
 pub fn job_summary(segmented: usize, already_done: usize, results: &Path) -> String {

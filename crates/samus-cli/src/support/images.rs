@@ -186,6 +186,25 @@ pub fn overlay(
     out
 }
 
+/// A mask's area in pixels and the mean foreground probability (the sigmoid of its
+/// logits at the image's size, row by row) inside it; 0 for an empty mask.
+pub fn area_and_mean_probability(mask: &GrayImage, logits: &[f32]) -> (usize, f32) {
+    let (area, sum) = mask
+        .as_raw()
+        .iter()
+        .zip(logits)
+        .filter(|(m, _)| **m > 0)
+        .fold((0usize, 0f64), |(n, s), (_, l)| {
+            (n + 1, s + f64::from(1.0 / (1.0 + (-l).exp())))
+        });
+    let mean = if area == 0 {
+        0.0
+    } else {
+        (sum / area as f64) as f32
+    };
+    (area, mean)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -110,31 +110,17 @@ pub(crate) fn busi(src: &Path) -> Result<Listing> {
         let files = images_by_stem(&dir)?;
         let mut masks: BTreeMap<&str, Vec<PathBuf>> = BTreeMap::new();
         for (stem, path) in &files {
-            if let Some(pos) = stem.find("_mask") {
-                let (image, suffix) = stem.split_at(pos);
-                let suffix = &suffix["_mask".len()..];
-                if suffix.is_empty()
-                    || suffix
-                        .strip_prefix('_')
-                        .is_some_and(|n| n.parse::<u32>().is_ok())
-                {
-                    if files.contains_key(image) {
-                        masks.entry(image).or_default().push(path.clone());
-                    } else {
-                        listing.skip(path, format!("a mask whose image {image}.png is missing"));
-                    }
-                    continue;
+            if let Some(image) = busi_mask_of(stem) {
+                if files.contains_key(image) {
+                    masks.entry(image).or_default().push(path.clone());
+                } else {
+                    listing.skip(path, format!("a mask whose image {image}.png is missing"));
                 }
             }
         }
         for (stem, path) in &files {
-            if let Some(pos) = stem.find("_mask") {
-                let suffix = &stem[pos + "_mask".len()..];
-                let is_mask = suffix.is_empty()
-                    || suffix
-                        .strip_prefix('_')
-                        .is_some_and(|n| n.parse::<u32>().is_ok());
-                if !is_mask {
+            if stem.contains("_mask") {
+                if busi_mask_of(stem).is_none() {
                     listing.skip(
                         path,
                         "named like a mask, but neither NAME_mask nor NAME_mask_N",
@@ -159,6 +145,16 @@ pub(crate) fn busi(src: &Path) -> Result<Listing> {
         ));
     }
     Ok(listing)
+}
+
+/// The image stem of a BUSI mask name (`NAME_mask`, `NAME_mask_N`), or `None`.
+fn busi_mask_of(stem: &str) -> Option<&str> {
+    let (image, suffix) = stem.split_at(stem.find("_mask")?);
+    let suffix = &suffix["_mask".len()..];
+    let numbered = suffix
+        .strip_prefix('_')
+        .is_some_and(|n| n.parse::<u32>().is_ok());
+    (suffix.is_empty() || numbered).then_some(image)
 }
 
 /// BUS-BRA (Gomez-Flores et al. 2024): `Images/bus_NNNN-s.png`,
@@ -603,7 +599,7 @@ pub(crate) fn folder(src: &Path, layout: &FolderLayout) -> Result<Listing> {
         if layout.classes > 2 || !layout.map.is_empty() {
             if masks.len() > 1 {
                 listing.skip(
-                    item.source_files()[0],
+                    item.image_path(),
                     format!(
                         "{} masks match, but a label map with --map or --classes must be one file",
                         masks.len()

@@ -115,11 +115,16 @@ impl SourceItem {
         }
     }
 
+    /// The image's source file: what a report names when the sample is passed over.
+    pub fn image_path(&self) -> &Path {
+        match &self.image {
+            ImageSource::File(p) | ImageSource::Volume(p) => p,
+        }
+    }
+
     /// The source files, image first, for the manifest.
     pub fn source_files(&self) -> Vec<&Path> {
-        let mut files = vec![match &self.image {
-            ImageSource::File(p) | ImageSource::Volume(p) => p.as_path(),
-        }];
+        let mut files = vec![self.image_path()];
         match &self.label {
             LabelSource::Masks(ps) => files.extend(ps.iter().map(PathBuf::as_path)),
             LabelSource::Outline(p) | LabelSource::Volume(p) => files.push(p),

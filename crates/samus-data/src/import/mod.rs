@@ -199,6 +199,14 @@ impl Default for ImportOptions {
 }
 
 impl ImportOptions {
+    /// The `folder` format's layout, or the error saying it is needed.
+    fn folder_layout(&self) -> Result<&FolderLayout> {
+        self.folder.as_ref().ok_or_else(|| Error::BadOption {
+            option: "--images/--masks",
+            reason: "the folder format needs --images GLOB and --masks TEMPLATE".into(),
+        })
+    }
+
     fn validate(&self, format: ImportFormat) -> Result<()> {
         for (option, value) in [("--val", self.val), ("--test", self.test)] {
             if let Some(v) = value {
@@ -238,29 +246,34 @@ impl ImportOptions {
                 });
             }
         }
-        match (format, &self.folder) {
-            (ImportFormat::Folder, None) => Err(Error::BadOption {
-                option: "--images/--masks",
-                reason: "the folder format needs --images GLOB and --masks TEMPLATE".into(),
-            }),
-            (ImportFormat::Folder, Some(layout)) if !(2..=256).contains(&layout.classes) => {
-                Err(Error::BadOption {
-                    option: "--classes",
-                    reason: format!("{} classes: 2 to 256, background included", layout.classes),
-                })
+        match format {
+            ImportFormat::Folder => {
+                let layout = self.folder_layout()?;
+                if !(2..=256).contains(&layout.classes) {
+                    return Err(Error::BadOption {
+                        option: "--classes",
+                        reason: format!(
+                            "{} classes: 2 to 256, background included",
+                            layout.classes
+                        ),
+                    });
+                }
+                match layout
+                    .map
+                    .iter()
+                    .find(|(_, &to)| u32::from(to) >= layout.classes)
+                {
+                    Some((from, to)) => Err(Error::BadOption {
+                        option: "--map",
+                        reason: format!(
+                            "{from}={to}: class id {to} with {} classes",
+                            layout.classes
+                        ),
+                    }),
+                    None => Ok(()),
+                }
             }
-            (ImportFormat::Folder, Some(layout)) => match layout
-                .map
-                .iter()
-                .find(|(_, &to)| u32::from(to) >= layout.classes)
-            {
-                Some((from, to)) => Err(Error::BadOption {
-                    option: "--map",
-                    reason: format!("{from}={to}: class id {to} with {} classes", layout.classes),
-                }),
-                None => Ok(()),
-            },
-            (_, Some(_)) => Err(Error::BadOption {
+            _ if self.folder.is_some() => Err(Error::BadOption {
                 option: "--images/--masks",
                 reason: format!("only the folder format takes them, not {format}"),
             }),
@@ -343,21 +356,13 @@ pub fn import_dataset(
         ImportFormat::Tg3k => formats::tg3k(src)?,
         ImportFormat::Udiat => formats::udiat(src)?,
         ImportFormat::Camus => formats::camus(src)?,
-        ImportFormat::Folder => match &options.folder {
-            Some(layout) => formats::folder(src, layout)?,
-            None => {
-                return Err(Error::BadOption {
-                    option: "--images/--masks",
-                    reason: "the folder format needs --images GLOB and --masks TEMPLATE".into(),
-                })
-            }
-        },
+        ImportFormat::Folder => formats::folder(src, options.folder_layout()?)?,
     };
     // Two sources that would share a name: the first keeps it.
     let mut names: BTreeMap<String, PathBuf> = BTreeMap::new();
     let mut items: Vec<SourceItem> = Vec::with_capacity(listing.items.len());
     for item in std::mem::take(&mut listing.items) {
-        let first = item.source_files()[0].to_path_buf();
+        let first = item.image_path().to_path_buf();
         match names.get(&item.name) {
             Some(other) => listing.skipped.push(Skipped {
                 source: first,
@@ -411,7 +416,7 @@ pub fn import_dataset(
     let mut kept: Vec<SourceItem> = Vec::new();
     let (mut written, mut unchanged, mut negatives) = (0, 0, 0);
     for (item, outcome) in items.into_iter().zip(outcomes) {
-        let first = item.source_files()[0].to_path_buf();
+        let first = item.image_path().to_path_buf();
         match outcome {
             Outcome::Imported { written: w, empty } => {
                 if w == Written::Changed {

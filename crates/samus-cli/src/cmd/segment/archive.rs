@@ -12,9 +12,9 @@ use samus_model::Samus;
 use super::prompt_file::{label_map, read_prompts, PromptEntry};
 use super::SegmentArgs;
 use crate::support::archive::{
-    expand_inputs, job_summary, output_names, progress_bar, ResultsTable, Unreadable,
+    announce_done, expand_inputs, job_summary, output_names, progress_bar, ResultsTable, Unreadable,
 };
-use crate::support::images::open_image;
+use crate::support::images::{area_and_mean_probability, open_image};
 use crate::support::output::Outputs;
 use crate::support::RunContext;
 
@@ -122,12 +122,7 @@ pub fn run(args: &SegmentArgs, out_dir: &Path, ctx: &RunContext) -> Result<()> {
             prompts.display()
         );
     }
-    if done > 0 && !args.json {
-        eprintln!(
-            "{done} image(s) already done in {} (skipped; --overwrite redoes them)",
-            out_dir.display()
-        );
-    }
+    announce_done(done, out_dir, args.json);
     let config_file = args.config.as_ref().map(PathBuf::from);
     let outputs = Outputs::guarding(
         all_files.iter().chain(
@@ -208,16 +203,7 @@ fn segment_one(
         let path = out_dir.join(format!("{}_{}.png", job.stem, entry.name));
         outputs.png(&DynamicImage::ImageLuma8(best.image.clone()), &path)?;
         let entry_logits = prediction.best_logits()?;
-        let (area, sum) = best
-            .image
-            .as_raw()
-            .iter()
-            .zip(&entry_logits)
-            .filter(|(m, _)| **m > 0)
-            .fold((0usize, 0f64), |(n, s), (_, l)| {
-                (n + 1, s + 1.0 / (1.0 + (-f64::from(*l)).exp()))
-            });
-        let mean = if area == 0 { 0.0 } else { sum / area as f64 };
+        let (area, mean) = area_and_mean_probability(&best.image, &entry_logits);
         rows.push(vec![
             job.stem.clone(),
             entry.name.clone(),
