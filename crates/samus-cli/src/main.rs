@@ -67,6 +67,9 @@ enum Command {
     /// Segment images without prompts with AutoSAMUS (batched, with a progress bar).
     #[command(after_help = auto::EXAMPLES)]
     Auto(auto::AutoArgs),
+    /// Click-to-segment in the browser: label a folder of scans, saved in the US30K layout.
+    #[command(after_help = serve::EXAMPLES)]
+    Serve(serve::ServeArgs),
     /// Import public ultrasound releases or folders into the US30K layout, and check it.
     #[command(after_help = data::EXAMPLES)]
     Data(data::DataArgs),
@@ -170,6 +173,7 @@ fn main() -> ExitCode {
         Command::Demo(args) => demo::run(args, &ctx),
         Command::Segment(args) => segment::run(args, &ctx),
         Command::Auto(args) => auto::run(args, &ctx),
+        Command::Serve(args) => serve::run(args, &ctx),
         Command::Data(args) => data::run(args),
         Command::Metrics(args) => metrics::run(args),
         Command::Synth(args) => synth::run(args),

@@ -22,6 +22,7 @@
 //! assert_eq!(entry.image_path("/data/US30K".as_ref()).to_str(), Some("/data/US30K/Breast-BUSI/img/benign0001.png"));
 //! ```
 
+pub mod annotation;
 pub mod check;
 pub mod dataset;
 mod error;

@@ -11,5 +11,6 @@ pub mod eval;
 pub mod info;
 pub mod metrics;
 pub mod segment;
+pub mod serve;
 pub mod synth;
 pub mod train;

@@ -49,3 +49,5 @@ pub fn assert_clean_failure(out: &Output, needle: &str) {
 pub fn realdata() -> Option<PathBuf> {
     samus_core::fixtures::realdata_or_skip(env!("CARGO_MANIFEST_DIR"))
 }
+
+pub mod server;

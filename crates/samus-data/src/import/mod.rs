@@ -29,7 +29,7 @@ mod formats;
 mod item;
 mod name;
 mod volume;
-mod writer;
+pub(crate) mod writer;
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::fmt;

@@ -1,0 +1,155 @@
+//! Who may use the server. With a token, every API request must carry it
+//! (`Authorization: Bearer <token>`, or the cookie the page gets when it is opened
+//! with `?token=`); without one (loopback only), requests must name a loopback host,
+//! so that a web page elsewhere cannot reach the server by rebinding a DNS name.
+
+use axum::extract::{Request, State};
+use axum::http::{header, HeaderMap, StatusCode};
+use axum::middleware::Next;
+use axum::response::{IntoResponse, Response};
+
+use super::api::ApiError;
+
+/// The cookie that carries the token for the page.
+pub const COOKIE: &str = "samus_token";
+
+/// The access rule of one server.
+#[derive(Debug, Clone)]
+pub struct Access {
+    /// The token every API request must carry, if any.
+    pub token: Option<String>,
+    /// Whether the server listens on a loopback address only.
+    pub loopback: bool,
+}
+
+impl Access {
+    /// Whether `given` is the token.
+    pub fn is_token(&self, given: &str) -> bool {
+        self.token
+            .as_deref()
+            .is_some_and(|token| same_secret(given.trim(), token))
+    }
+
+    /// Whether `headers` carry the token (always, without one).
+    pub fn admits(&self, headers: &HeaderMap) -> bool {
+        if self.token.is_none() {
+            return true;
+        }
+        let bearer = headers
+            .get(header::AUTHORIZATION)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.strip_prefix("Bearer "));
+        let cookie = headers
+            .get_all(header::COOKIE)
+            .iter()
+            .filter_map(|v| v.to_str().ok())
+            .flat_map(|v| v.split(';'))
+            .filter_map(|kv| kv.trim().strip_prefix(COOKIE)?.strip_prefix('='));
+        bearer
+            .into_iter()
+            .chain(cookie)
+            .any(|given| self.is_token(given))
+    }
+
+    /// Whether the request's `Host` is one this server answers to: any, with a token;
+    /// else a loopback name.
+    pub fn host_allowed(&self, headers: &HeaderMap) -> bool {
+        if self.token.is_some() || !self.loopback {
+            return true;
+        }
+        let Some(host) = headers.get(header::HOST).and_then(|v| v.to_str().ok()) else {
+            return false;
+        };
+        let name = match host.strip_prefix('[') {
+            Some(v6) => v6.split(']').next().unwrap_or(""),
+            None => host.rsplit_once(':').map_or(host, |(name, _)| name),
+        };
+        matches!(name, "127.0.0.1" | "localhost" | "::1")
+    }
+}
+
+/// Compares two secrets in time independent of where they differ.
+fn same_secret(given: &str, token: &str) -> bool {
+    given.len() == token.len()
+        && given
+            .bytes()
+            .zip(token.bytes())
+            .fold(0u8, |diff, (a, b)| diff | (a ^ b))
+            == 0
+}
+
+/// A fresh random token (128 bits, hex).
+pub fn new_token() -> String {
+    use rand::RngCore;
+    let mut bytes = [0u8; 16];
+    rand::rng().fill_bytes(&mut bytes);
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+/// The middleware in front of every route: a foreign `Host` gets 403, an API
+/// request without the token 401.
+pub async fn guard(State(access): State<Access>, request: Request, next: Next) -> Response {
+    let headers = request.headers();
+    if !access.host_allowed(headers) {
+        return ApiError::new(
+            StatusCode::FORBIDDEN,
+            "this server only answers requests for 127.0.0.1 or localhost".to_string(),
+        )
+        .into_response();
+    }
+    if request.uri().path().starts_with("/api/") && !access.admits(headers) {
+        return ApiError::new(
+            StatusCode::UNAUTHORIZED,
+            "this server needs its token: open the URL `samus serve` printed, or send \
+             `Authorization: Bearer <token>`"
+                .to_string(),
+        )
+        .into_response();
+    }
+    next.run(request).await
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use axum::http::HeaderValue;
+
+    fn headers(pairs: &[(header::HeaderName, &str)]) -> HeaderMap {
+        let mut h = HeaderMap::new();
+        for (k, v) in pairs {
+            h.append(k.clone(), HeaderValue::from_str(v).unwrap());
+        }
+        h
+    }
+
+    #[test]
+    fn the_token_comes_as_a_bearer_or_a_cookie() {
+        let access = Access {
+            token: Some("abc123".into()),
+            loopback: false,
+        };
+        assert!(access.admits(&headers(&[(header::AUTHORIZATION, "Bearer abc123")])));
+        assert!(access.admits(&headers(&[(header::COOKIE, "x=1; samus_token=abc123")])));
+        assert!(!access.admits(&headers(&[(header::AUTHORIZATION, "Bearer abc124")])));
+        assert!(!access.admits(&headers(&[(header::COOKIE, "samus_token=abc")])));
+        assert!(!access.admits(&HeaderMap::new()));
+    }
+
+    #[test]
+    fn without_a_token_only_loopback_hosts_are_answered() {
+        let access = Access {
+            token: None,
+            loopback: true,
+        };
+        for ok in ["127.0.0.1:8765", "localhost:1", "[::1]:8765", "localhost"] {
+            assert!(access.host_allowed(&headers(&[(header::HOST, ok)])), "{ok}");
+        }
+        for bad in ["evil.example:8765", "127.0.0.1.evil.example", ""] {
+            assert!(
+                !access.host_allowed(&headers(&[(header::HOST, bad)])),
+                "{bad}"
+            );
+        }
+        assert!(!access.host_allowed(&HeaderMap::new()));
+    }
+}
