@@ -1,8 +1,11 @@
 //! Library half of `cargo xtask`, so that integration tests can drive the tasks.
 
 pub mod bench_compare;
+pub mod bench_serve;
 pub mod bench_train;
+pub mod browser;
 pub mod download;
+pub mod serve_process;
 pub mod train;
 
 /// `cargo run --release --quiet -p samus-cli --bin samus --`, ready for the `samus`

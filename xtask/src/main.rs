@@ -7,6 +7,7 @@ use anyhow::{bail, Result};
 use clap::{Parser, Subcommand};
 use samus_core::fixtures::{fixtures_dir, realdata_dir, FIXTURES_ENV, REALDATA_ENV};
 use xtask::bench_compare::{self, BenchCompareArgs};
+use xtask::bench_serve::{self, BenchServeArgs};
 use xtask::bench_train::{self, BenchTrainArgs};
 use xtask::download::{self, DownloadArgs};
 
@@ -48,6 +49,10 @@ enum Task {
     /// check that both start from the same loss, and print the speed ratio. Needs a
     /// Python with torch, safetensors and numpy.
     BenchTrain(BenchTrainArgs),
+    /// Load-test `samus serve` on loopback (random ViT-B weights by default): one
+    /// client alone beside 8 clients x 50 predicts on cached embeddings; p50/p99,
+    /// errors and the server's peak memory; optionally clicks in headless Chromium.
+    BenchServe(BenchServeArgs),
 }
 
 /// The fixture files the parity tests read.
@@ -143,6 +148,7 @@ fn main() -> ExitCode {
         Task::Train { args } => xtask::train::run(&args),
         Task::BenchCompare(args) => bench_compare::run(&args),
         Task::BenchTrain(args) => bench_train::run(&args),
+        Task::BenchServe(args) => bench_serve::run(&args),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

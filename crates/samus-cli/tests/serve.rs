@@ -336,11 +336,11 @@ fn a_token_guards_every_api_request() {
         "s3cret-token",
     ]);
     assert!(
-        server.printed.ends_with("/?token=s3cret-token"),
+        server.0.printed.ends_with("/?token=s3cret-token"),
         "{}",
-        server.printed
+        server.0.printed
     );
-    let addr = server.addr();
+    let addr = server.0.addr();
     let get = |path: &str, extra: &str| {
         raw_request(
             addr,
@@ -429,7 +429,7 @@ fn no_request_reaches_outside_the_folders_or_breaks_the_server() {
         "links out and unreadable files are left out"
     );
 
-    let addr = server.addr().to_string();
+    let addr = server.0.addr().to_string();
     for path in [
         "/api/images/../../secret.png/image",
         "/api/images/..%2F..%2Fsecret.png/image",
@@ -524,7 +524,10 @@ fn no_request_reaches_outside_the_folders_or_breaks_the_server() {
     );
     let (code, _) = server.send("GET", "/api/nothing", None);
     assert_eq!(code, 404);
-    assert!(server.is_running(), "the server survived every bad request");
+    assert!(
+        server.0.is_running(),
+        "the server survived every bad request"
+    );
     let (code, _) = server.send(
         "POST",
         "/api/images/0/predict",

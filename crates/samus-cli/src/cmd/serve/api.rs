@@ -395,8 +395,8 @@ fn prompts_of(request: &PredictRequest, image: &CatalogImage) -> ApiResult<Promp
     for (i, &[x, y, label]) in request.points.iter().enumerate() {
         inside(&format!("point {i}"), x, y)?;
         let label = match label {
-            l if l == 1.0 => Label::Foreground,
-            l if l == 0.0 => Label::Background,
+            1.0 => Label::Foreground,
+            0.0 => Label::Background,
             other => {
                 return Err(ApiError::bad_request(format!(
                     "point {i}: label {other} (1 foreground, 0 background)"
