@@ -141,6 +141,23 @@ impl Browser {
         Ok(self.rt.block_on(self.client.perform_actions(mouse))?)
     }
 
+    /// Drags with the left button from `from` to `to` (viewport coordinates).
+    pub fn drag(&self, from: (f64, f64), to: (f64, f64)) -> Result<()> {
+        let step = |(x, y): (f64, f64)| PointerAction::MoveTo {
+            duration: Some(Duration::from_millis(50)),
+            x: x.round(),
+            y: y.round(),
+        };
+        let middle = ((from.0 + to.0) / 2.0, (from.1 + to.1) / 2.0);
+        let mouse = MouseActions::new("mouse".into())
+            .then(step(from))
+            .then(PointerAction::Down { button: 0 })
+            .then(step(middle))
+            .then(step(to))
+            .then(PointerAction::Up { button: 0 });
+        Ok(self.rt.block_on(self.client.perform_actions(mouse))?)
+    }
+
     /// Types `keys` into the element with id `id`.
     pub fn keys(&self, id: &str, keys: &str) -> Result<()> {
         self.rt.block_on(async {

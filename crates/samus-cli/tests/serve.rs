@@ -322,6 +322,36 @@ fn concurrent_requests_compute_one_embedding() {
 }
 
 #[test]
+fn the_next_image_is_embedded_ahead() {
+    let Some(fx) = fixtures() else { return };
+    let tmp = tempfile::tempdir().unwrap();
+    let images = scans(&fx, tmp.path());
+    let ck = fx.join("samus_tiny.safetensors");
+    let server = Server::start(&["--checkpoint", p(&ck), "--images", p(&images)]);
+    let (code, embedded) = server.send("POST", "/api/images/0/embed", None);
+    assert_eq!(code, 200, "{embedded}");
+    assert_eq!(embedded["cached"], false);
+    let started = std::time::Instant::now();
+    loop {
+        let (_, status) = server.send("GET", "/api/status", None);
+        if status["embeddings"]["computed"] == 2 && status["embeddings"]["in_progress"] == 0 {
+            break;
+        }
+        assert!(
+            started.elapsed().as_secs() < 60,
+            "image 1 was not embedded ahead: {status}"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+    let (_, answer) = server.send(
+        "POST",
+        "/api/images/1/predict",
+        Some(&json!({"points": [[20, 20, 1]]})),
+    );
+    assert_eq!(answer["cached"], true, "{answer}");
+}
+
+#[test]
 fn a_token_guards_every_api_request() {
     let Some(fx) = fixtures() else { return };
     let tmp = tempfile::tempdir().unwrap();

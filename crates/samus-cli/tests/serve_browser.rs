@@ -56,11 +56,16 @@ fn drawn(v: &Value) -> GrayImage {
 }
 
 fn api_mask(server: &Server, points: &Value) -> GrayImage {
-    let (code, answer) = server.send(
-        "POST",
+    api_answer(
+        server,
         "/api/images/0/predict",
-        Some(&json!({"points": points, "box": null, "multimask": false})),
-    );
+        json!({"points": points, "box": null, "multimask": false}),
+    )
+}
+
+/// Mask 0 of the API's answer to `body` at `route`.
+fn api_answer(server: &Server, route: &str, body: Value) -> GrayImage {
+    let (code, answer) = server.send("POST", route, Some(&body));
     assert_eq!(code, 200, "{answer}");
     let bytes = BASE64.decode(answer["masks"][0].as_str().unwrap()).unwrap();
     image::load_from_memory(&bytes).unwrap().to_luma8()
@@ -115,6 +120,8 @@ fn click_mask_correct_and_accept_in_chromium() {
     let server = Server::start(&[
         "--checkpoint",
         p(&fx.join("samus_tiny.safetensors")),
+        "--apg",
+        p(&fx.join("autosamus_tiny_apg.safetensors")),
         "--images",
         p(&scans),
         "--labels",
@@ -224,6 +231,59 @@ fn click_mask_correct_and_accept_in_chromium() {
         )
         .unwrap();
     assert_eq!(done, "✓", "the list marks the image done");
+    // On the next image: a box dragged on the canvas, then AutoSAMUS (key A).
+    page.wait_until("return window.samus.ready() && window.samus.state.index === 1")
+        .unwrap();
+    let corner = |x: f64, y: f64| {
+        let at = page
+            .exec(
+                "return window.samus.toScreen(arguments[0], arguments[1])",
+                vec![json!(x), json!(y)],
+            )
+            .unwrap();
+        (at[0].as_f64().unwrap(), at[1].as_f64().unwrap())
+    };
+    page.drag(corner(60.0, 80.0), corner(200.0, 220.0)).unwrap();
+    page.wait_until("return window.samus.state.timings.length === 3 && window.samus.ready()")
+        .unwrap();
+    let bbox = page
+        .exec("return window.samus.state.prompt.box", vec![])
+        .unwrap();
+    let b: Vec<f64> = bbox
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|v| v.as_f64().unwrap())
+        .collect();
+    assert!(
+        (b[0] - 60.0).abs() <= 1.0 && (b[3] - 220.0).abs() <= 1.0,
+        "box {bbox}"
+    );
+    let shown = drawn(
+        &page
+            .exec("return window.samus.drawnMask()", vec![])
+            .unwrap(),
+    );
+    let boxed = api_answer(
+        &server,
+        "/api/images/1/predict",
+        json!({"points": [], "box": bbox}),
+    );
+    assert!(
+        shown == boxed,
+        "the drawn mask for the box is not the API's mask"
+    );
+    page.keys("canvas", "a").unwrap();
+    page.wait_until("return window.samus.state.timings.length === 4 && window.samus.ready()")
+        .unwrap();
+    let shown = drawn(
+        &page
+            .exec("return window.samus.drawnMask()", vec![])
+            .unwrap(),
+    );
+    let auto = api_answer(&server, "/api/images/1/auto", json!(null));
+    assert!(shown == auto, "the drawn auto mask is not the API's");
+
     let timings = page
         .exec("return window.samus.state.timings", vec![])
         .unwrap();

@@ -78,8 +78,21 @@ fn same_secret(given: &str, token: &str) -> bool {
             == 0
 }
 
+/// The token a server runs with: `given` (checked), else none on a loopback
+/// address, else a fresh one.
+pub fn settle_token(given: Option<&str>, loopback: bool) -> anyhow::Result<Option<String>> {
+    match given {
+        Some(t) if t.len() < 8 || !t.chars().all(|c| c.is_ascii_graphic()) => {
+            anyhow::bail!("--token: use at least 8 printable characters without spaces")
+        }
+        Some(t) => Ok(Some(t.to_string())),
+        None if loopback => Ok(None),
+        None => Ok(Some(new_token())),
+    }
+}
+
 /// A fresh random token (128 bits, hex).
-pub fn new_token() -> String {
+fn new_token() -> String {
     use rand::RngCore;
     let mut bytes = [0u8; 16];
     rand::rng().fill_bytes(&mut bytes);
@@ -133,6 +146,21 @@ mod tests {
         assert!(!access.admits(&headers(&[(header::AUTHORIZATION, "Bearer abc124")])));
         assert!(!access.admits(&headers(&[(header::COOKIE, "samus_token=abc")])));
         assert!(!access.admits(&HeaderMap::new()));
+    }
+
+    #[test]
+    fn other_addresses_get_a_generated_token() {
+        let generated = settle_token(None, false).unwrap().expect("a token");
+        assert_eq!(generated.len(), 32);
+        assert!(generated.chars().all(|c| c.is_ascii_hexdigit()));
+        assert_ne!(settle_token(None, false).unwrap(), Some(generated));
+        assert_eq!(settle_token(None, true).unwrap(), None);
+        assert_eq!(
+            settle_token(Some("given-token"), true).unwrap().as_deref(),
+            Some("given-token")
+        );
+        assert!(settle_token(Some("short"), false).is_err());
+        assert!(settle_token(Some("has a space"), false).is_err());
     }
 
     #[test]

@@ -161,14 +161,7 @@ fn router(state: Arc<ServerState>, access: Access) -> Router {
 pub fn run(args: ServeArgs, ctx: &RunContext) -> Result<()> {
     let classes = class_list(&args.classes)?;
     let loopback = args.host.is_loopback();
-    let token = match (&args.token, loopback) {
-        (Some(t), _) if t.len() < 8 || !t.chars().all(|c| c.is_ascii_graphic()) => {
-            bail!("--token: use at least 8 printable characters without spaces")
-        }
-        (Some(t), _) => Some(t.clone()),
-        (None, true) => None,
-        (None, false) => Some(access::new_token()),
-    };
+    let token = access::settle_token(args.token.as_deref(), loopback)?;
     let catalog = Catalog::scan(&args.images)?;
     for skipped in &catalog.skipped {
         eprintln!("warning: --images: left out {skipped}");

@@ -24,7 +24,8 @@ const state = {
   saved: null,          // saved label map as a canvas of outlines, if any
   drag: null,
   spaceDown: false,
-  busy: 0,
+  busy: 0,             // predictions in flight
+  opening: false,      // an image is loading or being embedded
   timings: [],          // click-to-mask milliseconds, for the status line and tests
   requestSeq: 0,
 };
@@ -214,6 +215,7 @@ async function openImage(i) {
   $("image-name").textContent = `${im.name} · ${im.width}×${im.height}`;
   renderCandidates();
   status(`loading ${im.name}…`);
+  state.opening = true;
   try {
     state.image = await loadImage(`/api/images/${im.id}/image`);
     if (state.index !== i) return;
@@ -225,6 +227,8 @@ async function openImage(i) {
     status(`${im.name}: embedding ${e.cached ? "cached" : "computed"} (${e.embed_ms.toFixed(0)} ms). Click the structure.`);
   } catch (err) {
     status(err.message, true);
+  } finally {
+    if (state.index === i) state.opening = false;
   }
   canvas.focus();
 }
@@ -624,7 +628,7 @@ async function start() {
 // For tests and scripts: the page's state, read only.
 window.samus = {
   state,
-  ready: () => !!state.image && state.busy === 0,
+  ready: () => !!state.image && state.busy === 0 && !state.opening,
   maskPng: () => {
     const m = currentMask();
     return m ? m.png : null;
