@@ -514,9 +514,18 @@ fn no_request_reaches_outside_the_folders_or_breaks_the_server() {
         Some(&json!({"points": many})),
     );
     assert_eq!(code, 400);
-    // An oversized body is refused before it is read.
-    let (code, _) = server.post_raw("/api/images/0/predict", vec![b' '; 40 << 20]);
-    assert_eq!(code, 413);
+    // An oversized body is refused from its announced length, before it is read
+    // (sent by hand: a client writing 40 MiB would see the early answer as a
+    // broken pipe).
+    let (code, body) = raw_request(
+        &addr,
+        &format!(
+            "POST /api/images/0/predict HTTP/1.1\r\nHost: {addr}\r\nContent-Type: application/json\r\n\
+             Content-Length: {}\r\nConnection: close\r\n\r\n{{",
+            40 << 20
+        ),
+    );
+    assert_eq!(code, 413, "{body}");
 
     let (_, list) = server.send("GET", "/api/images", None);
     let (w, h) = (
@@ -600,7 +609,10 @@ fn start_up_errors_are_one_clear_line() {
         args.extend_from_slice(extra);
         samus(&args)
     };
-    common::assert_clean_failure(&run(&["--images", p(&empty)]), "no PNG, JPEG");
+    common::assert_clean_failure(
+        &run(&["--images", p(&empty)]),
+        "no PNG, JPEG, BMP, TIFF or DICOM",
+    );
     common::assert_clean_failure(&run(&["--images", p(&tmp.path().join("absent"))]), "absent");
     let images = scans(&fx, tmp.path());
     common::assert_clean_failure(

@@ -62,9 +62,37 @@ pub(crate) fn create_dir(path: &Path) -> Result<()> {
     })
 }
 
-/// Reads and decodes an image file ([`decode`]).
+/// File extensions of the images the readers take (any case): PNG, JPEG, BMP,
+/// TIFF and DICOM.
+pub const IMAGE_EXTENSIONS: [&str; 8] =
+    ["png", "jpg", "jpeg", "bmp", "tif", "tiff", "dcm", "dicom"];
+
+/// Whether `path` has one of [`IMAGE_EXTENSIONS`].
+pub fn has_image_extension(path: &Path) -> bool {
+    path.extension()
+        .and_then(|e| e.to_str())
+        .is_some_and(|e| IMAGE_EXTENSIONS.iter().any(|x| e.eq_ignore_ascii_case(x)))
+}
+
+/// Reads and decodes an image file ([`decode`]); a DICOM file gives its first
+/// frame ([`crate::dicom::DicomFile`]).
 pub fn read_image(path: &Path) -> Result<DynamicImage> {
+    if crate::dicom::is_dicom(path) {
+        return crate::dicom::DicomFile::open(path)?.frame(0);
+    }
     decode(path, &read_bytes(path)?)
+}
+
+/// An image file's width and height, from its header (DICOM: its attributes).
+pub fn image_dimensions(path: &Path) -> Result<(u32, u32)> {
+    if crate::dicom::is_dicom(path) {
+        let file = crate::dicom::DicomFile::open(path)?;
+        return Ok((file.width(), file.height()));
+    }
+    image::image_dimensions(path).map_err(|source| Error::Decode {
+        path: path.to_path_buf(),
+        source,
+    })
 }
 
 fn read_bytes(path: &Path) -> Result<Vec<u8>> {

@@ -25,6 +25,7 @@
 pub mod annotation;
 pub mod check;
 pub mod dataset;
+pub mod dicom;
 mod error;
 pub mod import;
 pub mod io;

@@ -13,9 +13,6 @@ use indicatif::{ProgressBar, ProgressStyle};
 
 use super::output::Outputs;
 
-/// Image file extensions taken from folders.
-const IMAGE_EXTENSIONS: [&str; 6] = ["png", "jpg", "jpeg", "bmp", "tif", "tiff"];
-
 /// How often the results table is rewritten while a job runs: an interrupted job
 /// loses at most this much work.
 const FLUSH_EVERY: Duration = Duration::from_secs(5);
@@ -88,11 +85,7 @@ pub fn expand_inputs(specs: &[String]) -> Result<Vec<PathBuf>> {
             let mut entries: Vec<PathBuf> = std::fs::read_dir(path)
                 .with_context(|| format!("cannot list folder {spec}"))?
                 .filter_map(|e| e.ok().map(|e| e.path()))
-                .filter(|p| {
-                    p.extension().and_then(|e| e.to_str()).is_some_and(|e| {
-                        IMAGE_EXTENSIONS.contains(&e.to_ascii_lowercase().as_str())
-                    })
-                })
+                .filter(|p| samus_data::io::has_image_extension(p))
                 .collect();
             entries.sort();
             entries

@@ -1,6 +1,5 @@
 //! Reading input images and writing masks and overlays.
 
-use std::io::Read;
 use std::path::Path;
 
 use ab_glyph::FontRef;
@@ -20,29 +19,14 @@ const BOX_COLOUR: Rgb<u8> = Rgb([255, 210, 0]);
 const OUTLINE_COLOUR: Rgb<u8> = Rgb([255, 40, 40]);
 const CAPTION_COLOUR: Rgb<u8> = Rgb([255, 255, 255]);
 
-fn is_dicom(path: &Path) -> bool {
-    let by_name = path
-        .extension()
-        .and_then(|e| e.to_str())
-        .is_some_and(|e| e.eq_ignore_ascii_case("dcm") || e.eq_ignore_ascii_case("dicom"));
-    let mut head = [0u8; 132];
-    let by_magic = std::fs::File::open(path)
-        .and_then(|mut f| f.read_exact(&mut head))
-        .is_ok()
-        && &head[128..132] == b"DICM";
-    by_name || by_magic
-}
-
-/// Opens a PNG, JPEG, BMP or TIFF image (the format is read from the content).
+/// Opens a PNG, JPEG, BMP or TIFF image (the format is read from the content), or
+/// the first frame of a DICOM file.
 pub fn open_image(path: &Path) -> Result<DynamicImage> {
     if !path.exists() {
         bail!("image {} does not exist", path.display());
     }
-    if is_dicom(path) {
-        bail!(
-            "image {}: DICOM is not supported; export the frame as PNG (e.g. with dcmj2pnm or pydicom)",
-            path.display()
-        );
+    if samus_data::dicom::is_dicom(path) {
+        return Ok(samus_data::io::read_image(path)?);
     }
     let format = image::ImageReader::open(path)
         .with_context(|| format!("cannot open image {}", path.display()))?

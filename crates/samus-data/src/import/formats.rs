@@ -26,8 +26,6 @@ impl Listing {
     }
 }
 
-const IMAGE_EXTENSIONS: [&str; 7] = ["png", "jpg", "jpeg", "bmp", "tif", "tiff", "gif"];
-
 fn bad(path: &Path, reason: impl Into<String>) -> Error {
     Error::Source {
         path: path.to_path_buf(),
@@ -51,9 +49,7 @@ fn stem_of(path: &Path) -> String {
 }
 
 fn is_image(path: &Path) -> bool {
-    path.extension()
-        .and_then(|e| e.to_str())
-        .is_some_and(|e| IMAGE_EXTENSIONS.contains(&e.to_ascii_lowercase().as_str()))
+    crate::io::has_image_extension(path)
 }
 
 /// The image files of `dir` by stem, sorted (a folder that cannot be read is an

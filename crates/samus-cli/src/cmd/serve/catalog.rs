@@ -1,4 +1,4 @@
-//! The images a server offers: every PNG, JPEG, BMP and TIFF file under `--images`,
+//! The images a server offers: every PNG, JPEG, BMP, TIFF and DICOM file under `--images`,
 //! listed once at start-up. Requests name an image only by its id (its place in
 //! this list), never by a path, so no request can reach a file outside the folder.
 
@@ -7,9 +7,6 @@ use std::path::{Path, PathBuf};
 
 use anyhow::{bail, Context, Result};
 use samus_data::import::safe_name;
-
-/// Extensions offered.
-const EXTENSIONS: [&str; 6] = ["png", "jpg", "jpeg", "bmp", "tif", "tiff"];
 
 /// Folders deeper than this under `--images` are not listed.
 const MAX_DEPTH: usize = 8;
@@ -56,10 +53,10 @@ impl Catalog {
         let mut images = Vec::new();
         let mut samples = HashSet::new();
         for (name, path) in files {
-            let (width, height) = match image::image_dimensions(&path) {
+            let (width, height) = match samus_data::io::image_dimensions(&path) {
                 Ok(size) => size,
                 Err(e) => {
-                    skipped.push(format!("{name}: not a readable image ({e})"));
+                    skipped.push(format!("{name}: {e}"));
                     continue;
                 }
             };
@@ -75,7 +72,7 @@ impl Catalog {
         }
         if images.is_empty() {
             bail!(
-                "--images {}: no PNG, JPEG, BMP or TIFF images in it",
+                "--images {}: no PNG, JPEG, BMP, TIFF or DICOM images in it",
                 dir.display()
             );
         }
@@ -147,11 +144,7 @@ fn walk(
             }
             continue;
         }
-        let offered = path
-            .extension()
-            .and_then(|e| e.to_str())
-            .is_some_and(|e| EXTENSIONS.iter().any(|x| e.eq_ignore_ascii_case(x)));
-        if offered {
+        if samus_data::io::has_image_extension(&path) {
             files.push((relative, real));
         }
     }

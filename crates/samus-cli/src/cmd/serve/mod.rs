@@ -64,7 +64,7 @@ pub struct ServeArgs {
     /// checkpoint).
     #[arg(long, value_name = "PRESET|FILE")]
     config: Option<String>,
-    /// Folder of scans to label (PNG, JPEG, BMP, TIFF; sub-folders included).
+    /// Folder of scans to label (PNG, JPEG, BMP, TIFF, DICOM; sub-folders included).
     #[arg(long, value_name = "DIR")]
     images: PathBuf,
     /// US30K root that accepted labels are saved into (`<dataset>/img`, `label`,
@@ -154,7 +154,31 @@ fn router(state: Arc<ServerState>, access: Access) -> Router {
         .with_state(access.clone())
         .merge(api)
         .layer(DefaultBodyLimit::max(MAX_BODY_BYTES))
+        .layer(axum::middleware::from_fn(refuse_large_bodies))
         .layer(axum::middleware::from_fn_with_state(access, access::guard))
+}
+
+/// Answers 413 at once when a request announces a body over [`MAX_BODY_BYTES`]
+/// (the body limit alone would first wait for the bytes); bodies without a length
+/// are cut at the limit as they are read.
+async fn refuse_large_bodies(
+    request: axum::extract::Request,
+    next: axum::middleware::Next,
+) -> axum::response::Response {
+    use axum::response::IntoResponse;
+    let announced = request
+        .headers()
+        .get(axum::http::header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<u64>().ok());
+    match announced {
+        Some(n) if n > MAX_BODY_BYTES as u64 => api::ApiError::new(
+            axum::http::StatusCode::PAYLOAD_TOO_LARGE,
+            format!("request body of {n} bytes: at most {MAX_BODY_BYTES}"),
+        )
+        .into_response(),
+        _ => next.run(request).await,
+    }
 }
 
 /// Runs `samus serve` until interrupted.

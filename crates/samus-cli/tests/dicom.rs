@@ -1,0 +1,137 @@
+//! DICOM through the binary: a real point-of-care DICOM segments to the same mask
+//! as its pixels saved as PNG, `samus serve` offers DICOM files, and bad DICOM files
+//! end in one clear error line.
+
+mod common;
+
+use common::server::Server;
+use common::{assert_clean_failure, fixtures, p, realdata, samus, stderr};
+use image::DynamicImage;
+use samus_data::dicom::{write_dicom, DicomCalibration, DicomFile, DicomPixels};
+
+#[test]
+fn a_dicom_segments_like_its_pixels_as_png() {
+    let Some(fx) = fixtures() else { return };
+    let Some(real) = realdata() else { return };
+    let dcm = std::fs::read_dir(real.join("POCUS"))
+        .unwrap()
+        .flatten()
+        .map(|e| e.path())
+        .find(|p| p.extension().is_some_and(|e| e == "dcm"))
+        .expect("a DICOM in POCUS");
+    let tmp = tempfile::tempdir().unwrap();
+    let png = tmp.path().join("same_pixels.png");
+    DicomFile::open(&dcm)
+        .unwrap()
+        .frame(0)
+        .unwrap()
+        .save(&png)
+        .unwrap();
+    let ck = fx.join("samus_tiny.safetensors");
+    let segment = |image: &std::path::Path, out: &std::path::Path| {
+        let run = samus(&[
+            "segment",
+            "--checkpoint",
+            p(&ck),
+            "--image",
+            p(image),
+            "--point",
+            "1040,700",
+            "--box",
+            "600,300,1500,1100",
+            "--out",
+            p(out),
+            "--json",
+        ]);
+        assert!(run.status.success(), "{}", stderr(&run));
+        let report: serde_json::Value = serde_json::from_slice(&run.stdout).unwrap();
+        assert_eq!(
+            (report["width"].as_u64(), report["height"].as_u64()),
+            (Some(2083), Some(1455))
+        );
+        image::open(out).unwrap().to_luma8()
+    };
+    let from_dicom = segment(&dcm, &tmp.path().join("dicom_mask.png"));
+    let from_png = segment(&png, &tmp.path().join("png_mask.png"));
+    assert!(
+        from_dicom == from_png,
+        "the DICOM's mask differs from its PNG's"
+    );
+}
+
+#[test]
+fn serve_offers_dicom_files() {
+    let Some(fx) = fixtures() else { return };
+    let tmp = tempfile::tempdir().unwrap();
+    let scans = tmp.path().join("scans");
+    std::fs::create_dir_all(&scans).unwrap();
+    let frame = image::open(fx.join("raw_image_300x220.png")).unwrap();
+    let frames = vec![frame.clone(), DynamicImage::ImageLuma8(frame.to_luma8())];
+    write_dicom(
+        &scans.join("cine.dcm"),
+        &frames,
+        DicomPixels::Grey8,
+        &DicomCalibration::default(),
+    )
+    .unwrap();
+    let server = Server::start(&[
+        "--checkpoint",
+        p(&fx.join("samus_tiny.safetensors")),
+        "--images",
+        p(&scans),
+    ]);
+    let (_, list) = server.send("GET", "/api/images", None);
+    assert_eq!(list[0]["name"], "cine.dcm", "{list}");
+    assert_eq!(
+        (list[0]["width"].as_u64(), list[0]["height"].as_u64()),
+        (Some(300), Some(220))
+    );
+    let (code, answer) = server.send(
+        "POST",
+        "/api/images/0/predict",
+        Some(&serde_json::json!({"points": [[150, 110, 1]]})),
+    );
+    assert_eq!(code, 200, "{answer}");
+    let (code, png) = server.get_bytes("/api/images/0/image");
+    assert_eq!(code, 200);
+    assert_eq!(image::load_from_memory(&png).unwrap().width(), 300);
+}
+
+#[test]
+fn bad_dicom_files_fail_in_one_line() {
+    let Some(fx) = fixtures() else { return };
+    let tmp = tempfile::tempdir().unwrap();
+    let good = tmp.path().join("good.dcm");
+    let frame = image::open(fx.join("raw_image_300x220.png")).unwrap();
+    write_dicom(
+        &good,
+        &[frame],
+        DicomPixels::Grey8,
+        &DicomCalibration::default(),
+    )
+    .unwrap();
+    let bytes = std::fs::read(&good).unwrap();
+    let cut = tmp.path().join("cut.dcm");
+    std::fs::write(&cut, &bytes[..bytes.len() / 3]).unwrap();
+    let no_pixels = tmp.path().join("no_pixels.dcm");
+    let at = bytes
+        .windows(4)
+        .rposition(|w| w == [0xe0, 0x7f, 0x10, 0x00])
+        .unwrap();
+    std::fs::write(&no_pixels, &bytes[..at]).unwrap();
+    let ck = fx.join("samus_tiny.safetensors");
+    for (file, cause) in [(&cut, "cut.dcm"), (&no_pixels, "no pixel data")] {
+        let out = samus(&[
+            "segment",
+            "--checkpoint",
+            p(&ck),
+            "--image",
+            p(file),
+            "--point",
+            "5,5",
+            "--out",
+            p(&tmp.path().join("m.png")),
+        ]);
+        assert_clean_failure(&out, cause);
+    }
+}
