@@ -135,3 +135,83 @@ fn bad_dicom_files_fail_in_one_line() {
         assert_clean_failure(&out, cause);
     }
 }
+
+/// `samus segment --json` on `image` with one point: the report.
+fn segment_json(
+    ck: &std::path::Path,
+    image: &std::path::Path,
+    out: &std::path::Path,
+    extra: &[&str],
+) -> serde_json::Value {
+    let mut args = vec![
+        "segment",
+        "--checkpoint",
+        p(ck),
+        "--image",
+        p(image),
+        "--point",
+        "1040,700",
+        "--box",
+        "600,300,1500,1100",
+        "--out",
+        p(out),
+        "--json",
+    ];
+    args.extend_from_slice(extra);
+    let run = samus(&args);
+    assert!(run.status.success(), "{}", stderr(&run));
+    serde_json::from_slice(&run.stdout).unwrap()
+}
+
+#[test]
+fn measurements_come_in_millimetres_where_the_pixel_size_is_known() {
+    let Some(fx) = fixtures() else { return };
+    let Some(real) = realdata() else { return };
+    let dcm = std::fs::read_dir(real.join("POCUS"))
+        .unwrap()
+        .flatten()
+        .map(|e| e.path())
+        .find(|p| p.extension().is_some_and(|e| e == "dcm"))
+        .expect("a DICOM in POCUS");
+    let tmp = tempfile::tempdir().unwrap();
+    let ck = fx.join("samus_tiny.safetensors");
+    let out = tmp.path().join("m.png");
+    // The DICOM's ultrasound region calibrates it: 0.0291 mm per pixel.
+    let report = segment_json(&ck, &dcm, &out, &[]);
+    assert_eq!(
+        report["pixel_size_source"], "DICOM ultrasound region",
+        "{report}"
+    );
+    let size = report["pixel_size_mm"][0].as_f64().unwrap();
+    assert!((size - 0.0291).abs() < 1e-9, "{report}");
+    let mask = &report["masks"][0];
+    let area = mask["area"].as_f64().unwrap();
+    assert!(area > 0.0, "the box gives a mask: {report}");
+    let mm2 = mask["measurements"]["area_mm2"].as_f64().unwrap();
+    assert!((mm2 - area * size * size).abs() <= 1e-6 * mm2, "{report}");
+    // --pixel-size on the same pixels as PNG; without it, no measurements.
+    let png = tmp.path().join("same.png");
+    DicomFile::open(&dcm)
+        .unwrap()
+        .frame(0)
+        .unwrap()
+        .save(&png)
+        .unwrap();
+    let report = segment_json(&ck, &png, &out, &["--pixel-size", "0.5,0.25"]);
+    assert_eq!(report["pixel_size_mm"], serde_json::json!([0.5, 0.25]));
+    let mask = &report["masks"][0];
+    let mm2 = mask["measurements"]["area_mm2"].as_f64().unwrap();
+    assert!(
+        (mm2 - mask["area"].as_f64().unwrap() * 0.125).abs() < 1e-9,
+        "{report}"
+    );
+    assert!(
+        mask["measurements"]["ellipse_circumference_mm"]
+            .as_f64()
+            .unwrap()
+            > 0.0
+    );
+    let report = segment_json(&ck, &png, &out, &[]);
+    assert!(report.get("pixel_size_mm").is_none(), "{report}");
+    assert!(report["masks"][0].get("measurements").is_none(), "{report}");
+}

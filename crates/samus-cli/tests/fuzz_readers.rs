@@ -279,6 +279,30 @@ fn images_of_every_format() {
             segment_image(&ckpt, &config, &target, &out)
         });
     }
+    // DICOM: a calibrated two-frame grey cine and an RGB image (the header's
+    // lengths, sequences and pixel data all get edited).
+    use samus_data::dicom::{write_dicom, DicomCalibration, DicomPixels};
+    let calibrated = DicomCalibration {
+        region_mm: Some((0.1, 0.1)),
+        pixel_spacing_mm: Some((0.1, 0.1)),
+        frame_time_ms: Some(40.0),
+    };
+    for (name, frames, pixels) in [
+        (
+            "dicom-cine",
+            vec![scan.clone(), scan.fliph()],
+            DicomPixels::Grey8,
+        ),
+        ("dicom-rgb", vec![scan.clone()], DicomPixels::Rgb8),
+    ] {
+        let seed_path = tmp.path().join(format!("{name}-seed.dcm"));
+        write_dicom(&seed_path, &frames, pixels, &calibrated).unwrap();
+        let seed = std::fs::read(&seed_path).unwrap();
+        let target = tmp.path().join(format!("{name}.dcm"));
+        fuzz(name, &seed, &target, || {
+            segment_image(&ckpt, &config, &target, &out)
+        });
+    }
 }
 
 #[test]

@@ -29,6 +29,7 @@ pub mod dicom;
 mod error;
 pub mod import;
 pub mod io;
+pub mod measure;
 pub mod prompt;
 pub mod split;
 pub mod synth;

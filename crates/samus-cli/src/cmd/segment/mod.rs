@@ -6,6 +6,7 @@ use anyhow::{bail, Context, Result};
 use candle_core::{Device, Tensor};
 use clap::Args;
 use image::{DynamicImage, GrayImage};
+use samus_data::measure::{measure_mask, Measurements};
 use samus_model::{CheckpointKind, PointPrompt, Prediction, Prompts, Samus, SamusConfig};
 use serde::Serialize;
 
@@ -94,6 +95,11 @@ pub struct SegmentArgs {
     /// Also write `low_res_logits` (1 x K x 128 x 128) and `iou` (1 x K) as safetensors.
     #[arg(long, value_name = "FILE")]
     save_logits: Option<PathBuf>,
+    /// Pixel size in millimetres, `MM` or `X_MM,Y_MM`: adds the area in mm², the
+    /// equivalent diameter, the perimeter and the fitted-ellipse circumference. A
+    /// DICOM file with an ultrasound calibration or Pixel Spacing gives its own.
+    #[arg(long, value_name = "MM[,MM]", value_parser = parse_pixel_size)]
+    pixel_size: Option<(f64, f64)>,
     /// Print the result as one JSON object.
     #[arg(long)]
     json: bool,
@@ -115,6 +121,47 @@ struct MaskSummary {
     index: usize,
     iou: f32,
     area: usize,
+    /// With a known pixel size.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    measurements: Option<Measurements>,
+}
+
+/// `--pixel-size`: one size for both axes, or x then y; positive millimetres.
+fn parse_pixel_size(text: &str) -> std::result::Result<(f64, f64), String> {
+    let parse = |v: &str| {
+        v.trim()
+            .parse::<f64>()
+            .ok()
+            .filter(|v| v.is_finite() && *v > 0.0 && *v < 1000.0)
+            .ok_or_else(|| format!("`{text}`: give millimetres per pixel, e.g. 0.1 or 0.1,0.12"))
+    };
+    match text.split_once(',') {
+        Some((x, y)) => Ok((parse(x)?, parse(y)?)),
+        None => parse(text).map(|v| (v, v)),
+    }
+}
+
+/// The pixel size to measure with: `--pixel-size`, else the DICOM file's at `at`
+/// (the prompt), with where it came from.
+fn pixel_size_of(
+    given: Option<(f64, f64)>,
+    image: Option<&Path>,
+    at: (f64, f64),
+) -> Result<Option<((f64, f64), &'static str)>> {
+    if let Some(size) = given {
+        return Ok(Some((size, "--pixel-size")));
+    }
+    let Some(path) = image.filter(|p| samus_data::dicom::is_dicom(p)) else {
+        return Ok(None);
+    };
+    let file = samus_data::dicom::DicomFile::open(path)?;
+    Ok(file.pixel_size_at(at.0, at.1).map(|s| {
+        let source = match s.source {
+            samus_data::dicom::PixelSizeSource::UltrasoundRegion => "DICOM ultrasound region",
+            _ => "DICOM pixel spacing",
+        };
+        ((s.x_mm, s.y_mm), source)
+    }))
 }
 
 #[derive(Debug, Serialize)]
@@ -129,6 +176,12 @@ struct SegmentReport {
     out: String,
     overlay: Option<String>,
     logits: Option<String>,
+    /// Millimetres per pixel (x, y) the measurements use.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pixel_size_mm: Option<[f64; 2]>,
+    /// Where the pixel size came from.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pixel_size_source: Option<&'static str>,
 }
 
 /// Demo weights are seeded so that the demo is repeatable.
@@ -159,7 +212,7 @@ fn load_model(args: &SegmentArgs, ctx: &RunContext) -> Result<(Samus, bool)> {
     Ok((model, was_sam))
 }
 
-fn summaries(prediction: &Prediction) -> Vec<MaskSummary> {
+fn summaries(prediction: &Prediction, pixel_mm: Option<(f64, f64)>) -> Vec<MaskSummary> {
     prediction
         .masks()
         .iter()
@@ -167,6 +220,7 @@ fn summaries(prediction: &Prediction) -> Vec<MaskSummary> {
             index: m.index,
             iou: m.iou,
             area: m.area(),
+            measurements: pixel_mm.and_then(|size| measure_mask(&m.image, size)),
         })
         .collect()
 }
@@ -272,7 +326,15 @@ pub fn run(args: SegmentArgs, ctx: &RunContext) -> Result<()> {
             .maybe_bbox(args.bbox)
             .multimask(args.multimask),
     )?;
-    let summaries = summaries(&prediction);
+    let prompt_at = points
+        .first()
+        .map(|p| (f64::from(p.x), f64::from(p.y)))
+        .or(args
+            .bbox
+            .map(|b| (f64::from(b[0] + b[2]) / 2.0, f64::from(b[1] + b[3]) / 2.0)))
+        .unwrap_or((f64::NAN, f64::NAN));
+    let pixel_size = pixel_size_of(args.pixel_size, args.image.as_deref(), prompt_at)?;
+    let summaries = summaries(&prediction, pixel_size.map(|(s, _)| s));
     let best = prediction.best();
     let selected = best.index;
     let (w, h) = (image.width(), image.height());
@@ -304,6 +366,8 @@ pub fn run(args: SegmentArgs, ctx: &RunContext) -> Result<()> {
         out: args.out.display().to_string(),
         overlay: args.overlay.as_ref().map(|p| p.display().to_string()),
         logits: args.save_logits.as_ref().map(|p| p.display().to_string()),
+        pixel_size_mm: pixel_size.map(|((x, y), _)| [x, y]),
+        pixel_size_source: pixel_size.map(|(_, source)| source),
     };
     if args.json {
         outln!("{}", serde_json::to_string(&report)?)?;
@@ -314,8 +378,18 @@ pub fn run(args: SegmentArgs, ctx: &RunContext) -> Result<()> {
             } else {
                 ""
             };
+            let physical = m.measurements.map_or_else(String::new, |v| {
+                format!(
+                    " = {:.2} mm2, equivalent diameter {:.2} mm, perimeter {:.2} mm, \
+                     ellipse circumference {:.2} mm",
+                    v.area_mm2,
+                    v.equivalent_diameter_mm,
+                    v.perimeter_mm,
+                    v.ellipse_circumference_mm
+                )
+            });
             outln!(
-                "mask {}: predicted IoU {:.4}, area {} px{mark}",
+                "mask {}: predicted IoU {:.4}, area {} px{physical}{mark}",
                 m.index,
                 m.iou,
                 m.area
