@@ -212,6 +212,24 @@ fn build_samus(root: &Path) -> Result<PathBuf> {
     Ok(root.join("target/release/samus"))
 }
 
+/// A left click at `(x, y)` in the image's pixels; waits for the page's `answers`-th
+/// mask on screen.
+fn click_and_wait(page: &Browser, (x, y): (f64, f64), answers: usize) -> Result<()> {
+    let at = page.exec(
+        "return window.samus.toScreen(arguments[0], arguments[1])",
+        vec![json!(x), json!(y)],
+    )?;
+    page.click(
+        at[0].as_f64().unwrap_or(0.0),
+        at[1].as_f64().unwrap_or(0.0),
+        0,
+    )?;
+    page.wait_until(&format!(
+        "return window.samus.state.timings.length === {answers} && window.samus.ready()"
+    ))?;
+    Ok(())
+}
+
 /// Clicks `clicks` times on the first image in Chromium; the page's click-to-mask
 /// times.
 fn browser_clicks(
@@ -237,36 +255,12 @@ fn browser_clicks(
         // Each click starts over (Esc), so every request carries one point.
         page.keys("canvas", "\u{e00c}")?;
         let (x, y) = (w * (0.3 + 0.4 * rng.unit()), h * (0.3 + 0.4 * rng.unit()));
-        let at = page.exec(
-            "return window.samus.toScreen(arguments[0], arguments[1])",
-            vec![json!(x), json!(y)],
-        )?;
-        page.click(
-            at[0].as_f64().unwrap_or(0.0),
-            at[1].as_f64().unwrap_or(0.0),
-            0,
-        )?;
-        page.wait_until(&format!(
-            "return window.samus.state.timings.length === {} && window.samus.ready()",
-            i + 1
-        ))?;
+        click_and_wait(&page, (x, y), i as usize + 1)?;
     }
     let timings = page.exec("return window.samus.state.timings", vec![])?;
     if let Some((x, y)) = screenshot_point {
         page.keys("canvas", "\u{e00c}")?;
-        let at = page.exec(
-            "return window.samus.toScreen(arguments[0], arguments[1])",
-            vec![json!(x), json!(y)],
-        )?;
-        page.click(
-            at[0].as_f64().unwrap_or(0.0),
-            at[1].as_f64().unwrap_or(0.0),
-            0,
-        )?;
-        page.wait_until(&format!(
-            "return window.samus.state.timings.length === {} && window.samus.ready()",
-            clicks + 1
-        ))?;
+        click_and_wait(&page, (x, y), clicks as usize + 1)?;
     }
     if let Some(path) = screenshot {
         std::fs::write(path, page.screenshot()?)

@@ -9,16 +9,21 @@ use common::{assert_clean_failure, fixtures, p, realdata, samus, stderr};
 use image::DynamicImage;
 use samus_data::dicom::{write_dicom, DicomCalibration, DicomFile, DicomPixels};
 
-#[test]
-fn a_dicom_segments_like_its_pixels_as_png() {
-    let Some(fx) = fixtures() else { return };
-    let Some(real) = realdata() else { return };
-    let dcm = std::fs::read_dir(real.join("POCUS"))
+/// The first Sonoque DICOM of the real data.
+fn pocus_dicom(real: &std::path::Path) -> std::path::PathBuf {
+    std::fs::read_dir(real.join("POCUS"))
         .unwrap()
         .flatten()
         .map(|e| e.path())
         .find(|p| p.extension().is_some_and(|e| e == "dcm"))
-        .expect("a DICOM in POCUS");
+        .expect("a DICOM in POCUS")
+}
+
+#[test]
+fn a_dicom_segments_like_its_pixels_as_png() {
+    let Some(fx) = fixtures() else { return };
+    let Some(real) = realdata() else { return };
+    let dcm = pocus_dicom(&real);
     let tmp = tempfile::tempdir().unwrap();
     let png = tmp.path().join("same_pixels.png");
     DicomFile::open(&dcm)
@@ -29,22 +34,7 @@ fn a_dicom_segments_like_its_pixels_as_png() {
         .unwrap();
     let ck = fx.join("samus_tiny.safetensors");
     let segment = |image: &std::path::Path, out: &std::path::Path| {
-        let run = samus(&[
-            "segment",
-            "--checkpoint",
-            p(&ck),
-            "--image",
-            p(image),
-            "--point",
-            "1040,700",
-            "--box",
-            "600,300,1500,1100",
-            "--out",
-            p(out),
-            "--json",
-        ]);
-        assert!(run.status.success(), "{}", stderr(&run));
-        let report: serde_json::Value = serde_json::from_slice(&run.stdout).unwrap();
+        let report = segment_json(&ck, image, out, &[]);
         assert_eq!(
             (report["width"].as_u64(), report["height"].as_u64()),
             (Some(2083), Some(1455))
@@ -167,12 +157,7 @@ fn segment_json(
 fn measurements_come_in_millimetres_where_the_pixel_size_is_known() {
     let Some(fx) = fixtures() else { return };
     let Some(real) = realdata() else { return };
-    let dcm = std::fs::read_dir(real.join("POCUS"))
-        .unwrap()
-        .flatten()
-        .map(|e| e.path())
-        .find(|p| p.extension().is_some_and(|e| e == "dcm"))
-        .expect("a DICOM in POCUS");
+    let dcm = pocus_dicom(&real);
     let tmp = tempfile::tempdir().unwrap();
     let ck = fx.join("samus_tiny.safetensors");
     let out = tmp.path().join("m.png");
