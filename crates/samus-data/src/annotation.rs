@@ -174,14 +174,7 @@ impl LabelStore {
                 reason: format!("`{name}` is not a file stem"),
             });
         }
-        if image.dimensions() != label.dimensions() {
-            return Err(Error::SizeMismatch {
-                image: image_path,
-                image_size: image.dimensions(),
-                label: label_path,
-                label_size: label.dimensions(),
-            });
-        }
+        crate::io::check_same_size(&image_path, image, &label_path, label)?;
         if let Some(&value) = label
             .as_raw()
             .iter()

@@ -330,14 +330,7 @@ impl Us30kSplit {
         let label_path = entry.label_path(&self.root);
         let image = read_image_grey8(&image_path)?;
         let label = read_label(&label_path)?;
-        if image.dimensions() != label.dimensions() {
-            return Err(Error::SizeMismatch {
-                image: image_path,
-                image_size: image.dimensions(),
-                label: label_path,
-                label_size: label.dimensions(),
-            });
-        }
+        crate::io::check_same_size(&image_path, &image, &label_path, &label)?;
         Ok((image, label))
     }
 

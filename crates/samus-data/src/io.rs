@@ -74,6 +74,25 @@ pub fn has_image_extension(path: &Path) -> bool {
         .is_some_and(|e| IMAGE_EXTENSIONS.iter().any(|x| e.eq_ignore_ascii_case(x)))
 }
 
+/// An image and its label must be the same size: [`Error::SizeMismatch`] names
+/// both files when they are not.
+pub fn check_same_size(
+    image_path: &Path,
+    image: &GrayImage,
+    label_path: &Path,
+    label: &GrayImage,
+) -> Result<()> {
+    if image.dimensions() == label.dimensions() {
+        return Ok(());
+    }
+    Err(Error::SizeMismatch {
+        image: image_path.to_path_buf(),
+        image_size: image.dimensions(),
+        label: label_path.to_path_buf(),
+        label_size: label.dimensions(),
+    })
+}
+
 /// Reads and decodes an image file ([`decode`]); a DICOM file gives its first
 /// frame ([`crate::dicom::DicomFile`]).
 pub fn read_image(path: &Path) -> Result<DynamicImage> {

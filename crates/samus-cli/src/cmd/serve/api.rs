@@ -457,14 +457,26 @@ pub async fn predict(
     let image = image_of(&state, &id)?;
     let request: PredictRequest = parse_json(&body)?;
     let prompts = prompts_of(&request, &image)?;
-    let (embedding, cached) = embedding_of(&state, &image).await?;
-    let worker = Arc::clone(&state);
+    decode(&state, &image, move |model, embedding| {
+        Ok(model.samus().predict(embedding, &prompts)?)
+    })
+    .await
+}
+
+/// Image `image`'s embedding decoded by `run` on a blocking thread, timed, as the
+/// answer of `predict` and `auto`.
+async fn decode(
+    state: &Arc<ServerState>,
+    image: &CatalogImage,
+    run: impl FnOnce(&ServedModel, &samus_model::ImageEmbedding) -> anyhow::Result<Prediction>
+        + Send
+        + 'static,
+) -> ApiResult<Json<PredictResponse>> {
+    let (embedding, cached) = embedding_of(state, image).await?;
+    let worker = Arc::clone(state);
     let response = blocking(move || {
         let start = Instant::now();
-        let prediction = worker
-            .model
-            .samus()
-            .predict(&embedding.embedding, &prompts)?;
+        let prediction = run(&worker.model, &embedding.embedding)?;
         let decode_ms = start.elapsed().as_secs_f64() * 1e3;
         response_of(&prediction, decode_ms, &embedding, cached)
     })
@@ -486,21 +498,11 @@ pub async fn auto(
                 .to_string(),
         ));
     }
-    let (embedding, cached) = embedding_of(&state, &image).await?;
-    let worker = Arc::clone(&state);
-    let response = blocking(move || {
-        let start = Instant::now();
-        let auto = worker
-            .model
-            .auto()
-            .context("no auto prompt generator loaded")?;
-        let prediction = auto.segment(&embedding.embedding)?;
-        let decode_ms = start.elapsed().as_secs_f64() * 1e3;
-        response_of(&prediction, decode_ms, &embedding, cached)
+    decode(&state, &image, |model, embedding| {
+        let auto = model.auto().context("no auto prompt generator loaded")?;
+        Ok(auto.segment(embedding)?)
     })
-    .await?;
-    state.predictions.fetch_add(1, Ordering::Relaxed);
-    Ok(Json(response))
+    .await
 }
 
 fn label_store(state: &ServerState) -> ApiResult<&LabelStore> {

@@ -87,14 +87,21 @@ async function maskLayer(pngBase64, colour) {
     for (let x = 0; x < w; x++) {
       const i = y * w + x;
       if (!on[i]) continue;
-      const edge = x === 0 || y === 0 || x === w - 1 || y === h - 1 ||
-        !on[i - 1] || !on[i + 1] || !on[i - w] || !on[i + w];
+      const edge = onOutline(on, i, x, y, w, h);
       out.data[i * 4] = r; out.data[i * 4 + 1] = g; out.data[i * 4 + 2] = b;
       out.data[i * 4 + 3] = edge ? 255 : 100;
     }
   }
   lctx.putImageData(out, 0, 0);
   return { layer, on, width: w, height: h, area, png: pngBase64 };
+}
+
+// Whether pixel i = (x, y) of a w x h map of values lies on the outline of its
+// region: at the image's border, or beside (4-neighbours) a different value.
+function onOutline(values, i, x, y, w, h) {
+  const v = values[i];
+  return x === 0 || y === 0 || x === w - 1 || y === h - 1 ||
+    values[i - 1] !== v || values[i + 1] !== v || values[i - w] !== v || values[i + w] !== v;
 }
 
 function hexColour(hex) {
@@ -244,14 +251,13 @@ async function showSavedLabel(im) {
     const cc = c.getContext("2d", { willReadFrequently: true });
     cc.drawImage(img, 0, 0);
     const src = cc.getImageData(0, 0, w, h).data;
+    const classes = new Uint8Array(w * h);
+    for (let i = 0; i < w * h; i++) classes[i] = src[i * 4];
     const out = cc.createImageData(w, h);
     for (let y = 0; y < h; y++) {
       for (let x = 0; x < w; x++) {
-        const i = y * w + x, v = src[i * 4];
-        if (!v) continue;
-        const edge = x === 0 || y === 0 || x === w - 1 || y === h - 1 ||
-          src[(i - 1) * 4] !== v || src[(i + 1) * 4] !== v || src[(i - w) * 4] !== v || src[(i + w) * 4] !== v;
-        if (!edge) continue;
+        const i = y * w + x, v = classes[i];
+        if (!v || !onOutline(classes, i, x, y, w, h)) continue;
         const [r, g, b] = hexColour(classColour(v));
         out.data.set([r, g, b, 200], i * 4);
       }
