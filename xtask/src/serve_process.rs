@@ -100,6 +100,9 @@ impl ServeProcess {
         let mut rb = self.request(method, path)?;
         if let Some(body) = body {
             rb = rb.json(body);
+        } else if method != "GET" {
+            // The server takes changes as JSON only.
+            rb = rb.header("content-type", "application/json");
         }
         answer(rb.send()?)
     }

@@ -485,6 +485,28 @@ fn no_request_reaches_outside_the_folders_or_breaks_the_server() {
         "GET /api/images HTTP/1.1\r\nHost: evil.example\r\nConnection: close\r\n\r\n",
     );
     assert_eq!(code, 403);
+    // Another site's page cannot make changes: a form (text/plain) gets 415, a
+    // script from another origin 403; this server's own page is answered.
+    let body = r#"{"points": [[5, 5, 1]]}"#;
+    let post = |headers: &str| {
+        raw_request(
+            &addr,
+            &format!(
+                "POST /api/images/0/predict HTTP/1.1\r\nHost: {addr}\r\n{headers}\
+                 Content-Length: {}\r\nConnection: close\r\n\r\n{body}",
+                body.len()
+            ),
+        )
+    };
+    let (code, answer) = post("Content-Type: text/plain\r\n");
+    assert_eq!(code, 415, "{answer}");
+    let (code, answer) = post("Content-Type: application/json\r\nOrigin: http://evil.example\r\n");
+    assert_eq!(code, 403, "{answer}");
+    assert!(answer.contains("another site"), "{answer}");
+    let (code, answer) = post(&format!(
+        "Content-Type: application/json\r\nOrigin: http://{addr}\r\nSec-Fetch-Site: same-origin\r\n"
+    ));
+    assert_eq!(code, 200, "{answer}");
 
     let bad_predicts: [(&[u8], &str); 9] = [
         (b"{not json", "request body"),

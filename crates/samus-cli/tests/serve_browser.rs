@@ -284,6 +284,53 @@ fn click_mask_correct_and_accept_in_chromium() {
     let auto = api_answer(&server, "/api/images/1/auto", json!(null));
     assert!(shown == auto, "the drawn auto mask is not the API's");
 
+    // An answer that comes back after the user moved on is dropped: a click and,
+    // before its mask arrives, undo (the auto mask stays), then a click and the
+    // previous image (which stays without a mask).
+    let click_then = |key: &str| {
+        let at = corner(120.0, 150.0);
+        page.exec(
+            "const [x, y, key] = arguments;
+             const c = document.getElementById('canvas');
+             c.dispatchEvent(new MouseEvent('mousedown', {clientX: x, clientY: y, button: 0, bubbles: true}));
+             window.dispatchEvent(new MouseEvent('mouseup', {clientX: x, clientY: y, button: 0, bubbles: true}));
+             const inFlight = window.samus.state.busy;
+             window.dispatchEvent(new KeyboardEvent('keydown', {key, bubbles: true}));
+             return inFlight;",
+            vec![json!(at.0), json!(at.1), json!(key)],
+        )
+        .unwrap()
+    };
+    assert_eq!(click_then("z"), 1, "the click's prediction is in flight");
+    page.wait_until("return window.samus.ready()").unwrap();
+    let points = page
+        .exec("return window.samus.state.prompt.points.length", vec![])
+        .unwrap();
+    assert_eq!(points, 0, "undo took the click back");
+    let shown = drawn(
+        &page
+            .exec("return window.samus.drawnMask()", vec![])
+            .unwrap(),
+    );
+    assert!(
+        shown == auto,
+        "the undone click's late mask replaced the auto mask"
+    );
+    assert_eq!(click_then("p"), 1, "the click's prediction is in flight");
+    page.wait_until("return window.samus.ready() && window.samus.state.index === 0")
+        .unwrap();
+    let late = page
+        .exec(
+            "return [window.samus.state.answer === null, window.samus.state.prompt.points.length]",
+            vec![],
+        )
+        .unwrap();
+    assert_eq!(
+        late,
+        json!([true, 0]),
+        "image 1's late mask landed on image 0"
+    );
+
     let timings = page
         .exec("return window.samus.state.timings", vec![])
         .unwrap();

@@ -166,6 +166,47 @@ impl LabelStore {
     /// as sample `name` (a file stem such as [`crate::import::safe_name`] gives).
     /// A different label already saved under the name is kept in `label/.history/`.
     pub fn save(&self, name: &str, image: &GrayImage, label: &GrayImage) -> Result<SavedLabel> {
+        let _writing = self.lock();
+        self.write_sample(name, image, label)
+    }
+
+    /// Sets the pixels of class `class` in sample `name`'s label map to `mask`
+    /// (pixels of 128 and above are in) and saves it with `image`, leaving the other
+    /// classes as saved. The saved map is read and written back under the store's
+    /// lock, so two changes at once to different classes both stay.
+    pub fn save_class(
+        &self,
+        name: &str,
+        image: &GrayImage,
+        class: u8,
+        mask: &GrayImage,
+    ) -> Result<SavedLabel> {
+        crate::io::check_same_size(&self.image_path(name), image, &self.label_path(name), mask)?;
+        let _writing = self.lock();
+        let mut label = self
+            .read_label(name)?
+            .filter(|l| l.dimensions() == image.dimensions())
+            .unwrap_or_else(|| GrayImage::new(image.width(), image.height()));
+        for (l, m) in label.pixels_mut().zip(mask.pixels()) {
+            if m[0] >= 128 {
+                l[0] = class;
+            } else if l[0] == class {
+                l[0] = 0;
+            }
+        }
+        self.write_sample(name, image, &label)
+    }
+
+    /// One save at a time: the split files and class.json are read, changed and
+    /// written back.
+    fn lock(&self) -> std::sync::MutexGuard<'_, ()> {
+        self.writing
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    /// [`Self::save`] with the lock held.
+    fn write_sample(&self, name: &str, image: &GrayImage, label: &GrayImage) -> Result<SavedLabel> {
         let image_path = self.image_path(name);
         let label_path = self.label_path(name);
         if name.is_empty() || name.starts_with('.') || name.contains(['/', '\\']) {
@@ -192,12 +233,6 @@ impl LabelStore {
         }
         let classes: Vec<u8> = (1..=255u8).filter(|&c| present[usize::from(c)]).collect();
 
-        // One save at a time: the split files and class.json are read, changed and
-        // written back.
-        let _writing = self
-            .writing
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner);
         let guard = OutputGuard::default();
         for dir in [&image_path, &label_path] {
             if let Some(parent) = dir.parent() {
@@ -370,6 +405,42 @@ mod tests {
             std::fs::read_to_string(main.join("train.txt")).unwrap(),
             "1/Other/x_0001\n"
         );
+    }
+
+    #[test]
+    fn class_changes_at_once_all_stay() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = LabelStore::open(dir.path(), "Thyroid-Clinic", 9).unwrap();
+        let image = GrayImage::new(32, 24);
+        std::thread::scope(|scope| {
+            for class in 1..=8u8 {
+                let (store, image) = (&store, &image);
+                scope.spawn(move || {
+                    let mut mask = GrayImage::new(32, 24);
+                    mask.put_pixel(u32::from(class), 5, image::Luma([255]));
+                    store.save_class("s", image, class, &mask).unwrap();
+                });
+            }
+        });
+        let label = store.read_label("s").unwrap().unwrap();
+        for class in 1..=8u8 {
+            assert_eq!(label.get_pixel(u32::from(class), 5)[0], class);
+        }
+        // Setting a class again replaces only that class.
+        let mut mask = GrayImage::new(32, 24);
+        mask.put_pixel(20, 20, image::Luma([255]));
+        store.save_class("s", &image, 3, &mask).unwrap();
+        let label = store.read_label("s").unwrap().unwrap();
+        assert_eq!(
+            (
+                label.get_pixel(3, 5)[0],
+                label.get_pixel(20, 20)[0],
+                label.get_pixel(4, 5)[0]
+            ),
+            (0, 3, 4)
+        );
+        let err = store.save_class("s", &image, 9, &mask).unwrap_err();
+        assert!(err.to_string().contains("label value 9"), "{err}");
     }
 
     #[test]

@@ -109,8 +109,8 @@ impl UltrasoundRegion {
     }
 
     fn area(&self) -> u64 {
-        u64::from(self.x1.saturating_sub(self.x0) + 1)
-            * u64::from(self.y1.saturating_sub(self.y0) + 1)
+        (u64::from(self.x1.saturating_sub(self.x0)) + 1)
+            * (u64::from(self.y1.saturating_sub(self.y0)) + 1)
     }
 }
 
@@ -209,7 +209,31 @@ impl DicomFile {
                 height,
             });
         }
-        let frames = int(tags::NUMBER_OF_FRAMES).unwrap_or(1).max(1);
+        let announced = int(tags::NUMBER_OF_FRAMES).unwrap_or(1).max(1);
+        // A frame takes at least one byte (one fragment when encapsulated), so the
+        // pixel data bounds the count a damaged header may announce.
+        let held = object
+            .element_opt(tags::PIXEL_DATA)
+            .ok()
+            .flatten()
+            .and_then(|e| {
+                let value = e.value();
+                value
+                    .fragments()
+                    .map(<[_]>::len)
+                    .or_else(|| value.primitive().map(|p| p.calculate_byte_len()))
+            })
+            .unwrap_or(0);
+        if announced as usize > held {
+            return Err(bad(
+                path,
+                format!(
+                    "announces {announced} frames in Number of Frames, but its pixel data \
+                     cannot hold that many (truncated or damaged)"
+                ),
+            ));
+        }
+        let frames = announced;
         let regions = ultrasound_regions(&object);
         let pixel_spacing = object
             .element_opt(tags::PIXEL_SPACING)
@@ -294,11 +318,21 @@ impl DicomFile {
                 )
             })?;
         let stored = u32::from(decoded.bits_stored());
+        let inverted = text_tag(&self.object, tags::PHOTOMETRIC_INTERPRETATION)
+            .is_some_and(|p| p == "MONOCHROME1");
         Ok(match image {
             DynamicImage::ImageLuma16(mut grey) if !windowed && (9..16).contains(&stored) => {
+                // dicom-pixeldata inverts MONOCHROME1 over the whole 16 bits: a
+                // 12-bit value v comes as 65535 - v. Undo that, then invert and scale
+                // within the stored range.
                 let max = (1u32 << stored) - 1;
                 for p in grey.pixels_mut() {
-                    p[0] = (u32::from(p[0]).min(max) * 65535 / max) as u16;
+                    let v = if inverted {
+                        max - (65535 - u32::from(p[0])).min(max)
+                    } else {
+                        u32::from(p[0]).min(max)
+                    };
+                    p[0] = (v * 65535 / max) as u16;
                 }
                 DynamicImage::ImageLuma16(grey)
             }
@@ -312,13 +346,7 @@ impl DicomFile {
     /// `tests/dicom.rs`), and slices YBR_FULL_422 frames as if they were full.
     /// `None` for every other layout.
     fn native_ybr_frame(&self, index: u32) -> Result<Option<DynamicImage>> {
-        let text = |tag| {
-            self.object
-                .element_opt(tag)
-                .ok()
-                .flatten()
-                .and_then(|e| e.to_str().ok().map(|s| s.trim().to_string()))
-        };
+        let text = |tag| text_tag(&self.object, tag);
         let photometric = text(tags::PHOTOMETRIC_INTERPRETATION).unwrap_or_default();
         let subsampled = match photometric.as_str() {
             "YBR_FULL" => false,
@@ -353,6 +381,12 @@ impl DicomFile {
             return Err(bad(&self.path, "cannot read its pixel data"));
         };
         let (w, h) = (self.width as usize, self.height as usize);
+        if subsampled && w % 2 == 1 {
+            return Err(bad(
+                &self.path,
+                format!("is YBR_FULL_422 with an odd width ({w}); the standard needs an even one"),
+            ));
+        }
         let per_frame = if subsampled { w * h * 2 } else { w * h * 3 };
         let start = per_frame * index as usize;
         let Some(frame) = bytes.get(start..start + per_frame) else {
@@ -414,6 +448,15 @@ impl DicomFile {
     pub fn frame_time_s(&self, index: u32) -> Option<f64> {
         self.frame_times_s.get(index as usize).copied()
     }
+}
+
+/// The text of element `tag`, trimmed, if it is there.
+fn text_tag(object: &InMemDicomObject, tag: dicom_core::Tag) -> Option<String> {
+    object
+        .element_opt(tag)
+        .ok()
+        .flatten()
+        .and_then(|e| e.to_str().ok().map(|s| s.trim().to_string()))
 }
 
 /// One YBR_FULL pixel as RGB (PS3.3 C.7.6.3.1.2, the inverse of its transform).
@@ -539,6 +582,9 @@ pub enum DicomPixels {
     Grey16,
     /// 8-bit grey stored inverted as MONOCHROME1 (reads back as the original).
     Grey8Inverted,
+    /// The top 12 bits of 16-bit grey, stored inverted as MONOCHROME1 in 16-bit
+    /// words (Bits Stored 12): reads back as the 12-bit values scaled to 16 bits.
+    Grey12Inverted,
     /// 8-bit RGB.
     Rgb8,
     /// 8-bit YBR_FULL (stored from RGB with the standard's transform).
@@ -589,10 +635,16 @@ pub fn write_dicom(
     let (photometric, samples, bits) = match pixels {
         DicomPixels::Grey8 => ("MONOCHROME2", 1u16, 8u16),
         DicomPixels::Grey16 => ("MONOCHROME2", 1, 16),
+        DicomPixels::Grey12Inverted => ("MONOCHROME1", 1, 16),
         DicomPixels::Grey8Inverted => ("MONOCHROME1", 1, 8),
         DicomPixels::Rgb8 => ("RGB", 3, 8),
         DicomPixels::YbrFull8 => ("YBR_FULL", 3, 8),
         DicomPixels::YbrFull422 => ("YBR_FULL_422", 3, 8),
+    };
+    let stored = if pixels == DicomPixels::Grey12Inverted {
+        12u16
+    } else {
+        bits
     };
     if pixels == DicomPixels::YbrFull422 && w % 2 == 1 {
         return Err(bad(
@@ -609,6 +661,13 @@ pub fn write_dicom(
                 bytes.extend(frame.to_luma8().into_raw().into_iter().map(|v| 255 - v))
             }
             DicomPixels::Grey16 => words.extend(frame.to_luma16().into_raw()),
+            DicomPixels::Grey12Inverted => words.extend(
+                frame
+                    .to_luma16()
+                    .into_raw()
+                    .into_iter()
+                    .map(|v| 4095 - (v >> 4)),
+            ),
             DicomPixels::Rgb8 => bytes.extend(frame.to_rgb8().into_raw()),
             DicomPixels::YbrFull8 => {
                 for p in frame.to_rgb8().pixels() {
@@ -660,8 +719,8 @@ pub fn write_dicom(
         DataElement::new(tags::ROWS, VR::US, PrimitiveValue::from(rows)),
         DataElement::new(tags::COLUMNS, VR::US, PrimitiveValue::from(cols)),
         DataElement::new(tags::BITS_ALLOCATED, VR::US, PrimitiveValue::from(bits)),
-        DataElement::new(tags::BITS_STORED, VR::US, PrimitiveValue::from(bits)),
-        DataElement::new(tags::HIGH_BIT, VR::US, PrimitiveValue::from(bits - 1)),
+        DataElement::new(tags::BITS_STORED, VR::US, PrimitiveValue::from(stored)),
+        DataElement::new(tags::HIGH_BIT, VR::US, PrimitiveValue::from(stored - 1)),
         DataElement::new(
             tags::PIXEL_REPRESENTATION,
             VR::US,

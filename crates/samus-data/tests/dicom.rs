@@ -91,6 +91,25 @@ fn every_supported_layout_reads_back_exactly() {
             _ => assert!(read.to_luma8() == grey, "{pixels:?}"),
         }
     }
+    // MONOCHROME1 of 12 bits stored in 16: inverted within the 12 bits, then scaled
+    // to the full range (the 8-bit view matches the source's to within a level).
+    let path = dir.path().join("mono1-12.dcm");
+    let image = DynamicImage::ImageLuma16(grey16.clone());
+    write_dicom(
+        &path,
+        std::slice::from_ref(&image),
+        DicomPixels::Grey12Inverted,
+        &DicomCalibration::default(),
+    )
+    .unwrap();
+    let read = DicomFile::open(&path).unwrap().frame(0).unwrap().to_luma8();
+    let worst = read
+        .pixels()
+        .zip(image.to_luma8().pixels())
+        .map(|(a, b)| (i32::from(a[0]) - i32::from(b[0])).abs())
+        .max()
+        .unwrap();
+    assert!(worst <= 1, "12-bit MONOCHROME1 differs by {worst} levels");
     // YBR_FULL is converted back to RGB (to within the transform's rounding).
     let path = dir.path().join("ybr.dcm");
     write_dicom(
@@ -251,6 +270,24 @@ fn bad_files_name_the_file_and_the_cause() {
         "{err}"
     );
     assert!(err.contains("gdcmconv"), "{err}");
+
+    // A Number of Frames the pixel data cannot hold is refused before anything is
+    // sized by it.
+    use dicom_core::{DataElement, PrimitiveValue, VR};
+    use dicom_dictionary_std::tags;
+    let mut object = dicom_object::open_file(&good).unwrap();
+    object.put(DataElement::new(
+        tags::NUMBER_OF_FRAMES,
+        VR::IS,
+        PrimitiveValue::from("2000000000"),
+    ));
+    let lying = dir.path().join("lying.dcm");
+    object.write_to_file(&lying).unwrap();
+    let err = DicomFile::open(&lying).unwrap_err().to_string();
+    assert!(
+        err.contains("lying.dcm") && err.contains("2000000000 frames"),
+        "{err}"
+    );
 }
 
 /// PackBits of one byte plane, literal runs only (what an RLE Lossless segment may be).

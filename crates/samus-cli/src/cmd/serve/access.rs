@@ -2,9 +2,13 @@
 //! (`Authorization: Bearer <token>`, or the cookie the page gets when it is opened
 //! with `?token=`); without one (loopback only), requests must name a loopback host,
 //! so that a web page elsewhere cannot reach the server by rebinding a DNS name.
+//! Either way, a request that changes something (any API method but GET and HEAD)
+//! must be JSON and, from a browser, come from this server's own page: a page on
+//! another site can neither send it without the browser asking the server first
+//! (which it refuses) nor pass as this server's page.
 
 use axum::extract::{Request, State};
-use axum::http::{header, HeaderMap, StatusCode};
+use axum::http::{header, HeaderMap, HeaderName, HeaderValue, Method, StatusCode};
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 
@@ -64,8 +68,41 @@ impl Access {
             Some(v6) => v6.split(']').next().unwrap_or(""),
             None => host.rsplit_once(':').map_or(host, |(name, _)| name),
         };
-        matches!(name, "127.0.0.1" | "localhost" | "::1")
+        name == "localhost"
+            || name
+                .parse::<std::net::IpAddr>()
+                .is_ok_and(|ip| ip.is_loopback())
     }
+}
+
+/// Why a request that changes something is refused, if it is: it is not JSON, or a
+/// browser sent it from another origin than `http://<Host>`.
+pub fn cross_site_write(method: &Method, headers: &HeaderMap) -> Option<&'static str> {
+    if matches!(*method, Method::GET | Method::HEAD) {
+        return None;
+    }
+    let text = |name| {
+        headers
+            .get(name)
+            .and_then(|v: &HeaderValue| v.to_str().ok())
+    };
+    let json = text(header::CONTENT_TYPE).is_some_and(|t| {
+        t.split(';')
+            .next()
+            .is_some_and(|t| t.trim().eq_ignore_ascii_case("application/json"))
+    });
+    if !json {
+        return Some("send API requests that change something as `Content-Type: application/json`");
+    }
+    let own_origin = text(header::ORIGIN).is_none_or(|origin| {
+        text(header::HOST).is_some_and(|host| origin == format!("http://{host}"))
+    });
+    let fetch_site = text(HeaderName::from_static("sec-fetch-site"))
+        .is_none_or(|site| matches!(site, "same-origin" | "none"));
+    if !(own_origin && fetch_site) {
+        return Some("this request came from another site's page; use the page this server serves");
+    }
+    None
 }
 
 /// Compares two secrets in time independent of where they differ.
@@ -100,7 +137,8 @@ fn new_token() -> String {
 }
 
 /// The middleware in front of every route: a foreign `Host` gets 403, an API
-/// request without the token 401.
+/// request without the token 401, a change from another site's page 403 and one
+/// that is not JSON 415.
 pub async fn guard(State(access): State<Access>, request: Request, next: Next) -> Response {
     let headers = request.headers();
     if !access.host_allowed(headers) {
@@ -118,6 +156,16 @@ pub async fn guard(State(access): State<Access>, request: Request, next: Next) -
                 .to_string(),
         )
         .into_response();
+    }
+    if request.uri().path().starts_with("/api/") {
+        if let Some(reason) = cross_site_write(request.method(), headers) {
+            let status = if reason.contains("Content-Type") {
+                StatusCode::UNSUPPORTED_MEDIA_TYPE
+            } else {
+                StatusCode::FORBIDDEN
+            };
+            return ApiError::new(status, reason.to_string()).into_response();
+        }
     }
     next.run(request).await
 }
@@ -169,15 +217,58 @@ mod tests {
             token: None,
             loopback: true,
         };
-        for ok in ["127.0.0.1:8765", "localhost:1", "[::1]:8765", "localhost"] {
+        for ok in [
+            "127.0.0.1:8765",
+            "127.0.0.2:8765",
+            "localhost:1",
+            "[::1]:8765",
+            "localhost",
+        ] {
             assert!(access.host_allowed(&headers(&[(header::HOST, ok)])), "{ok}");
         }
-        for bad in ["evil.example:8765", "127.0.0.1.evil.example", ""] {
+        for bad in [
+            "evil.example:8765",
+            "127.0.0.1.evil.example",
+            "10.0.0.1:8765",
+            "",
+        ] {
             assert!(
                 !access.host_allowed(&headers(&[(header::HOST, bad)])),
                 "{bad}"
             );
         }
         assert!(!access.host_allowed(&HeaderMap::new()));
+    }
+
+    #[test]
+    fn changes_must_be_json_from_this_servers_page() {
+        let json = (header::CONTENT_TYPE, "application/json; charset=utf-8");
+        let host = (header::HOST, "127.0.0.1:8765");
+        let post = Method::POST;
+        assert_eq!(cross_site_write(&Method::GET, &HeaderMap::new()), None);
+        // A script or curl: no Origin.
+        assert_eq!(
+            cross_site_write(&post, &headers(&[json.clone(), host.clone()])),
+            None
+        );
+        // This server's own page.
+        let own = (header::ORIGIN, "http://127.0.0.1:8765");
+        let same = (HeaderName::from_static("sec-fetch-site"), "same-origin");
+        assert_eq!(
+            cross_site_write(&post, &headers(&[json.clone(), host.clone(), own, same])),
+            None
+        );
+        // A form posted from elsewhere: text/plain, or JSON from another origin.
+        let plain = (header::CONTENT_TYPE, "text/plain");
+        assert!(cross_site_write(&post, &headers(&[plain, host.clone()]))
+            .is_some_and(|r| r.contains("Content-Type")));
+        assert!(cross_site_write(&Method::PUT, &headers(std::slice::from_ref(&host))).is_some());
+        let evil = (header::ORIGIN, "http://evil.example");
+        assert!(
+            cross_site_write(&post, &headers(&[json.clone(), host.clone(), evil]))
+                .is_some_and(|r| r.contains("another site"))
+        );
+        let cross = (HeaderName::from_static("sec-fetch-site"), "cross-site");
+        assert!(cross_site_write(&post, &headers(&[json, host, cross])).is_some());
     }
 }

@@ -23,6 +23,7 @@ use serde::{Deserialize, Serialize};
 
 use super::cache::{CacheStats, CachedEmbedding, EmbeddingCache};
 use super::catalog::{Catalog, CatalogImage};
+use super::work::WorkLimit;
 use crate::support::images::open_image;
 
 /// Points one request may carry.
@@ -91,6 +92,8 @@ pub struct ServerState {
     pub catalog: Catalog,
     /// Their embeddings.
     pub cache: EmbeddingCache,
+    /// The bound on blocking work at once (shared with the cache).
+    pub work: WorkLimit,
     /// Where labels go, with `--labels`.
     pub labels: Option<LabelStore>,
     /// What the page is told.
@@ -216,14 +219,12 @@ fn parse_json<T: serde::de::DeserializeOwned>(body: &Bytes) -> ApiResult<T> {
     serde_json::from_slice(body).map_err(|e| ApiError::bad_request(format!("request body: {e}")))
 }
 
-/// Runs blocking model or file work off the async threads.
+/// Runs blocking model or file work off the async threads, within the work limit.
 async fn blocking<T: Send + 'static>(
+    state: &ServerState,
     work: impl FnOnce() -> anyhow::Result<T> + Send + 'static,
 ) -> ApiResult<T> {
-    tokio::task::spawn_blocking(work)
-        .await
-        .map_err(|e| ApiError::internal(anyhow::anyhow!("the worker stopped: {e}")))?
-        .map_err(ApiError::internal)
+    state.work.run(work).await.map_err(ApiError::internal)
 }
 
 /// Image `image`'s embedding, computed at most once; the next image of the list is
@@ -332,7 +333,10 @@ pub async fn image_file(
     Path(id): Path<String>,
 ) -> ApiResult<Response> {
     let image = image_of(&state, &id)?;
-    let bytes = blocking(move || encode_png(&browser_image(open_image(&image.path)?))).await?;
+    let bytes = blocking(&state, move || {
+        encode_png(&browser_image(open_image(&image.path)?))
+    })
+    .await?;
     Ok(png_response(bytes))
 }
 
@@ -342,7 +346,7 @@ pub async fn thumbnail(
     Path(id): Path<String>,
 ) -> ApiResult<Response> {
     let image = image_of(&state, &id)?;
-    let bytes = blocking(move || {
+    let bytes = blocking(&state, move || {
         let pixels = browser_image(open_image(&image.path)?);
         encode_png(&pixels.thumbnail(THUMBNAIL_SIZE, THUMBNAIL_SIZE))
     })
@@ -474,7 +478,7 @@ async fn decode(
 ) -> ApiResult<Json<PredictResponse>> {
     let (embedding, cached) = embedding_of(state, image).await?;
     let worker = Arc::clone(state);
-    let response = blocking(move || {
+    let response = blocking(state, move || {
         let start = Instant::now();
         let prediction = run(&worker.model, &embedding.embedding)?;
         let decode_ms = start.elapsed().as_secs_f64() * 1e3;
@@ -522,7 +526,7 @@ pub async fn get_label(
     let image = image_of(&state, &id)?;
     label_store(&state)?;
     let worker = Arc::clone(&state);
-    let label = blocking(move || {
+    let label = blocking(&state, move || {
         let store = worker.labels.as_ref().context("no --labels")?;
         match store.read_label(&image.sample)? {
             Some(label) => Ok(Some(
@@ -620,27 +624,13 @@ pub async fn put_label(
         }
     };
     let worker = Arc::clone(&state);
-    let saved = blocking(move || {
+    let saved = blocking(&state, move || {
         let store = worker.labels.as_ref().context("no --labels")?;
         let grey = samus_data::io::grey8_from_image(&open_image(&image.path)?);
-        let label = match change {
-            Change::Map(map) => map,
-            Change::Class(class, mask) => {
-                let mut label = store
-                    .read_label(&image.sample)?
-                    .filter(|l| l.dimensions() == (w, h))
-                    .unwrap_or_else(|| GrayImage::new(w, h));
-                for (l, m) in label.pixels_mut().zip(mask.pixels()) {
-                    if m[0] >= 128 {
-                        l[0] = class;
-                    } else if l[0] == class {
-                        l[0] = 0;
-                    }
-                }
-                label
-            }
-        };
-        Ok(store.save(&image.sample, &grey, &label)?)
+        Ok(match change {
+            Change::Map(map) => store.save(&image.sample, &grey, &map)?,
+            Change::Class(class, mask) => store.save_class(&image.sample, &grey, class, &mask)?,
+        })
     })
     .await?;
     let root = store.root();

@@ -2,7 +2,7 @@
 //! listed once at start-up. Requests name an image only by its id (its place in
 //! this list), never by a path, so no request can reach a file outside the folder.
 
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 use std::path::{Path, PathBuf};
 
 use anyhow::{bail, Context, Result};
@@ -51,16 +51,15 @@ impl Catalog {
         walk(&root, &root, 0, &mut files, &mut skipped)?;
         files.sort();
         let mut images = Vec::new();
-        let mut samples = HashSet::new();
+        let mut readable = Vec::new();
         for (name, path) in files {
-            let (width, height) = match samus_data::io::image_dimensions(&path) {
-                Ok(size) => size,
-                Err(e) => {
-                    skipped.push(format!("{name}: {e}"));
-                    continue;
-                }
-            };
-            let sample = unique_sample(&name, &mut samples);
+            match samus_data::io::image_dimensions(&path) {
+                Ok(size) => readable.push((name, path, size)),
+                Err(e) => skipped.push(format!("{name}: {e}")),
+            }
+        }
+        let samples = sample_names(readable.iter().map(|(name, _, _)| name.as_str()));
+        for ((name, path, (width, height)), sample) in readable.into_iter().zip(samples) {
             images.push(CatalogImage {
                 id: images.len(),
                 name,
@@ -90,24 +89,36 @@ impl Catalog {
     }
 }
 
-/// The US30K sample name of a listed file: its relative path without the extension,
-/// made safe (`scans/a b.png` -> `scans_a_b`), with the extension added when two
-/// files would otherwise share it.
-fn unique_sample(name: &str, taken: &mut HashSet<String>) -> String {
-    let stem = match name.rsplit_once('.') {
-        Some((stem, _)) => stem,
-        None => name,
-    };
-    let mut sample = safe_name(stem);
-    if !taken.insert(sample.clone()) {
-        sample = safe_name(name);
-        let mut n = 2;
-        while !taken.insert(sample.clone()) {
-            sample = format!("{}_{n}", safe_name(name));
-            n += 1;
-        }
+/// The US30K sample names of the listed files (relative paths): each path without
+/// its extension, made safe (`scans/a b.png` -> `scans_a_b`). Files whose names
+/// would meet (`a.png` and `a.jpg`, or `A.png` and `a.png` on a file system that
+/// ignores case) all keep their extension (`a_png`, `a_jpg`), whatever order they
+/// come in, so that a saved label never passes to another file.
+fn sample_names<'a>(names: impl IntoIterator<Item = &'a str> + Clone) -> Vec<String> {
+    let stem_of = |name: &'a str| safe_name(name.rsplit_once('.').map_or(name, |(stem, _)| stem));
+    let mut sharing: HashMap<String, usize> = HashMap::new();
+    for name in names.clone() {
+        *sharing.entry(stem_of(name).to_lowercase()).or_default() += 1;
     }
-    sample
+    let mut taken = HashSet::new();
+    names
+        .into_iter()
+        .map(|name| {
+            let stem = stem_of(name);
+            let base = if sharing[&stem.to_lowercase()] == 1 {
+                stem
+            } else {
+                safe_name(name)
+            };
+            let mut sample = base.clone();
+            let mut n = 2;
+            while !taken.insert(sample.to_lowercase()) {
+                sample = format!("{base}_{n}");
+                n += 1;
+            }
+            sample
+        })
+        .collect()
 }
 
 fn walk(
@@ -156,10 +167,19 @@ mod tests {
     use super::*;
 
     #[test]
-    fn sample_names_are_safe_and_unique() {
-        let mut taken = HashSet::new();
-        assert_eq!(unique_sample("a b.png", &mut taken), "a_b");
-        assert_eq!(unique_sample("a b.jpg", &mut taken), "a_b_jpg");
-        assert_eq!(unique_sample("sub/x.png", &mut taken), "sub_x");
+    fn sample_names_are_safe_unique_and_independent_of_order() {
+        assert_eq!(
+            sample_names(["a b.png", "sub/x.png", "c.png"]),
+            ["a_b", "sub_x", "c"]
+        );
+        // Names that meet keep their extensions, in either order, ignoring case.
+        assert_eq!(sample_names(["a.jpg", "a.png"]), ["a_jpg", "a_png"]);
+        assert_eq!(sample_names(["a.png", "a.jpg"]), ["a_png", "a_jpg"]);
+        assert_eq!(sample_names(["A.png", "a.png"]), ["A_png", "a_png_2"]);
+        // A stem that is another file's full name still gets its own sample.
+        assert_eq!(
+            sample_names(["a.png", "a.jpg", "a_png.bmp"]),
+            ["a_png", "a_jpg", "a_png_2"]
+        );
     }
 }

@@ -8,6 +8,7 @@ mod api;
 mod cache;
 mod catalog;
 mod page;
+mod work;
 
 use std::net::{IpAddr, SocketAddr};
 use std::path::PathBuf;
@@ -28,6 +29,7 @@ use access::Access;
 use api::{ClassInfo, ServedModel, ServerState, SessionInfo};
 use cache::EmbeddingCache;
 use catalog::Catalog;
+use work::WorkLimit;
 
 /// Examples shown by `samus serve --help`.
 pub const EXAMPLES: &str = "\
@@ -221,10 +223,12 @@ pub fn run(args: ServeArgs, ctx: &RunContext) -> Result<()> {
         classes,
         images: catalog.images().len(),
     };
+    let work = WorkLimit::per_core();
     let state = Arc::new(ServerState {
         model,
         catalog,
-        cache: EmbeddingCache::new(args.cache_mb as usize * (1 << 20)),
+        cache: EmbeddingCache::new(args.cache_mb as usize * (1 << 20), work.clone()),
+        work,
         labels,
         session,
         predictions: AtomicUsize::new(0),

@@ -27,17 +27,24 @@ const state = {
   busy: 0,             // predictions in flight
   opening: false,      // an image is loading or being embedded
   timings: [],          // click-to-mask milliseconds, for the status line and tests
-  requestSeq: 0,
+  requestSeq: 0,        // bumped by every change of what the screen should show
+  saving: false,        // a label is being saved
 };
+
+// Every change of what the screen should show (a prompt, an image, undo, redo,
+// clear, AutoSAMUS, a class) takes a new number; work that was started for an older
+// number drops its answer when it comes back.
+function nextSeq() { return ++state.requestSeq; }
+function isStale(seq, index) { return seq !== state.requestSeq || index !== state.index; }
 
 // ---- the API ------------------------------------------------------------------
 
 async function api(method, path, body) {
+  // Every change is JSON, even without a body: the server refuses other changes
+  // (so that another site's page cannot make them).
   const options = { method, headers: {} };
-  if (body !== undefined) {
-    options.headers["Content-Type"] = "application/json";
-    options.body = JSON.stringify(body);
-  }
+  if (method !== "GET") options.headers["Content-Type"] = "application/json";
+  if (body !== undefined) options.body = JSON.stringify(body);
   const reply = await fetch(path, options);
   const text = await reply.text();
   let data = null;
@@ -209,6 +216,7 @@ function markList() {
 async function openImage(i) {
   if (i < 0 || i >= state.images.length) return;
   const im = state.images[i];
+  nextSeq();
   state.index = i;
   state.prompt = { points: [], box: null };
   state.answer = null;
@@ -242,9 +250,13 @@ async function openImage(i) {
 
 async function showSavedLabel(im) {
   if (!state.session.labels || !im.labelled) return;
+  const index = state.index;
+  const current = () => state.index === index && state.images[index] === im;
   try {
     const saved = await api("GET", `/api/images/${im.id}/label`);
+    if (!current()) return;
     const img = await loadImage("data:image/png;base64," + saved.label_map);
+    if (!current()) return;
     const w = img.naturalWidth, h = img.naturalHeight;
     const c = document.createElement("canvas");
     c.width = w; c.height = h;
@@ -263,29 +275,37 @@ async function showSavedLabel(im) {
       }
     }
     cc.putImageData(out, 0, 0);
+    if (!current()) return;
     state.saved = c;
     draw();
   } catch (_) {
-    state.saved = null;
+    if (current()) state.saved = null;
   }
 }
 
 // ---- prompts, predictions, undo -----------------------------------------------
 
+// The prompt and, when it is the answer to that prompt (not one still on its way),
+// the masks shown for it.
 function snapshot() {
+  const prompt = JSON.stringify(state.prompt);
+  const answered = state.answer && state.answer.prompt === prompt;
   return {
-    prompt: JSON.parse(JSON.stringify(state.prompt)),
-    answer: state.answer,
-    chosen: state.chosen,
+    prompt: JSON.parse(prompt),
+    answer: answered ? state.answer : null,
+    chosen: answered ? state.chosen : 0,
   };
 }
 
 function restore(s) {
+  nextSeq();
   state.prompt = s.prompt;
   state.answer = s.answer;
   state.chosen = s.chosen;
   renderCandidates();
   draw();
+  // A prompt whose answer had not come yet is asked again.
+  if (!s.answer && (s.prompt.points.length || s.prompt.box)) predict();
 }
 
 function changePrompt(change) {
@@ -299,7 +319,7 @@ async function predict(startedAt) {
   const im = state.images[state.index];
   if (!im) return;
   const t0 = startedAt || performance.now();
-  const seq = ++state.requestSeq;
+  const seq = nextSeq(), index = state.index;
   const p = state.prompt;
   if (!p.points.length && !p.box) {
     state.answer = null;
@@ -315,23 +335,28 @@ async function predict(startedAt) {
       box: p.box,
       multimask: $("multimask").checked,
     });
-    if (seq !== state.requestSeq) return; // a newer click's answer is on its way
-    await showAnswer(response, t0, "mask");
+    if (isStale(seq, index)) return; // a newer click's answer is on its way
+    await showAnswer(response, t0, "mask", seq, index);
   } catch (err) {
-    if (seq === state.requestSeq) status(err.message, true);
+    if (!isStale(seq, index)) status(err.message, true);
   } finally {
     state.busy--;
   }
 }
 
-async function showAnswer(response, t0, what) {
+// Shows `response` unless something newer than `seq` happened meanwhile; the
+// chosen candidate is kept when only the colour changes (`keepChosen`).
+async function showAnswer(response, t0, what, seq, index, keepChosen) {
   const colour = classColour(classId());
+  const prompt = state.answer && keepChosen ? state.answer.prompt : JSON.stringify(state.prompt);
   const masks = [];
   for (let k = 0; k < response.masks.length; k++) {
     masks.push(await maskLayer(response.masks[k], colour));
+    if (isStale(seq, index)) return;
   }
-  state.answer = { response, masks };
-  state.chosen = 0;
+  const chosen = keepChosen ? Math.min(state.chosen, masks.length - 1) : 0;
+  state.answer = { response, masks, prompt };
+  state.chosen = chosen;
   renderCandidates();
   draw();
   // The time to the mask on screen: after the browser has painted this frame.
@@ -382,6 +407,7 @@ function clearPrompts() {
   if (!state.prompt.points.length && !state.prompt.box) return;
   state.history.push(snapshot());
   state.future = [];
+  nextSeq();
   state.prompt = { points: [], box: null };
   state.answer = null;
   renderCandidates();
@@ -396,12 +422,17 @@ async function runAuto() {
   state.future = [];
   state.prompt = { points: [], box: null };
   const t0 = performance.now();
+  const seq = nextSeq(), index = state.index;
   status("AutoSAMUS…");
+  state.busy++;
   try {
     const response = await api("POST", `/api/images/${im.id}/auto`);
-    await showAnswer(response, t0, "auto mask");
+    if (isStale(seq, index)) return;
+    await showAnswer(response, t0, "auto mask", seq, index);
   } catch (err) {
-    status(err.message, true);
+    if (!isStale(seq, index)) status(err.message, true);
+  } finally {
+    state.busy--;
   }
 }
 
@@ -417,6 +448,9 @@ async function accept(thenNext) {
     status("nothing to save yet: click the structure first", true);
     return;
   }
+  if (state.saving) return; // one save at a time (a held Enter, a double click)
+  state.saving = true;
+  const index = state.index;
   try {
     const saved = await api("PUT", `/api/images/${im.id}/label`, {
       class_id: classId(),
@@ -425,15 +459,21 @@ async function accept(thenNext) {
     im.labelled = true;
     markList();
     const kept = saved.previous ? ` (previous label kept in ${saved.previous})` : "";
+    // The user may have moved on while it saved: then stay where they are.
+    if (state.index !== index) return;
     status(`saved ${saved.label}${kept}`);
-    if (thenNext && state.index + 1 < state.images.length) {
-      await openImage(state.index + 1);
-      status(`saved ${saved.label}${kept} · now ${state.images[state.index].name}`);
+    if (thenNext && index + 1 < state.images.length) {
+      await openImage(index + 1);
+      if (state.index === index + 1) {
+        status(`saved ${saved.label}${kept} · now ${state.images[state.index].name}`);
+      }
     } else {
       await showSavedLabel(im);
     }
   } catch (err) {
-    status(err.message, true);
+    if (state.index === index) status(err.message, true);
+  } finally {
+    state.saving = false;
   }
 }
 
@@ -548,6 +588,13 @@ window.addEventListener("keydown", (ev) => {
   if (ev.target instanceof HTMLSelectElement || ev.target instanceof HTMLInputElement) {
     if (ev.key !== "Enter" && ev.key !== "Escape") return;
   }
+  // A focused button acts on Enter and space itself.
+  if (ev.target instanceof HTMLButtonElement && (ev.key === "Enter" || ev.key === " ")) return;
+  // A held key repeats: save or move once per press.
+  if (ev.repeat && ["Enter", "s", "S", "a", "A", "n", "N", "p", "P"].includes(ev.key)) {
+    ev.preventDefault();
+    return;
+  }
   const key = ev.key;
   const ctrl = ev.ctrlKey || ev.metaKey;
   let handled = true;
@@ -577,9 +624,10 @@ window.addEventListener("keydown", (ev) => {
   if (handled) ev.preventDefault();
 });
 
-window.addEventListener("keyup", (ev) => {
-  if (ev.key === " ") { state.spaceDown = false; canvas.classList.remove("panning"); }
-});
+function releaseSpace() { state.spaceDown = false; canvas.classList.remove("panning"); }
+window.addEventListener("keyup", (ev) => { if (ev.key === " ") releaseSpace(); });
+// A space released in another window never sends its keyup here.
+window.addEventListener("blur", releaseSpace);
 
 function nextClass() {
   const sel = $("class");
@@ -589,7 +637,8 @@ function nextClass() {
 
 async function recolour() {
   if (!state.answer) return;
-  await showAnswer(state.answer.response, performance.now(), "mask");
+  const seq = nextSeq(), index = state.index;
+  await showAnswer(state.answer.response, performance.now(), "mask", seq, index, true);
 }
 
 $("class").addEventListener("change", recolour);
@@ -602,6 +651,14 @@ $("prev").addEventListener("click", () => openImage(state.index - 1));
 $("next").addEventListener("click", () => openImage(state.index + 1));
 $("accept").addEventListener("click", () => accept(true));
 window.addEventListener("resize", () => { resizeCanvas(); fit(); });
+
+// Moving the window to a screen of another pixel density (or zooming the page)
+// changes devicePixelRatio without a resize on every browser: redraw sharp then.
+function watchPixelRatio() {
+  const query = matchMedia(`(resolution: ${window.devicePixelRatio || 1}dppx)`);
+  query.addEventListener("change", () => { resizeCanvas(); fit(); watchPixelRatio(); }, { once: true });
+}
+watchPixelRatio();
 
 // ---- start --------------------------------------------------------------------
 
