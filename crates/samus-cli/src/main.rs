@@ -67,6 +67,10 @@ enum Command {
     /// Segment images without prompts with AutoSAMUS (batched, with a progress bar).
     #[command(after_help = auto::EXAMPLES)]
     Auto(auto::AutoArgs),
+    /// Follow a structure through a cine loop (multi-frame DICOM, video, frame
+    /// folder): masks, an animated overlay, areas over time.
+    #[command(after_help = track::EXAMPLES)]
+    Track(track::TrackArgs),
     /// Click-to-segment in the browser: label a folder of scans, saved in the US30K layout.
     #[command(after_help = serve::EXAMPLES)]
     Serve(serve::ServeArgs),
@@ -173,6 +177,7 @@ fn main() -> ExitCode {
         Command::Demo(args) => demo::run(args, &ctx),
         Command::Segment(args) => segment::run(args, &ctx),
         Command::Auto(args) => auto::run(args, &ctx),
+        Command::Track(args) => track::run(args, &ctx),
         Command::Serve(args) => serve::run(args, &ctx),
         Command::Data(args) => data::run(args),
         Command::Metrics(args) => metrics::run(args),

@@ -27,6 +27,7 @@ pub mod check;
 pub mod dataset;
 pub mod dicom;
 mod error;
+pub mod frames;
 pub mod import;
 pub mod io;
 pub mod measure;

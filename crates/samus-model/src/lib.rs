@@ -63,6 +63,7 @@ pub mod preprocess;
 pub mod prompt_encoder;
 mod prompts;
 pub mod samus;
+pub mod tracking;
 pub mod train;
 pub mod transformer;
 pub mod weights;

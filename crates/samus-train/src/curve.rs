@@ -17,7 +17,8 @@ const SMOOTHING: usize = 20;
 /// The ASCII subset of DejaVu Sans (licence in `assets/DejaVu-LICENSE.txt`), so that
 /// labels render without system fonts (the CLI's overlays use it too).
 pub const FONT: &[u8] = include_bytes!("../assets/DejaVuSans-ascii.ttf");
-const FONT_NAME: &str = "sans-serif";
+/// The family name plotters knows [`FONT`] by, once [`register_font`] ran.
+pub const FONT_NAME: &str = "sans-serif";
 
 /// The rows of a run's `metrics.csv`.
 #[derive(Debug, Clone, Default, PartialEq)]
@@ -92,7 +93,9 @@ fn moving_average(points: &[(usize, f64)], n: usize) -> Vec<(usize, f64)> {
         .collect()
 }
 
-fn register_font() -> Result<(), TrainError> {
+/// Registers [`FONT`] with plotters as [`FONT_NAME`] (once per process), for any
+/// chart drawn without system fonts.
+pub fn register_font() -> Result<(), TrainError> {
     static REGISTER: Once = Once::new();
     let mut result = Ok(());
     REGISTER.call_once(|| {

@@ -13,4 +13,5 @@ pub mod metrics;
 pub mod segment;
 pub mod serve;
 pub mod synth;
+pub mod track;
 pub mod train;

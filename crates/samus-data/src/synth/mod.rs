@@ -33,6 +33,7 @@
 //!   layout through [`samus_core::atomic_write`];
 //! - `tests.rs`: the unit tests.
 
+pub mod cine;
 mod measurements;
 mod noise;
 mod overlays;

@@ -127,7 +127,7 @@ struct MaskSummary {
 }
 
 /// `--pixel-size`: one size for both axes, or x then y; positive millimetres.
-fn parse_pixel_size(text: &str) -> std::result::Result<(f64, f64), String> {
+pub fn parse_pixel_size(text: &str) -> std::result::Result<(f64, f64), String> {
     let parse = |v: &str| {
         v.trim()
             .parse::<f64>()
