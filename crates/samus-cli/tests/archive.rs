@@ -73,7 +73,9 @@ fn auto_splits_a_folder_between_jobs_and_resumes() {
     );
     assert_eq!(part1.keys().collect::<Vec<_>>(), ["scan01", "scan03"]);
     let header = std::fs::read_to_string(out.join("results-part0-of-2.csv")).unwrap();
-    assert!(header.starts_with("name,image,area,mean_probability,predicted_iou,seconds\n"));
+    assert!(header.starts_with(
+        "name,image,area,mean_probability,predicted_iou,area_mm2,equivalent_diameter_mm,perimeter_mm,ellipse_circumference_mm,seconds\n"
+    ));
     for row in part0.values().chain(part1.values()) {
         let area: u64 = row[2].parse().unwrap();
         let mask = image::open(out.join(format!("{}_mask.png", row[0])))
@@ -81,7 +83,7 @@ fn auto_splits_a_folder_between_jobs_and_resumes() {
             .to_luma8();
         assert_eq!(area, mask.pixels().filter(|p| p[0] > 0).count() as u64);
         let iou: f64 = row[4].parse().unwrap();
-        assert!(iou.is_finite() && row[5].parse::<f64>().unwrap() > 0.0);
+        assert!(iou.is_finite() && row[9].parse::<f64>().unwrap() > 0.0);
     }
 
     // One job, resumed: an interrupted run left scan01's mask out; only it is redone.

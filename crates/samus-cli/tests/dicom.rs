@@ -200,3 +200,130 @@ fn measurements_come_in_millimetres_where_the_pixel_size_is_known() {
     assert!(report.get("pixel_size_mm").is_none(), "{report}");
     assert!(report["masks"][0].get("measurements").is_none(), "{report}");
 }
+
+/// The rows of a results table by name, with its header.
+fn results_table(path: &std::path::Path) -> (Vec<String>, Vec<Vec<String>>) {
+    let mut reader = csv::Reader::from_path(path).unwrap();
+    let header = reader
+        .headers()
+        .unwrap()
+        .iter()
+        .map(str::to_string)
+        .collect();
+    let rows = reader
+        .records()
+        .map(|r| r.unwrap().iter().map(str::to_string).collect())
+        .collect();
+    (header, rows)
+}
+
+#[test]
+fn auto_and_folder_results_add_millimetres() {
+    let Some(fx) = fixtures() else { return };
+    let Some(real) = realdata() else { return };
+    let dcm = pocus_dicom(&real);
+    let tmp = tempfile::tempdir().unwrap();
+    let ck = fx.join("samus_tiny.safetensors");
+    let apg = fx.join("autosamus_tiny_apg.safetensors");
+    // A folder with the DICOM (calibrated by its region) and a PNG (not calibrated).
+    let scans = tmp.path().join("scans");
+    std::fs::create_dir_all(&scans).unwrap();
+    std::fs::copy(&dcm, scans.join("a.dcm")).unwrap();
+    image::GrayImage::from_fn(120, 90, |x, y| image::Luma([((x * 3 + y) % 200) as u8]))
+        .save(scans.join("b.png"))
+        .unwrap();
+    let mm_of = |header: &[String], row: &[String]| -> Vec<String> {
+        ["area", "area_mm2", "ellipse_circumference_mm"]
+            .iter()
+            .map(|c| row[header.iter().position(|h| h == c).unwrap()].clone())
+            .collect()
+    };
+    let out = tmp.path().join("auto");
+    let run = samus(&[
+        "auto",
+        "--checkpoint",
+        p(&ck),
+        "--apg",
+        p(&apg),
+        "--image",
+        p(&scans),
+        "--out-dir",
+        p(&out),
+        "--json",
+    ]);
+    assert!(run.status.success(), "{}", stderr(&run));
+    let report: serde_json::Value = serde_json::from_slice(&run.stdout).unwrap();
+    let (header, rows) = results_table(&out.join("results.csv"));
+    assert_eq!(
+        &header[5..9],
+        [
+            "area_mm2",
+            "equivalent_diameter_mm",
+            "perimeter_mm",
+            "ellipse_circumference_mm"
+        ]
+    );
+    let dicom_row = mm_of(&header, &rows[0]);
+    let area: f64 = dicom_row[0].parse().unwrap();
+    let mm2: f64 = dicom_row[1].parse().unwrap();
+    assert!(
+        area > 0.0 && (mm2 - area * 0.0291 * 0.0291).abs() <= 1e-3 + 1e-6 * mm2,
+        "{dicom_row:?}"
+    );
+    assert!(dicom_row[2].parse::<f64>().unwrap() > 0.0);
+    assert_eq!(mm_of(&header, &rows[1])[1], "", "the PNG has no pixel size");
+    assert!(
+        report["images"][0]["measurements"]["area_mm2"].is_f64(),
+        "{report}"
+    );
+    assert!(
+        report["images"][1].get("measurements").is_none(),
+        "{report}"
+    );
+    // --pixel-size measures every image (it wins over a file's own).
+    let out = tmp.path().join("auto_px");
+    let run = samus(&[
+        "auto",
+        "--checkpoint",
+        p(&ck),
+        "--apg",
+        p(&apg),
+        "--image",
+        p(&scans),
+        "--out-dir",
+        p(&out),
+        "--pixel-size",
+        "0.1",
+    ]);
+    assert!(run.status.success(), "{}", stderr(&run));
+    let (header, rows) = results_table(&out.join("results.csv"));
+    let png_row = mm_of(&header, &rows[1]);
+    let (area, mm2): (f64, f64) = (png_row[0].parse().unwrap(), png_row[1].parse().unwrap());
+    assert!((mm2 - area * 0.01).abs() <= 1e-3, "{png_row:?}");
+
+    // segment's folder mode: the same columns, each entry measured.
+    let prompts = tmp.path().join("prompts.json");
+    std::fs::write(&prompts, r#"[{"name": "box", "box": [10, 10, 80, 70]}]"#).unwrap();
+    let out = tmp.path().join("seg");
+    let run = samus(&[
+        "segment",
+        "--checkpoint",
+        p(&ck),
+        "--image",
+        p(&scans),
+        "--prompts",
+        p(&prompts),
+        "--out-dir",
+        p(&out),
+    ]);
+    assert!(run.status.success(), "{}", stderr(&run));
+    let (header, rows) = results_table(&out.join("results.csv"));
+    assert_eq!(header.last().map(String::as_str), Some("seconds"));
+    let dicom_row = mm_of(&header, &rows[0]);
+    let (area, mm2): (f64, f64) = (dicom_row[0].parse().unwrap(), dicom_row[1].parse().unwrap());
+    assert!(
+        (mm2 - area * 0.0291 * 0.0291).abs() <= 1e-3 + 1e-6 * mm2,
+        "{dicom_row:?}"
+    );
+    assert_eq!(mm_of(&header, &rows[1])[1], "");
+}

@@ -9,12 +9,15 @@ use candle_core::{Device, Tensor};
 use clap::Args;
 use image::DynamicImage;
 use samus_apg::AutoSamus;
+use samus_data::measure::Measurements;
 use serde::Serialize;
 
+use crate::cmd::segment::parse_pixel_size;
 use crate::support::archive::{
     announce_done, expand_inputs, job_summary, output_names, progress_bar, ArchiveArgs,
     ResultsTable, Unreadable,
 };
+use crate::support::calibration::{mm_cells, Calibration, MM_COLUMNS};
 use crate::support::images::{area_and_mean_probability, open_image, overlay};
 use crate::support::model::{warn_if_sam, Checkpoint, NO_CHECKPOINT};
 use crate::support::output::{OutputKind, Outputs};
@@ -67,6 +70,11 @@ pub struct AutoArgs {
     /// Images per forward pass.
     #[arg(long, value_name = "N", default_value_t = 4, value_parser = clap::value_parser!(u16).range(1..))]
     batch_size: u16,
+    /// Pixel size in millimetres, `MM` or `X_MM,Y_MM`, for every image: adds the
+    /// area in mm², the equivalent diameter, the perimeter and the fitted-ellipse
+    /// circumference. A calibrated DICOM file gives its own.
+    #[arg(long, value_name = "MM[,MM]", value_parser = parse_pixel_size)]
+    pixel_size: Option<(f64, f64)>,
     /// Print the results as one JSON object.
     #[arg(long)]
     json: bool,
@@ -75,12 +83,16 @@ pub struct AutoArgs {
 }
 
 /// The columns of `samus auto`'s results table.
-const RESULT_COLUMNS: [&str; 6] = [
+const RESULT_COLUMNS: [&str; 10] = [
     "name",
     "image",
     "area",
     "mean_probability",
     "predicted_iou",
+    MM_COLUMNS[0],
+    MM_COLUMNS[1],
+    MM_COLUMNS[2],
+    MM_COLUMNS[3],
     "seconds",
 ];
 
@@ -93,6 +105,9 @@ struct ImageSummary {
     overlay: Option<String>,
     area: usize,
     mean_foreground_probability: f32,
+    /// With a known pixel size.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    measurements: Option<Measurements>,
 }
 
 fn load_model(args: &AutoArgs, ctx: &RunContext) -> Result<AutoSamus> {
@@ -235,6 +250,8 @@ pub fn run(args: AutoArgs, ctx: &RunContext) -> Result<()> {
                 None
             };
             let iou = seg.best().iou;
+            let calibration = Calibration::of(args.pixel_size, Some(file), (f64::NAN, f64::NAN))?;
+            let measurements = calibration.and_then(|c| c.measure(mask_img));
             let summary = ImageSummary {
                 image: file.display().to_string(),
                 width: w,
@@ -243,11 +260,18 @@ pub fn run(args: AutoArgs, ctx: &RunContext) -> Result<()> {
                 overlay: overlay_path,
                 area,
                 mean_foreground_probability: mean,
+                measurements,
             };
             if !args.json {
+                let physical = measurements.map_or_else(String::new, |m| {
+                    format!(
+                        ", {:.1} mm² (circumference {:.1} mm)",
+                        m.area_mm2, m.ellipse_circumference_mm
+                    )
+                });
                 progress.suspend(|| {
                     outln!(
-                        "{}: mask area {} px ({:.1}%), mean foreground probability {:.3} -> {}",
+                        "{}: mask area {} px ({:.1}%){physical}, mean foreground probability {:.3} -> {}",
                         summary.image,
                         area,
                         100.0 * area as f64 / (w as f64 * h as f64),
@@ -256,14 +280,16 @@ pub fn run(args: AutoArgs, ctx: &RunContext) -> Result<()> {
                     )
                 })?;
             }
-            results.insert(vec![
+            let mut row = vec![
                 stem.clone(),
                 summary.image.clone(),
                 area.to_string(),
                 format!("{mean:.6}"),
                 format!("{iou:.6}"),
-                format!("{seconds:.4}"),
-            ]);
+            ];
+            row.extend(mm_cells(measurements.as_ref()));
+            row.push(format!("{seconds:.4}"));
+            results.insert(row);
             summaries.push(summary);
             if args.save_logits.is_some() {
                 low_res.push(seg.low_res_logits().clone());

@@ -2,6 +2,7 @@
 //! the compute device, HTML reports.
 
 pub mod archive;
+pub mod calibration;
 pub mod device;
 pub mod images;
 pub mod model;

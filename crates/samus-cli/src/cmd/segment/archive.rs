@@ -14,18 +14,23 @@ use super::SegmentArgs;
 use crate::support::archive::{
     announce_done, expand_inputs, job_summary, output_names, progress_bar, ResultsTable, Unreadable,
 };
+use crate::support::calibration::{mm_cells, prompt_position, Calibration, MM_COLUMNS};
 use crate::support::images::{area_and_mean_probability, open_image};
 use crate::support::output::Outputs;
 use crate::support::RunContext;
 
 /// The columns of the results table: one row per image and prompt entry.
-const RESULT_COLUMNS: [&str; 7] = [
+const RESULT_COLUMNS: [&str; 11] = [
     "name",
     "entry",
     "image",
     "area",
     "mean_probability",
     "predicted_iou",
+    MM_COLUMNS[0],
+    MM_COLUMNS[1],
+    MM_COLUMNS[2],
+    MM_COLUMNS[3],
     "seconds",
 ];
 
@@ -204,14 +209,23 @@ fn segment_one(
         outputs.png(&DynamicImage::ImageLuma8(best.image.clone()), &path)?;
         let entry_logits = prediction.best_logits()?;
         let (area, mean) = area_and_mean_probability(&best.image, &entry_logits);
-        rows.push(vec![
+        let calibration = Calibration::of(
+            args.pixel_size,
+            Some(&job.file),
+            prompt_position(&entry.points, entry.bbox),
+        )?;
+        let mut row = vec![
             job.stem.clone(),
             entry.name.clone(),
             job.file.display().to_string(),
             area.to_string(),
             format!("{mean:.6}"),
             format!("{:.6}", best.iou),
-        ]);
+        ];
+        row.extend(mm_cells(
+            calibration.and_then(|c| c.measure(&best.image)).as_ref(),
+        ));
+        rows.push(row);
         logits.push(entry_logits);
     }
     if job.entries.iter().any(|e| e.class_id.is_some()) {

@@ -6,12 +6,13 @@ use anyhow::{bail, Context, Result};
 use candle_core::{Device, Tensor};
 use clap::Args;
 use image::{DynamicImage, GrayImage};
-use samus_data::measure::{measure_mask, Measurements};
+use samus_data::measure::Measurements;
 use samus_model::{CheckpointKind, PointPrompt, Prediction, Prompts, Samus, SamusConfig};
 use serde::Serialize;
 
 use crate::cmd::demo::demo_image;
 use crate::support::archive::ArchiveArgs;
+use crate::support::calibration::{prompt_position, Calibration};
 use crate::support::images::{mask_image, open_image, overlay};
 use crate::support::model::{warn_if_sam, Checkpoint, NO_CHECKPOINT};
 use crate::support::output::{OutputKind, Outputs};
@@ -141,29 +142,6 @@ pub fn parse_pixel_size(text: &str) -> std::result::Result<(f64, f64), String> {
     }
 }
 
-/// The pixel size to measure with: `--pixel-size`, else the DICOM file's at `at`
-/// (the prompt), with where it came from.
-fn pixel_size_of(
-    given: Option<(f64, f64)>,
-    image: Option<&Path>,
-    at: (f64, f64),
-) -> Result<Option<((f64, f64), &'static str)>> {
-    if let Some(size) = given {
-        return Ok(Some((size, "--pixel-size")));
-    }
-    let Some(path) = image.filter(|p| samus_data::dicom::is_dicom(p)) else {
-        return Ok(None);
-    };
-    let file = samus_data::dicom::DicomFile::open(path)?;
-    Ok(file.pixel_size_at(at.0, at.1).map(|s| {
-        let source = match s.source {
-            samus_data::dicom::PixelSizeSource::UltrasoundRegion => "DICOM ultrasound region",
-            _ => "DICOM pixel spacing",
-        };
-        ((s.x_mm, s.y_mm), source)
-    }))
-}
-
 #[derive(Debug, Serialize)]
 struct SegmentReport {
     image: String,
@@ -212,7 +190,7 @@ fn load_model(args: &SegmentArgs, ctx: &RunContext) -> Result<(Samus, bool)> {
     Ok((model, was_sam))
 }
 
-fn summaries(prediction: &Prediction, pixel_mm: Option<(f64, f64)>) -> Vec<MaskSummary> {
+fn summaries(prediction: &Prediction, pixel_size: Option<&Calibration>) -> Vec<MaskSummary> {
     prediction
         .masks()
         .iter()
@@ -220,7 +198,7 @@ fn summaries(prediction: &Prediction, pixel_mm: Option<(f64, f64)>) -> Vec<MaskS
             index: m.index,
             iou: m.iou,
             area: m.area(),
-            measurements: pixel_mm.and_then(|size| measure_mask(&m.image, size)),
+            measurements: pixel_size.and_then(|c| c.measure(&m.image)),
         })
         .collect()
 }
@@ -326,15 +304,12 @@ pub fn run(args: SegmentArgs, ctx: &RunContext) -> Result<()> {
             .maybe_bbox(args.bbox)
             .multimask(args.multimask),
     )?;
-    let prompt_at = points
-        .first()
-        .map(|p| (f64::from(p.x), f64::from(p.y)))
-        .or(args
-            .bbox
-            .map(|b| (f64::from(b[0] + b[2]) / 2.0, f64::from(b[1] + b[3]) / 2.0)))
-        .unwrap_or((f64::NAN, f64::NAN));
-    let pixel_size = pixel_size_of(args.pixel_size, args.image.as_deref(), prompt_at)?;
-    let summaries = summaries(&prediction, pixel_size.map(|(s, _)| s));
+    let pixel_size = Calibration::of(
+        args.pixel_size,
+        args.image.as_deref(),
+        prompt_position(&points, args.bbox),
+    )?;
+    let summaries = summaries(&prediction, pixel_size.as_ref());
     let best = prediction.best();
     let selected = best.index;
     let (w, h) = (image.width(), image.height());
@@ -366,8 +341,8 @@ pub fn run(args: SegmentArgs, ctx: &RunContext) -> Result<()> {
         out: args.out.display().to_string(),
         overlay: args.overlay.as_ref().map(|p| p.display().to_string()),
         logits: args.save_logits.as_ref().map(|p| p.display().to_string()),
-        pixel_size_mm: pixel_size.map(|((x, y), _)| [x, y]),
-        pixel_size_source: pixel_size.map(|(_, source)| source),
+        pixel_size_mm: pixel_size.map(|c| [c.mm.0, c.mm.1]),
+        pixel_size_source: pixel_size.map(|c| c.source),
     };
     if args.json {
         outln!("{}", serde_json::to_string(&report)?)?;
@@ -414,6 +389,9 @@ struct EntryReport {
     iou: f32,
     area: usize,
     out: String,
+    /// With a known pixel size.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    measurements: Option<Measurements>,
 }
 
 /// The `--prompts` report.
@@ -476,12 +454,18 @@ impl PromptFileJob<'_> {
             }
             all_points.extend(entry.points.iter().copied());
             logits.push(prediction.best_logits()?);
+            let calibration = Calibration::of(
+                args.pixel_size,
+                args.image.as_deref(),
+                prompt_position(&entry.points, entry.bbox),
+            )?;
             reports.push(EntryReport {
                 name: entry.name.clone(),
                 class_id: entry.class_id,
                 iou: best.iou,
                 area: best.area(),
                 out: path.display().to_string(),
+                measurements: calibration.and_then(|c| c.measure(&best.image)),
             });
         }
         let label_path = match (
@@ -529,8 +513,14 @@ impl PromptFileJob<'_> {
                 let class = e
                     .class_id
                     .map_or_else(String::new, |c| format!(" class {c}"));
+                let physical = e.measurements.map_or_else(String::new, |m| {
+                    format!(
+                        " ({:.1} mm², circumference {:.1} mm)",
+                        m.area_mm2, m.ellipse_circumference_mm
+                    )
+                });
                 outln!(
-                    "{}{class}: predicted IoU {:.4}, area {} px -> {}",
+                    "{}{class}: predicted IoU {:.4}, area {} px{physical} -> {}",
                     e.name,
                     e.iou,
                     e.area,

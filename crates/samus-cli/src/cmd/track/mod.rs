@@ -17,6 +17,7 @@ use serde::Serialize;
 
 use crate::cmd::segment::{parse_box, parse_pixel_size, parse_point};
 use crate::support::archive::progress_bar;
+use crate::support::calibration::prompt_position;
 use crate::support::model::{warn_if_sam, Checkpoint};
 use crate::support::output::{check_output_folder, Outputs};
 use crate::support::RunContext;
@@ -196,17 +197,13 @@ pub fn run(args: TrackArgs, ctx: &RunContext) -> Result<()> {
         .flatten(),
     );
     let model = load(&args, ctx)?;
-    let pixel_mm = args.pixel_size.or_else(|| {
-        let at = args
-            .points
-            .first()
-            .map(|p| (f64::from(p.x), f64::from(p.y)))
-            .or(args
-                .bbox
-                .map(|b| (f64::from(b[0] + b[2]) / 2.0, f64::from(b[1] + b[3]) / 2.0)))
-            .unwrap_or((f64::NAN, f64::NAN));
-        sequence.pixel_size_at(at.0, at.1).map(|s| (s.x_mm, s.y_mm))
-    });
+    let pixel_mm = match args.pixel_size {
+        Some(mm) => Some(mm),
+        None => {
+            let (x, y) = prompt_position(&args.points, args.bbox);
+            sequence.pixel_size_at(x, y).map(|s| (s.x_mm, s.y_mm))
+        }
+    };
 
     let started = Instant::now();
     let expected = sequence.len().map_or(0, |n| {
