@@ -2,7 +2,7 @@
 
 mod common;
 
-use common::samus;
+use common::{fixtures, p, samus, stderr};
 
 #[test]
 fn data_check_reports_counts_and_problems() {
@@ -107,4 +107,90 @@ fn synth_then_data_check_from_scratch() {
     assert_eq!(a, b);
     let bad = samus(&["synth", "--out", dir, "--cnr", "2,1"]);
     assert!(!bad.status.success() && String::from_utf8_lossy(&bad.stderr).contains("MIN <= MAX"));
+}
+
+/// An HC18-like release (fetal heads: a scan, its ellipse outline, the pixel-size
+/// CSV) imported, then evaluated: the import records each image's pixel size and
+/// `samus eval` reports the circumference error in mm.
+#[test]
+fn eval_reports_the_circumference_error_where_the_import_knows_the_pixel_size() {
+    let Some(fx) = fixtures() else { return };
+    let tmp = tempfile::tempdir().unwrap();
+    let (src, root) = (tmp.path().join("hc18"), tmp.path().join("US30K"));
+    let set = src.join("training_set");
+    std::fs::create_dir_all(&set).unwrap();
+    let mut csv = String::from("filename,pixel size(mm),head circumference (mm)\n");
+    for i in 1..=5u32 {
+        let (w, h) = (96, 64);
+        let scan = image::GrayImage::from_fn(w, h, |x, y| {
+            image::Luma([((x * 7 + y * 5 + i) % 180) as u8])
+        });
+        scan.save(set.join(format!("{i:03}_HC.png"))).unwrap();
+        let mut outline = image::GrayImage::new(w, h);
+        imageproc::drawing::draw_hollow_ellipse_mut(
+            &mut outline,
+            (48, 32),
+            20 + i as i32,
+            14,
+            image::Luma([255]),
+        );
+        outline
+            .save(set.join(format!("{i:03}_HC_Annotation.png")))
+            .unwrap();
+        csv.push_str(&format!("{i:03}_HC.png,0.15,0\n"));
+    }
+    std::fs::write(set.join("training_set_pixel_size_and_HC.csv"), csv).unwrap();
+    let import = samus(&[
+        "data",
+        "import",
+        "hc18",
+        p(&src),
+        "--out",
+        p(&root),
+        "--val",
+        "0",
+        "--test",
+        "0",
+    ]);
+    assert!(import.status.success(), "{}", stderr(&import));
+    let out_csv = tmp.path().join("eval.csv");
+    let eval = samus(&[
+        "eval",
+        "--checkpoint",
+        p(&fx.join("samus_tiny.safetensors")),
+        "--data",
+        p(&root),
+        "--split",
+        "train",
+        "--csv",
+        p(&out_csv),
+    ]);
+    assert!(eval.status.success(), "{}", stderr(&eval));
+    let table = String::from_utf8_lossy(&eval.stdout);
+    assert!(
+        table.lines().next().unwrap().contains("hc_err_mm"),
+        "{table}"
+    );
+    let text = std::fs::read_to_string(&out_csv).unwrap();
+    let mut lines = text.lines();
+    let header: Vec<&str> = lines.next().unwrap().split(',').collect();
+    let col = header
+        .iter()
+        .position(|h| *h == "circumference_error_mm")
+        .unwrap();
+    let all: Vec<&str> = lines
+        .find(|l| l.starts_with("all,"))
+        .unwrap()
+        .split(',')
+        .collect();
+    let images: usize = all[1].parse().unwrap();
+    assert_eq!(images, 5, "{text}");
+    // The untrained tiny model's masks are not heads, but they are measured in
+    // the file's millimetres (an error, not an empty cell).
+    let error: f64 = all[col]
+        .parse()
+        .unwrap_or_else(|_| panic!("no circumference error: {text}"));
+    assert!(error.is_finite() && error > 0.0, "{text}");
+    let measured = header.iter().position(|h| *h == "images").unwrap();
+    assert_eq!(all[measured], "5");
 }

@@ -100,6 +100,11 @@ pub struct Sample {
     pub class_id: u8,
     /// The image's file stem.
     pub name: String,
+    /// The image file's width and height (before the 256 x 256 transform).
+    pub original_size: (u32, u32),
+    /// Millimetres per pixel of the image file, from the dataset's `manifest.csv`
+    /// (written by `samus data import` where the release records it).
+    pub pixel_size_mm: Option<f64>,
 }
 
 /// A batch of samples, and the samples skipped under `skip_bad`.
@@ -120,6 +125,7 @@ pub struct Us30kSplit {
     classes: ClassMap,
     options: DatasetOptions,
     cache: Arc<DecodedCache>,
+    pixel_sizes: Arc<HashMap<(String, String), f64>>,
 }
 
 /// Decoded image/label pairs by sample index, up to a byte budget (shared by clones
@@ -224,6 +230,7 @@ impl Us30kSplit {
                 });
             }
         }
+        let pixel_sizes = Arc::new(read_pixel_sizes(&root, &entries)?);
         Ok(Self {
             root,
             split_path,
@@ -231,6 +238,7 @@ impl Us30kSplit {
             classes,
             cache: Arc::new(DecodedCache::new(options.cache_bytes)),
             options,
+            pixel_sizes,
         })
     }
 
@@ -285,6 +293,7 @@ impl Us30kSplit {
             }
         };
         let (image, label) = (&pair.0, &pair.1);
+        let original_size = image.dimensions();
         let classes = self.classes.classes(&entry.dataset).unwrap_or(2);
         let class_id = entry
             .class_id
@@ -322,6 +331,11 @@ impl Us30kSplit {
             dataset: entry.dataset.clone(),
             class_id,
             name: entry.name.clone(),
+            original_size,
+            pixel_size_mm: self
+                .pixel_sizes
+                .get(&(entry.dataset.clone(), entry.name.clone()))
+                .copied(),
         })
     }
 
@@ -370,4 +384,54 @@ impl Us30kSplit {
             Ok(batch)
         })
     }
+}
+
+/// The pixel sizes of the split's datasets by (dataset, sample name), from each
+/// dataset's `manifest.csv` (its `name` and `pixel_size_mm` columns) where there is
+/// one; blank sizes are left out.
+fn read_pixel_sizes(
+    root: &Path,
+    entries: &[(usize, SplitEntry)],
+) -> Result<HashMap<(String, String), f64>> {
+    let datasets: std::collections::BTreeSet<&str> =
+        entries.iter().map(|(_, e)| e.dataset.as_str()).collect();
+    let mut sizes = HashMap::new();
+    for dataset in datasets {
+        let path = root.join(dataset).join("manifest.csv");
+        if !path.is_file() {
+            continue;
+        }
+        let bad = |reason: String| Error::Source {
+            path: path.clone(),
+            reason,
+        };
+        let mut reader = csv::Reader::from_path(&path).map_err(|e| bad(e.to_string()))?;
+        let header = reader.headers().map_err(|e| bad(e.to_string()))?.clone();
+        let column = |name: &str| header.iter().position(|h| h == name);
+        let (Some(name_col), Some(size_col)) = (column("name"), column("pixel_size_mm")) else {
+            continue;
+        };
+        for (line, record) in reader.records().enumerate() {
+            let record = record.map_err(|e| bad(format!("line {}: {e}", line + 2)))?;
+            let (Some(name), Some(size)) = (record.get(name_col), record.get(size_col)) else {
+                continue;
+            };
+            if size.trim().is_empty() {
+                continue;
+            }
+            let mm: f64 = size
+                .trim()
+                .parse()
+                .ok()
+                .filter(|v: &f64| v.is_finite() && *v > 0.0)
+                .ok_or_else(|| {
+                    bad(format!(
+                        "line {}: pixel_size_mm `{size}` is not a positive number",
+                        line + 2
+                    ))
+                })?;
+            sizes.insert((dataset.to_string(), name.to_string()), mm);
+        }
+    }
+    Ok(sizes)
 }

@@ -54,10 +54,18 @@ fn report_csv(report: &EvalReport) -> String {
         hd_decimals: None,
         missing: "",
     };
-    let mut out = String::from("dataset,images,dice,iou,acc,se,sp,hd,hd95,hd_undefined\n");
+    let mut out = String::from(
+        "dataset,images,dice,iou,acc,se,sp,hd,hd95,hd_undefined,circumference_error_mm\n",
+    );
     for (name, s) in report.rows() {
         let cells = score_cells(s, format).join(",");
-        out.push_str(&format!("{name},{cells},{}\n", s.hd_undefined));
+        let circumference = s
+            .circumference_error_mm
+            .map_or_else(String::new, |e| e.to_string());
+        out.push_str(&format!(
+            "{name},{cells},{},{circumference}\n",
+            s.hd_undefined
+        ));
     }
     out
 }
@@ -69,7 +77,9 @@ pub fn print_report(report: &EvalReport) -> Result<()> {
         hd_decimals: Some(2),
         missing: "-",
     };
-    let widths = [6, 7, 7, 7, 7, 7, 8, 8];
+    let widths = [6, 7, 7, 7, 7, 7, 8, 8, 9];
+    // The circumference error (mm) is shown when some images have a pixel size.
+    let measured = report.overall.circumference_images > 0;
     let row = |name: &str, cells: &[String]| {
         let cells: Vec<String> = cells
             .iter()
@@ -78,10 +88,22 @@ pub fn print_report(report: &EvalReport) -> Result<()> {
             .collect();
         outln!("{name:<40} {}", cells.join(" "))
     };
-    let header = ["images", "dice", "iou", "acc", "se", "sp", "hd", "hd95"].map(String::from);
+    let mut header = ["images", "dice", "iou", "acc", "se", "sp", "hd", "hd95"]
+        .map(String::from)
+        .to_vec();
+    if measured {
+        header.push("hc_err_mm".to_string());
+    }
     row("dataset/class", &header)?;
     for (name, s) in report.rows() {
-        row(name, &score_cells(s, format))?;
+        let mut cells = score_cells(s, format).to_vec();
+        if measured {
+            cells.push(
+                s.circumference_error_mm
+                    .map_or_else(|| "-".to_string(), |e| format!("{e:.2}")),
+            );
+        }
+        row(name, &cells)?;
     }
     outln!("{:.2} images/s", report.images_per_s)
 }

@@ -591,7 +591,17 @@ pub(crate) fn folder(src: &Path, layout: &FolderLayout) -> Result<Listing> {
             listing.skip(&image, format!("no mask matches {masks_pattern}"));
             continue;
         }
+        // A DICOM scan records its pixel size (its ultrasound region or Pixel
+        // Spacing): the manifest keeps it, for measurements in mm at evaluation.
+        let pixel_size_mm = if crate::dicom::is_dicom(&image) {
+            crate::dicom::DicomFile::open(&image)?
+                .pixel_size()
+                .map(|s| s.x_mm)
+        } else {
+            None
+        };
         let mut item = SourceItem::with_masks(&stem, image, masks.clone());
+        item.pixel_size_mm = pixel_size_mm;
         if layout.classes > 2 || !layout.map.is_empty() {
             if masks.len() > 1 {
                 listing.skip(

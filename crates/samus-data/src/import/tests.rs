@@ -802,3 +802,46 @@ fn busbra_real_release() {
         lines(&root, "test-Breast-BUSBRA.txt").into_iter().collect();
     assert_eq!(test, expected);
 }
+
+#[test]
+fn a_folder_of_dicom_scans_records_their_pixel_size() {
+    use crate::dicom::{write_dicom, DicomCalibration, DicomPixels};
+    let dir = tempfile::tempdir().unwrap();
+    let (src, root) = (dir.path().join("src"), dir.path().join("US30K"));
+    std::fs::create_dir_all(src.join("scans")).unwrap();
+    for (i, mm) in [(1, Some(0.2)), (2, None)] {
+        let calibration = DicomCalibration {
+            region_mm: mm.map(|v| (v, v)),
+            ..Default::default()
+        };
+        write_dicom(
+            &src.join(format!("scans/s{i}.dcm")),
+            &[image::DynamicImage::ImageLuma8(scan(20, 16, i))],
+            DicomPixels::Grey8,
+            &calibration,
+        )
+        .unwrap();
+        let mut mask = GrayImage::new(20, 16);
+        mask.put_pixel(5, 5, Luma([255]));
+        save(&src.join(format!("masks/s{i}.png")), &mask);
+    }
+    let options = ImportOptions {
+        dataset: Some("Breast-Dicom".into()),
+        folder: Some(FolderLayout {
+            images: "scans/*.dcm".into(),
+            masks: "masks/{stem}.png".into(),
+            map: BTreeMap::new(),
+            classes: 2,
+        }),
+        ..Default::default()
+    };
+    let report = import_dataset(ImportFormat::Folder, &src, &root, &options).unwrap();
+    assert_eq!(report.imported(), 2);
+    let manifest = std::fs::read_to_string(root.join("Breast-Dicom/manifest.csv")).unwrap();
+    let sizes: Vec<&str> = manifest
+        .lines()
+        .skip(1)
+        .map(|l| l.rsplit(',').next().unwrap_or_default())
+        .collect();
+    assert_eq!(sizes, ["0.2", ""], "{manifest}");
+}
