@@ -238,20 +238,17 @@ fn auto_and_folder_results_add_millimetres() {
             .map(|c| row[header.iter().position(|h| h == c).unwrap()].clone())
             .collect()
     };
-    let out = tmp.path().join("auto");
-    let run = samus(&[
-        "auto",
-        "--checkpoint",
-        p(&ck),
-        "--apg",
-        p(&apg),
-        "--image",
-        p(&scans),
-        "--out-dir",
-        p(&out),
-        "--json",
-    ]);
-    assert!(run.status.success(), "{}", stderr(&run));
+    // `samus auto` on the folder into `name`, with `extra` arguments.
+    let auto = |name: &str, extra: &[&str]| {
+        let out = tmp.path().join(name);
+        let mut args = vec!["auto", "--checkpoint", p(&ck), "--apg", p(&apg)];
+        args.extend(["--image", p(&scans), "--out-dir", p(&out)]);
+        args.extend_from_slice(extra);
+        let run = samus(&args);
+        assert!(run.status.success(), "{}", stderr(&run));
+        (out, run)
+    };
+    let (out, run) = auto("auto", &["--json"]);
     let report: serde_json::Value = serde_json::from_slice(&run.stdout).unwrap();
     let (header, rows) = results_table(&out.join("results.csv"));
     assert_eq!(
@@ -281,21 +278,7 @@ fn auto_and_folder_results_add_millimetres() {
         "{report}"
     );
     // --pixel-size measures every image (it wins over a file's own).
-    let out = tmp.path().join("auto_px");
-    let run = samus(&[
-        "auto",
-        "--checkpoint",
-        p(&ck),
-        "--apg",
-        p(&apg),
-        "--image",
-        p(&scans),
-        "--out-dir",
-        p(&out),
-        "--pixel-size",
-        "0.1",
-    ]);
-    assert!(run.status.success(), "{}", stderr(&run));
+    let (out, _) = auto("auto_px", &["--pixel-size", "0.1"]);
     let (header, rows) = results_table(&out.join("results.csv"));
     let png_row = mm_of(&header, &rows[1]);
     let (area, mm2): (f64, f64) = (png_row[0].parse().unwrap(), png_row[1].parse().unwrap());

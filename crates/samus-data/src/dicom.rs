@@ -138,13 +138,6 @@ impl std::fmt::Debug for DicomFile {
     }
 }
 
-fn bad(path: &Path, reason: impl Into<String>) -> Error {
-    Error::Source {
-        path: path.to_path_buf(),
-        reason: reason.into(),
-    }
-}
-
 impl DicomFile {
     /// Opens `path` and reads its attributes; the pixel data is decoded frame by
     /// frame by [`DicomFile::frame`]. Fails, naming the file, on a file that is not
@@ -157,7 +150,7 @@ impl DicomFile {
             });
         }
         let object = dicom_object::open_file(path).map_err(|e| {
-            bad(
+            Error::source(
                 path,
                 format!("not a readable DICOM file ({})", first_line(&e)),
             )
@@ -172,7 +165,7 @@ impl DicomFile {
             let name = TransferSyntaxRegistry
                 .get(&ts)
                 .map(|t| t.name().to_string());
-            return Err(bad(
+            return Err(Error::source(
                 path,
                 format!(
                     "transfer syntax {ts}{} is not supported; convert the file to an uncompressed \
@@ -187,7 +180,7 @@ impl DicomFile {
             .flatten()
             .is_none()
         {
-            return Err(bad(path, "holds no pixel data (no image in it)"));
+            return Err(Error::source(path, "holds no pixel data (no image in it)"));
         }
         let int = |tag| -> Option<u32> {
             object
@@ -197,10 +190,13 @@ impl DicomFile {
                 .and_then(|e| e.to_int::<u32>().ok())
         };
         let (Some(height), Some(width)) = (int(tags::ROWS), int(tags::COLUMNS)) else {
-            return Err(bad(path, "has pixel data but no Rows/Columns"));
+            return Err(Error::source(path, "has pixel data but no Rows/Columns"));
         };
         if width == 0 || height == 0 {
-            return Err(bad(path, format!("is {width}x{height} pixels: empty")));
+            return Err(Error::source(
+                path,
+                format!("is {width}x{height} pixels: empty"),
+            ));
         }
         if u64::from(width) * u64::from(height) > MAX_IMAGE_PIXELS {
             return Err(Error::ImageTooLarge {
@@ -225,7 +221,7 @@ impl DicomFile {
             })
             .unwrap_or(0);
         if announced as usize > held {
-            return Err(bad(
+            return Err(Error::source(
                 path,
                 format!(
                     "announces {announced} frames in Number of Frames, but its pixel data \
@@ -280,7 +276,7 @@ impl DicomFile {
     /// MONOCHROME1 inverted).
     pub fn frame(&self, index: u32) -> Result<DynamicImage> {
         if index >= self.frames {
-            return Err(bad(
+            return Err(Error::source(
                 &self.path,
                 format!("has {} frames; frame {index} does not exist", self.frames),
             ));
@@ -289,7 +285,7 @@ impl DicomFile {
             return Ok(image);
         }
         let decoded = self.object.decode_pixel_data_frame(index).map_err(|e| {
-            bad(
+            Error::source(
                 &self.path,
                 format!("cannot decode frame {index}: {}", first_line(&e)),
             )
@@ -312,7 +308,7 @@ impl DicomFile {
         let image = decoded
             .to_dynamic_image_with_options(0, &options)
             .map_err(|e| {
-                bad(
+                Error::source(
                     &self.path,
                     format!("cannot convert frame {index}: {}", first_line(&e)),
                 )
@@ -378,11 +374,11 @@ impl DicomFile {
             .flatten()
             .and_then(|e| e.to_bytes().ok())
         else {
-            return Err(bad(&self.path, "cannot read its pixel data"));
+            return Err(Error::source(&self.path, "cannot read its pixel data"));
         };
         let (w, h) = (self.width as usize, self.height as usize);
         if subsampled && w % 2 == 1 {
-            return Err(bad(
+            return Err(Error::source(
                 &self.path,
                 format!("is YBR_FULL_422 with an odd width ({w}); the standard needs an even one"),
             ));
@@ -390,7 +386,7 @@ impl DicomFile {
         let per_frame = if subsampled { w * h * 2 } else { w * h * 3 };
         let start = per_frame * index as usize;
         let Some(frame) = bytes.get(start..start + per_frame) else {
-            return Err(bad(
+            return Err(Error::source(
                 &self.path,
                 format!("its pixel data stops before the end of frame {index}"),
             ));
@@ -620,14 +616,14 @@ pub fn write_dicom(
     use dicom_object::meta::FileMetaTableBuilder;
 
     let Some(first) = frames.first() else {
-        return Err(bad(path, "no frames to write"));
+        return Err(Error::source(path, "no frames to write"));
     };
     let (w, h) = (first.width(), first.height());
     if frames.iter().any(|f| (f.width(), f.height()) != (w, h)) {
-        return Err(bad(path, "frames of different sizes"));
+        return Err(Error::source(path, "frames of different sizes"));
     }
     let (Ok(rows), Ok(cols)) = (u16::try_from(h), u16::try_from(w)) else {
-        return Err(bad(
+        return Err(Error::source(
             path,
             format!("{w}x{h}: DICOM rows and columns stop at 65535"),
         ));
@@ -647,7 +643,7 @@ pub fn write_dicom(
         bits
     };
     if pixels == DicomPixels::YbrFull422 && w % 2 == 1 {
-        return Err(bad(
+        return Err(Error::source(
             path,
             format!("YBR_FULL_422 needs an even width, not {w}"),
         ));
@@ -823,7 +819,7 @@ pub fn write_dicom(
                 .media_storage_sop_instance_uid(instance),
         )
         .map_err(|e| {
-            bad(
+            Error::source(
                 path,
                 format!("cannot build the DICOM header: {}", first_line(&e)),
             )
@@ -831,7 +827,7 @@ pub fn write_dicom(
     let mut out = Vec::new();
     object
         .write_all(&mut out)
-        .map_err(|e| bad(path, format!("cannot encode DICOM: {}", first_line(&e))))?;
+        .map_err(|e| Error::source(path, format!("cannot encode DICOM: {}", first_line(&e))))?;
     samus_core::atomic_write::write_atomic(path, &out)?;
     Ok(())
 }

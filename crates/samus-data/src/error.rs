@@ -228,6 +228,14 @@ pub enum Error {
 }
 
 impl Error {
+    /// [`Error::Source`]: what is wrong with the file at `path`.
+    pub(crate) fn source(path: &std::path::Path, reason: impl Into<String>) -> Self {
+        Error::Source {
+            path: path.to_path_buf(),
+            reason: reason.into(),
+        }
+    }
+
     /// The file (or folder) the error is about, where there is one.
     pub fn path(&self) -> Option<&std::path::Path> {
         match self {

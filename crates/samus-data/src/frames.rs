@@ -81,13 +81,6 @@ pub struct FrameSequence {
     source: Source,
 }
 
-fn bad(path: &Path, reason: impl Into<String>) -> Error {
-    Error::Source {
-        path: path.to_path_buf(),
-        reason: reason.into(),
-    }
-}
-
 impl FrameSequence {
     /// Opens a DICOM file, a video, a folder of images or one image. Fails, naming
     /// the file, when it is none of them or cannot be read (a video: when ffmpeg is
@@ -109,7 +102,7 @@ impl FrameSequence {
                 .collect();
             images.sort();
             if images.is_empty() {
-                return Err(bad(
+                return Err(Error::source(
                     path,
                     "is a folder without images (PNG, JPEG, BMP, TIFF or DICOM)",
                 ));
@@ -122,7 +115,7 @@ impl FrameSequence {
         } else if crate::io::has_image_extension(path) {
             Source::Images(vec![path.to_path_buf()])
         } else {
-            return Err(bad(
+            return Err(Error::source(
                 path,
                 format!(
                     "is neither an image, a DICOM file nor a video ({})",
@@ -198,7 +191,7 @@ impl FrameSequence {
                     .map_err(|e| no_ffmpeg(&self.path, &e))?;
                 let events = child
                     .iter()
-                    .map_err(|e| bad(&self.path, format!("ffmpeg: {e}")))?;
+                    .map_err(|e| Error::source(&self.path, format!("ffmpeg: {e}")))?;
                 FramesState::Video {
                     child,
                     events: Box::new(events),
@@ -328,7 +321,9 @@ fn next_video_frame(
                             time_s,
                             image: DynamicImage::ImageRgb8(rgb),
                         })
-                        .ok_or_else(|| bad(path, format!("ffmpeg gave a short frame {index}"))),
+                        .ok_or_else(|| {
+                            Error::source(path, format!("ffmpeg gave a short frame {index}"))
+                        }),
                 );
             }
             FfmpegEvent::Log(LogLevel::Error | LogLevel::Fatal, line)
@@ -344,7 +339,10 @@ fn next_video_frame(
             .rfind(|e| !e.is_empty())
             .cloned()
             .unwrap_or_else(|| "no frames".to_string());
-        return Some(Err(bad(path, format!("ffmpeg cannot decode it: {cause}"))));
+        return Some(Err(Error::source(
+            path,
+            format!("ffmpeg cannot decode it: {cause}"),
+        )));
     }
     None
 }
@@ -359,7 +357,7 @@ fn ffmpeg_command() -> FfmpegCommand {
 }
 
 fn no_ffmpeg(path: &Path, e: &std::io::Error) -> Error {
-    bad(
+    Error::source(
         path,
         format!(
             "is a video, and reading video needs the ffmpeg program, which cannot be run ({e}): \
@@ -394,7 +392,7 @@ fn probe_video(path: &Path) -> Result<VideoInfo> {
         } else {
             cause
         };
-        bad(path, format!("ffmpeg cannot read it as video: {cause}"))
+        Error::source(path, format!("ffmpeg cannot read it as video: {cause}"))
     })?;
     let Some(video) = metadata
         .input_streams
@@ -402,7 +400,7 @@ fn probe_video(path: &Path) -> Result<VideoInfo> {
         .find_map(|s| s.video_data())
         .filter(|v| v.width > 0 && v.height > 0)
     else {
-        return Err(bad(path, "ffmpeg finds no video stream in it"));
+        return Err(Error::source(path, "ffmpeg finds no video stream in it"));
     };
     let (width, height) = (video.width, video.height);
     if u64::from(width) * u64::from(height) > crate::io::MAX_IMAGE_PIXELS {

@@ -26,19 +26,12 @@ impl Listing {
     }
 }
 
-fn bad(path: &Path, reason: impl Into<String>) -> Error {
-    Error::Source {
-        path: path.to_path_buf(),
-        reason: reason.into(),
-    }
-}
-
 /// The folder `dir`, or an error naming it (and what should be in it).
 fn require_dir(dir: &Path, what: &str) -> Result<()> {
     if dir.is_dir() {
         Ok(())
     } else {
-        Err(bad(dir, format!("is not a folder; {what}")))
+        Err(Error::source(dir, format!("is not a folder; {what}")))
     }
 }
 
@@ -135,7 +128,7 @@ pub(crate) fn busi(src: &Path) -> Result<Listing> {
         }
     }
     if !found {
-        return Err(bad(
+        return Err(Error::source(
             &root,
             "has none of the folders benign/, malignant/, normal/ of the BUSI release (Dataset_BUSI_with_GT)",
         ));
@@ -164,26 +157,30 @@ pub(crate) fn busbra(src: &Path) -> Result<Listing> {
     require_dir(&masks, "BUS-BRA keeps its masks in Masks/")?;
     let csv_path = root.join("bus_data.csv");
     let mut reader =
-        csv::Reader::from_path(&csv_path).map_err(|e| bad(&csv_path, e.to_string()))?;
+        csv::Reader::from_path(&csv_path).map_err(|e| Error::source(&csv_path, e.to_string()))?;
     let headers = reader
         .headers()
-        .map_err(|e| bad(&csv_path, format!("has no readable header: {e}")))?
+        .map_err(|e| Error::source(&csv_path, format!("has no readable header: {e}")))?
         .clone();
     let column = |name: &str| {
         headers
             .iter()
             .position(|h| h.trim() == name)
-            .ok_or_else(|| bad(&csv_path, format!("has no `{name}` column")))
+            .ok_or_else(|| Error::source(&csv_path, format!("has no `{name}` column")))
     };
     let (id_col, case_col, pathology_col) = (column("ID")?, column("Case")?, column("Pathology")?);
     let mut listing = Listing::default();
     let mut listed = std::collections::BTreeSet::new();
     for (line, record) in reader.records().enumerate() {
-        let record = record.map_err(|e| bad(&csv_path, format!("line {}: {e}", line + 2)))?;
+        let record =
+            record.map_err(|e| Error::source(&csv_path, format!("line {}: {e}", line + 2)))?;
         let field = |i: usize| record.get(i).map(str::trim).unwrap_or_default();
         let id = field(id_col);
         if id.is_empty() {
-            return Err(bad(&csv_path, format!("line {}: empty ID", line + 2)));
+            return Err(Error::source(
+                &csv_path,
+                format!("line {}: empty ID", line + 2),
+            ));
         }
         listed.insert(id.to_string());
         let image = images.join(format!("{id}.png"));
@@ -206,7 +203,7 @@ pub(crate) fn busbra(src: &Path) -> Result<Listing> {
         item.patient = Some(field(case_col).to_string()).filter(|c| !c.is_empty());
         item.class = Some(field(pathology_col).to_string()).filter(|c| !c.is_empty());
         if item.patient.is_none() {
-            return Err(bad(
+            return Err(Error::source(
                 &csv_path,
                 format!("line {}: `{id}` has no Case", line + 2),
             ));
@@ -238,14 +235,18 @@ pub(crate) fn hc18(src: &Path) -> Result<Listing> {
     .find(|p| p.is_file());
     if let Some(csv_path) = &csv_path {
         let mut reader =
-            csv::Reader::from_path(csv_path).map_err(|e| bad(csv_path, e.to_string()))?;
+            csv::Reader::from_path(csv_path).map_err(|e| Error::source(csv_path, e.to_string()))?;
         for (line, record) in reader.records().enumerate() {
-            let record = record.map_err(|e| bad(csv_path, format!("line {}: {e}", line + 2)))?;
+            let record =
+                record.map_err(|e| Error::source(csv_path, format!("line {}: {e}", line + 2)))?;
             let (Some(name), Some(size)) = (record.get(0), record.get(1)) else {
-                return Err(bad(csv_path, format!("line {}: too few columns", line + 2)));
+                return Err(Error::source(
+                    csv_path,
+                    format!("line {}: too few columns", line + 2),
+                ));
             };
             let size: f64 = size.trim().parse().map_err(|_| {
-                bad(
+                Error::source(
                     csv_path,
                     format!("line {}: pixel size `{size}` is not a number", line + 2),
                 )
@@ -383,7 +384,10 @@ pub(crate) fn ddti(src: &Path) -> Result<Listing> {
         .filter(|p| p.extension().is_some_and(|e| e.eq_ignore_ascii_case("xml")))
         .collect();
     if xmls.is_empty() {
-        return Err(bad(src, "has no case files (N.xml) of the DDTI release"));
+        return Err(Error::source(
+            src,
+            "has no case files (N.xml) of the DDTI release",
+        ));
     }
     xmls.sort();
     let mut used = std::collections::BTreeSet::new();
@@ -436,8 +440,8 @@ fn read_ddti_case(path: &Path) -> Result<DdtiCase> {
         path: path.to_path_buf(),
         source,
     })?;
-    let doc =
-        roxmltree::Document::parse(&text).map_err(|e| bad(path, format!("is not XML: {e}")))?;
+    let doc = roxmltree::Document::parse(&text)
+        .map_err(|e| Error::source(path, format!("is not XML: {e}")))?;
     let child_text = |node: roxmltree::Node, tag: &str| {
         node.children()
             .find(|c| c.has_tag_name(tag))
@@ -446,27 +450,31 @@ fn read_ddti_case(path: &Path) -> Result<DdtiCase> {
             .filter(|t| !t.is_empty())
     };
     let root = doc.root_element();
-    let number = child_text(root, "number").ok_or_else(|| bad(path, "has no <number>"))?;
+    let number =
+        child_text(root, "number").ok_or_else(|| Error::source(path, "has no <number>"))?;
     let mut marks = Vec::new();
     for mark in root.children().filter(|c| c.has_tag_name("mark")) {
-        let image =
-            child_text(mark, "image").ok_or_else(|| bad(path, "a <mark> has no <image>"))?;
+        let image = child_text(mark, "image")
+            .ok_or_else(|| Error::source(path, "a <mark> has no <image>"))?;
         let mut polygons = Vec::new();
         if let Some(svg) = child_text(mark, "svg") {
-            let shapes: serde_json::Value = serde_json::from_str(&svg)
-                .map_err(|e| bad(path, format!("the <svg> of image {image} is not JSON: {e}")))?;
+            let shapes: serde_json::Value = serde_json::from_str(&svg).map_err(|e| {
+                Error::source(path, format!("the <svg> of image {image} is not JSON: {e}"))
+            })?;
             for shape in shapes.as_array().into_iter().flatten() {
                 let points = shape
                     .get("points")
                     .and_then(|p| p.as_array())
-                    .ok_or_else(|| bad(path, format!("a shape of image {image} has no points")))?;
+                    .ok_or_else(|| {
+                        Error::source(path, format!("a shape of image {image} has no points"))
+                    })?;
                 let polygon = points
                     .iter()
                     .map(|p| {
                         let coord = |k: &str| p.get(k).and_then(|v| v.as_f64());
                         match (coord("x"), coord("y")) {
                             (Some(x), Some(y)) => Ok((x as f32, y as f32)),
-                            _ => Err(bad(
+                            _ => Err(Error::source(
                                 path,
                                 format!("a point of image {image} is not {{\"x\", \"y\"}}: {p}"),
                             )),
@@ -505,7 +513,7 @@ pub(crate) fn camus(src: &Path) -> Result<Listing> {
         .filter(|p| p.is_dir() && stem_of(p).starts_with("patient"))
         .collect();
     if patients.is_empty() {
-        return Err(bad(
+        return Err(Error::source(
             &root,
             "has no patientNNNN/ folders of the CAMUS release",
         ));
@@ -566,7 +574,7 @@ pub(crate) fn folder(src: &Path, layout: &FolderLayout) -> Result<Listing> {
     let mut paths: Vec<PathBuf> = images.flatten().filter(|p| p.is_file()).collect();
     paths.sort();
     if paths.is_empty() {
-        return Err(bad(
+        return Err(Error::source(
             src,
             format!("has no file matching --images `{}`", layout.images),
         ));

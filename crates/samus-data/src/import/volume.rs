@@ -19,13 +19,6 @@ struct Frame {
     values: Vec<f64>,
 }
 
-fn bad(path: &Path, reason: impl Into<String>) -> Error {
-    Error::Source {
-        path: path.to_path_buf(),
-        reason: reason.into(),
-    }
-}
-
 fn is_mhd(path: &Path) -> bool {
     path.extension()
         .is_some_and(|e| e.eq_ignore_ascii_case("mhd"))
@@ -59,7 +52,7 @@ pub(crate) fn read_slice(path: &Path) -> Result<GrayImage> {
         })
         .collect();
     GrayImage::from_raw(frame.width, frame.height, pixels)
-        .ok_or_else(|| bad(path, "frame size does not match its data"))
+        .ok_or_else(|| Error::source(path, "frame size does not match its data"))
 }
 
 /// The pixel size in millimetres recorded in a volume's header (the first spacing).
@@ -68,7 +61,8 @@ pub(crate) fn read_spacing(path: &Path) -> Result<Option<f64>> {
         let header = MetaHeader::read(path)?;
         Ok(header.spacing_mm)
     } else {
-        let header = nifti::NiftiHeader::from_file(path).map_err(|e| bad(path, e.to_string()))?;
+        let header =
+            nifti::NiftiHeader::from_file(path).map_err(|e| Error::source(path, e.to_string()))?;
         Ok(nifti_spacing(&header))
     }
 }
@@ -85,13 +79,13 @@ fn read_frame(path: &Path) -> Result<Frame> {
     }
     let object = nifti::ReaderOptions::new()
         .read_file(path)
-        .map_err(|e| bad(path, e.to_string()))?;
+        .map_err(|e| Error::source(path, e.to_string()))?;
     let volume = object.into_volume();
     let dim = volume.dim().to_vec();
     let (width, height) = match dim.as_slice() {
         [w, h] | [w, h, 1] => (*w, *h),
         other => {
-            return Err(bad(
+            return Err(Error::source(
                 path,
                 format!("is a {other:?} volume; a 2-D frame (W x H or W x H x 1) was expected"),
             ))
@@ -104,7 +98,7 @@ fn read_frame(path: &Path) -> Result<Frame> {
             values.push(
                 volume
                     .get_f64(coords)
-                    .map_err(|e| bad(path, e.to_string()))?,
+                    .map_err(|e| Error::source(path, e.to_string()))?,
             );
         }
     }
@@ -142,13 +136,14 @@ impl MetaHeader {
         let get = |key: &str| {
             fields
                 .get(key)
-                .ok_or_else(|| bad(path, format!("the header has no `{key}`")))
+                .ok_or_else(|| Error::source(path, format!("the header has no `{key}`")))
         };
         let dims: Vec<u32> = get("DimSize")?
             .split_whitespace()
             .map(|d| {
-                d.parse()
-                    .map_err(|_| bad(path, format!("DimSize value `{d}` is not a whole number")))
+                d.parse().map_err(|_| {
+                    Error::source(path, format!("DimSize value `{d}` is not a whole number"))
+                })
             })
             .collect::<Result<_>>()?;
         let element: (usize, ReadElement) = match get("ElementType")?.as_str() {
@@ -167,7 +162,7 @@ impl MetaHeader {
                 f64::from(if msb { f32::from_be_bytes(a) } else { f32::from_le_bytes(a) })
             }),
             other => {
-                return Err(bad(
+                return Err(Error::source(
                     path,
                     format!("ElementType {other} is not read (MET_UCHAR, MET_CHAR, MET_USHORT, MET_SHORT, MET_FLOAT are)"),
                 ))
@@ -180,7 +175,7 @@ impl MetaHeader {
         };
         let data_file = get("ElementDataFile")?;
         if data_file == "LOCAL" || data_file.starts_with("LIST") {
-            return Err(bad(
+            return Err(Error::source(
                 path,
                 format!("ElementDataFile {data_file} is not read (a separate .raw file is)"),
             ));
@@ -204,7 +199,7 @@ impl MetaHeader {
         let (width, height) = match self.dims.as_slice() {
             [w, h] | [w, h, 1] => (*w, *h),
             other => {
-                return Err(bad(
+                return Err(Error::source(
                     path,
                     format!("is a {other:?} volume; a 2-D frame (W x H or W x H x 1) was expected"),
                 ))
@@ -229,13 +224,13 @@ impl MetaHeader {
             flate2::read::ZlibDecoder::new(raw.as_slice())
                 .take(expected as u64 + 1)
                 .read_to_end(&mut out)
-                .map_err(|e| bad(&self.data_file, format!("is not zlib data: {e}")))?;
+                .map_err(|e| Error::source(&self.data_file, format!("is not zlib data: {e}")))?;
             out
         } else {
             raw
         };
         if bytes.len() != expected {
-            return Err(bad(
+            return Err(Error::source(
                 &self.data_file,
                 format!(
                     "holds {} bytes; {width} x {height} elements of {size} byte(s) need {expected}",
