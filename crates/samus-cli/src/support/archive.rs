@@ -138,11 +138,17 @@ pub fn output_names(files: &[PathBuf]) -> Result<Vec<String>> {
 /// A progress bar over `len` images with images/s and the time left, on standard
 /// error (hidden when it is not a terminal).
 pub fn progress_bar(len: usize) -> Result<ProgressBar> {
+    progress_bar_of(len, "images")
+}
+
+/// A progress bar over `len` things called `unit` (`images`, `frames`), with their
+/// rate per second and the time left.
+pub fn progress_bar_of(len: usize, unit: &str) -> Result<ProgressBar> {
     let bar = ProgressBar::new(len as u64);
     bar.set_style(
-        ProgressStyle::with_template(
-            "{bar:30} {pos}/{len} images, {per_sec}, {elapsed_precise} elapsed, ETA {eta} {msg}",
-        )
+        ProgressStyle::with_template(&format!(
+            "{{bar:30}} {{pos}}/{{len}} {unit}, {{per_sec}}, {{elapsed_precise}} elapsed, ETA {{eta}} {{msg}}"
+        ))
         .context("progress bar template")?,
     );
     Ok(bar)

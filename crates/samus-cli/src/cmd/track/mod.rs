@@ -16,7 +16,7 @@ use samus_model::{ImageEmbedding, PointPrompt, Prediction, Prompts, Samus};
 use serde::Serialize;
 
 use crate::cmd::segment::{parse_box, parse_pixel_size, parse_point};
-use crate::support::archive::progress_bar;
+use crate::support::archive::progress_bar_of;
 use crate::support::calibration::prompt_position;
 use crate::support::model::{warn_if_sam, Checkpoint};
 use crate::support::output::{check_output_folder, Outputs};
@@ -210,7 +210,7 @@ pub fn run(args: TrackArgs, ctx: &RunContext) -> Result<()> {
         n.saturating_sub(args.frame % args.every)
             .div_ceil(args.every)
     });
-    let progress = progress_bar(expected as usize)?;
+    let progress = progress_bar_of(expected as usize, "frames")?;
     if args.json {
         progress.set_draw_target(indicatif::ProgressDrawTarget::hidden());
     }
