@@ -329,6 +329,24 @@ fn bad_videos_and_a_missing_ffmpeg_fail_in_one_line() {
             stderr(&unreadable)
         );
     }
+    // The track cannot go inside the folder whose images are its frames.
+    let frames = tmp.path().join("frames");
+    std::fs::create_dir_all(&frames).unwrap();
+    image::GrayImage::new(8, 8)
+        .save(frames.join("f1.png"))
+        .unwrap();
+    let inside = samus(&[
+        "track",
+        "--checkpoint",
+        p(&ck),
+        "--input",
+        p(&frames),
+        "--point",
+        "2,2",
+        "--out-dir",
+        p(&frames.join("out")),
+    ]);
+    assert_clean_failure(&inside, "inside the --input folder");
     let empty = tmp.path().join("empty");
     std::fs::create_dir_all(&empty).unwrap();
     assert_clean_failure(&run(&args(&empty), None), "without images");

@@ -100,7 +100,8 @@ impl FrameSequence {
                 .filter_map(|e| e.ok().map(|e| e.path()))
                 .filter(|p| p.is_file() && crate::io::has_image_extension(p))
                 .collect();
-            images.sort();
+            // `frame2.png` before `frame10.png`, as ffmpeg's `%d` numbers them.
+            images.sort_by(|a, b| natural_order(&a.to_string_lossy(), &b.to_string_lossy()));
             if images.is_empty() {
                 return Err(Error::source(
                     path,
@@ -185,7 +186,7 @@ impl FrameSequence {
         let state = match &self.source {
             Source::Video(info) => {
                 let mut child = ffmpeg_command()
-                    .input(&self.path)
+                    .input(ffmpeg_input(&self.path))
                     .rawvideo()
                     .spawn()
                     .map_err(|e| no_ffmpeg(&self.path, &e))?;
@@ -205,6 +206,7 @@ impl FrameSequence {
             sequence: self,
             next: 0,
             state,
+            first_size: None,
         })
     }
 }
@@ -215,6 +217,7 @@ pub struct Frames<'a> {
     sequence: &'a FrameSequence,
     next: u32,
     state: FramesState,
+    first_size: Option<(u32, u32)>,
 }
 
 enum FramesState {
@@ -257,10 +260,23 @@ impl Iterator for Frames<'_> {
             }
             (Source::Images(paths), _) => {
                 let frame_path = paths.get(index as usize)?;
-                crate::io::read_image(frame_path).map(|image| Frame {
-                    index,
-                    time_s: None,
-                    image,
+                let first = self.first_size;
+                crate::io::read_image(frame_path).and_then(|image| {
+                    let size = (image.width(), image.height());
+                    match first {
+                        Some((w, h)) if (w, h) != size => Err(Error::source(
+                            frame_path,
+                            format!(
+                                "is {}x{}, but the sequence's first frame is {w}x{h}; the frames of a sequence share one size",
+                                size.0, size.1
+                            ),
+                        )),
+                        _ => Ok(Frame {
+                            index,
+                            time_s: None,
+                            image,
+                        }),
+                    }
                 })
             }
             (
@@ -274,28 +290,105 @@ impl Iterator for Frames<'_> {
             ) => match next_video_frame(path, events, info, errors, index) {
                 Some(item) => item,
                 None => {
-                    self.state = FramesState::Done;
+                    // The end: ffmpeg must have ended cleanly, else the clip was
+                    // cut short by an error and the rest would silently be missing.
+                    let (success, errors) = self.finish();
+                    if success == Some(false) || !errors.is_empty() {
+                        let cause = errors
+                            .last()
+                            .cloned()
+                            .unwrap_or_else(|| "it failed".to_string());
+                        return Some(Err(Error::source(
+                            path,
+                            format!(
+                                "ffmpeg stopped after frame {}: {cause}",
+                                index.saturating_sub(1)
+                            ),
+                        )));
+                    }
                     return None;
                 }
             },
             (Source::Video(_), FramesState::Indexed) => return None,
         };
-        if item.is_err() {
-            self.state = FramesState::Done;
+        match &item {
+            Err(_) => {
+                self.finish();
+            }
+            Ok(frame) if self.first_size.is_none() => {
+                self.first_size = Some((frame.image.width(), frame.image.height()));
+            }
+            Ok(_) => {}
         }
         self.next += 1;
         Some(item)
     }
 }
 
-impl Drop for Frames<'_> {
-    fn drop(&mut self) {
-        if let FramesState::Video { child, .. } = &mut self.state {
-            // It may have ended already; either way it is gone after this.
-            let _ = child.kill();
-            let _ = child.wait();
+impl Frames<'_> {
+    /// Ends the iteration; a video's ffmpeg is stopped and reaped (no zombie, no
+    /// decoding left running). Whether ffmpeg exited successfully (when it had
+    /// already ended by itself), and the errors it logged.
+    fn finish(&mut self) -> (Option<bool>, Vec<String>) {
+        match std::mem::replace(&mut self.state, FramesState::Done) {
+            FramesState::Video {
+                mut child, errors, ..
+            } => {
+                let ended = child.as_inner_mut().try_wait().ok().flatten();
+                let _ = child.kill();
+                let status = child.wait().ok();
+                (ended.or(status).map(|s| s.success()), errors)
+            }
+            _ => (None, Vec::new()),
         }
     }
+}
+
+impl Drop for Frames<'_> {
+    fn drop(&mut self) {
+        self.finish();
+    }
+}
+
+/// `path` as an ffmpeg input that is always a file (a name such as `10:30.mp4` would
+/// otherwise read as a protocol).
+fn ffmpeg_input(path: &Path) -> std::ffi::OsString {
+    let absolute = std::path::absolute(path).unwrap_or_else(|_| path.to_path_buf());
+    let mut input = std::ffi::OsString::from("file:");
+    input.push(absolute.as_os_str());
+    input
+}
+
+/// Orders names with their runs of digits compared as numbers (`f2` before `f10`).
+fn natural_order(a: &str, b: &str) -> std::cmp::Ordering {
+    fn chunks(s: &str) -> Vec<(bool, &str)> {
+        let mut out = Vec::new();
+        let mut start = 0;
+        let bytes = s.as_bytes();
+        for i in 1..=bytes.len() {
+            if i == bytes.len() || bytes[i].is_ascii_digit() != bytes[start].is_ascii_digit() {
+                out.push((bytes[start].is_ascii_digit(), &s[start..i]));
+                start = i;
+            }
+        }
+        out
+    }
+    let (ca, cb) = (chunks(a), chunks(b));
+    for ((da, xa), (db, xb)) in ca.iter().zip(&cb) {
+        let order = if *da && *db {
+            let (ta, tb) = (xa.trim_start_matches('0'), xb.trim_start_matches('0'));
+            ta.len()
+                .cmp(&tb.len())
+                .then(ta.cmp(tb))
+                .then(xa.len().cmp(&xb.len()))
+        } else {
+            xa.cmp(xb)
+        };
+        if order != std::cmp::Ordering::Equal {
+            return order;
+        }
+    }
+    ca.len().cmp(&cb.len())
 }
 
 /// The next decoded frame from ffmpeg's events; `None` at the end, an error when
@@ -372,7 +465,7 @@ fn no_ffmpeg(path: &Path, e: &std::io::Error) -> Error {
 /// frame is used.
 fn probe_video(path: &Path) -> Result<VideoInfo> {
     let mut child = ffmpeg_command()
-        .input(path)
+        .input(ffmpeg_input(path))
         .rawvideo()
         .spawn()
         .map_err(|e| no_ffmpeg(path, &e))?;
@@ -416,4 +509,19 @@ fn probe_video(path: &Path) -> Result<VideoInfo> {
         fps: Some(f64::from(video.fps)).filter(|f| f.is_finite() && *f > 0.0),
         duration_s: metadata.duration().filter(|d| d.is_finite() && *d > 0.0),
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn frame_names_sort_with_their_numbers() {
+        let mut names = vec!["f10.png", "f2.png", "f1.png", "g.png", "f02.png", "e9.png"];
+        names.sort_by(|a, b| natural_order(a, b));
+        assert_eq!(
+            names,
+            ["e9.png", "f1.png", "f2.png", "f02.png", "f10.png", "g.png"]
+        );
+    }
 }

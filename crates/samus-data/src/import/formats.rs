@@ -602,8 +602,11 @@ pub(crate) fn folder(src: &Path, layout: &FolderLayout) -> Result<Listing> {
         // A DICOM scan records its pixel size (its ultrasound region or Pixel
         // Spacing): the manifest keeps it, for measurements in mm at evaluation.
         let pixel_size_mm = if crate::dicom::is_dicom(&image) {
+            // The manifest has one size per image: non-square pixels are left out
+            // rather than measured wrong.
             crate::dicom::DicomFile::open(&image)?
                 .pixel_size()
+                .filter(|s| (s.x_mm - s.y_mm).abs() <= 1e-9 * s.x_mm)
                 .map(|s| s.x_mm)
         } else {
             None

@@ -182,6 +182,14 @@ pub fn run(args: TrackArgs, ctx: &RunContext) -> Result<()> {
         );
     }
     check_output_folder("--out-dir", &args.out_dir, "the track's folder")?;
+    if args.input.is_dir() && inside(&args.out_dir, &args.input) {
+        bail!(
+            "--out-dir {}: is inside the --input folder {}, whose images are the frames; \
+             write the track elsewhere",
+            args.out_dir.display(),
+            args.input.display()
+        );
+    }
     let masks_dir = args.out_dir.join("masks");
     std::fs::create_dir_all(&masks_dir)
         .with_context(|| format!("cannot create {}", masks_dir.display()))?;
@@ -386,6 +394,41 @@ fn print_summary(s: &TrackSummary) -> Result<()> {
         "wrote {0}/masks/, {0}/overlay.gif, {0}/areas.csv and {0}/areas.png",
         s.out_dir
     )
+}
+
+/// Whether `dir` is `folder` or inside it (compared as absolute paths; `dir` may
+/// not exist yet).
+fn inside(dir: &Path, folder: &Path) -> bool {
+    let absolute = |p: &Path| {
+        std::fs::canonicalize(p)
+            .or_else(|_| std::path::absolute(p))
+            .unwrap_or_else(|_| p.to_path_buf())
+    };
+    let folder = absolute(folder);
+    // The nearest existing ancestor of `dir`, resolved, with the rest appended.
+    let mut existing = dir.to_path_buf();
+    let mut rest = Vec::new();
+    while !existing.exists() {
+        match (
+            existing.file_name().map(|n| n.to_os_string()),
+            existing.parent(),
+        ) {
+            (Some(name), Some(parent)) => {
+                rest.push(name);
+                existing = parent.to_path_buf();
+            }
+            _ => break,
+        }
+    }
+    let mut resolved = absolute(if existing.as_os_str().is_empty() {
+        Path::new(".")
+    } else {
+        &existing
+    });
+    for name in rest.into_iter().rev() {
+        resolved.push(name);
+    }
+    resolved.starts_with(&folder)
 }
 
 /// Whether frame `index` is segmented: frame K and every Nth from it.
