@@ -10,7 +10,8 @@
 //! them directly (not through a closure or `Fn` parameter), so that they are inlined.
 //!
 //! Accuracy, checked by the tests against f64: [`exp`] within 2 ulp (relative error
-//! below 3e-7); [`erf`] within 3e-7 absolute (a Taylor series near 0, Abramowitz
+//! below 3e-7); [`erf`] within 4e-7 absolute (worst 3.5e-7 on a 20-million-point grid
+//! over -6..6, checked by a test; a Taylor series near 0, Abramowitz
 //! and Stegun 7.1.26 elsewhere, the approximation of PyTorch's vectorised CPU `erf`).
 
 /// Below this, `exp` is 0 (the result would be subnormal).
@@ -88,7 +89,7 @@ fn pow2(n: i32) -> f32 {
 /// Below this |x|, [`erf`] uses its Taylor series (relative accuracy near 0).
 const ERF_SERIES_LIMIT: f32 = 0.5;
 
-/// erf(x) for f32, vectorisable, within 3e-7 absolute: the Taylor series up to
+/// erf(x) for f32, vectorisable, within 4e-7 absolute: the Taylor series up to
 /// x^11 below |x| = 0.5, Abramowitz and Stegun 7.1.26 above.
 #[inline(always)]
 pub fn erf(x: f32) -> f32 {
@@ -133,6 +134,9 @@ mod tests {
     use super::*;
     use proptest::prelude::*;
 
+    /// The absolute error [`erf`] stays within (the documentation's figure).
+    const ERF_BOUND: f64 = 4e-7;
+
     /// Distance in units in the last place between two finite f32 of the same sign.
     fn ulps(a: f32, b: f32) -> u32 {
         (a.to_bits() as i64 - b.to_bits() as i64).unsigned_abs() as u32
@@ -151,10 +155,28 @@ mod tests {
         }
 
         #[test]
-        fn erf_is_within_three_ten_millionths(x in -6f32..6.0) {
+        fn erf_is_within_four_ten_millionths(x in -6f32..6.0) {
             let want = libm_erf(x as f64);
-            prop_assert!((erf(x) as f64 - want).abs() < 3e-7, "erf({x}) = {} want {want}", erf(x));
+            prop_assert!((erf(x) as f64 - want).abs() < ERF_BOUND, "erf({x}) = {} want {want}", erf(x));
         }
+    }
+
+    #[test]
+    fn erf_worst_case_on_a_fine_grid() {
+        // Every 6e-7 from -6 to 6 (20 million points): the bound the documentation
+        // states holds everywhere on it, not only at random points.
+        let (mut worst, mut at) = (0f64, 0f32);
+        let n = 20_000_000u32;
+        for i in 0..=n {
+            let x = -6.0 + 12.0 * (f64::from(i) / f64::from(n));
+            let x = x as f32;
+            let e = (erf(x) as f64 - libm_erf(x as f64)).abs();
+            if e > worst {
+                (worst, at) = (e, x);
+            }
+        }
+        println!("erf: worst absolute error {worst:.3e} at {at}");
+        assert!(worst < ERF_BOUND, "erf({at}) is off by {worst:e}");
     }
 
     /// erf in f64 from candle (libm), the reference for the approximation.
