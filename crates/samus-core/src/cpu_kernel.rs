@@ -25,9 +25,17 @@ const PARALLEL_MIN_MACS: usize = 1 << 21;
 /// Whether the fused CPU kernels may run on `tensors`: all on the CPU, in f32, and
 /// none needing a gradient (the kernels have no backward of their own).
 pub(crate) fn cpu_f32_inference<'a>(tensors: impl IntoIterator<Item = &'a Tensor>) -> bool {
-    tensors
-        .into_iter()
-        .all(|t| t.device().is_cpu() && t.dtype() == DType::F32 && !t.track_op())
+    tensors.into_iter().all(|t| cpu_f32_one(t) && !t.track_op())
+}
+
+/// Whether `tensors` are all f32 on the CPU (the kernels with a backward of their
+/// own may then run, with or without gradients).
+pub(crate) fn cpu_f32<'a>(tensors: impl IntoIterator<Item = &'a Tensor>) -> bool {
+    tensors.into_iter().all(cpu_f32_one)
+}
+
+fn cpu_f32_one(t: &Tensor) -> bool {
+    t.device().is_cpu() && t.dtype() == DType::F32
 }
 
 /// Threads that a kernel's parallel split can use: those of the rayon pool it runs
@@ -76,15 +84,42 @@ pub(crate) fn par_filled<F>(len: usize, chunk: usize, fill: F) -> Result<Vec<f32
 where
     F: Fn(usize, &mut [f32]) -> Result<()> + Sync + Send,
 {
+    let (out, _) = par_filled_with(len, chunk, fill)?;
+    Ok(out)
+}
+
+/// [`par_filled`] whose chunks also return a value each, in chunk order (the partial
+/// sums of a backward pass).
+pub(crate) fn par_filled_with<T, F>(len: usize, chunk: usize, fill: F) -> Result<(Vec<f32>, Vec<T>)>
+where
+    T: Send,
+    F: Fn(usize, &mut [f32]) -> Result<T> + Sync + Send,
+{
     let mut out: Vec<f32> = Vec::with_capacity(len);
-    out.spare_capacity_mut()[..len]
+    let values = out.spare_capacity_mut()[..len]
         .par_chunks_mut(chunk.max(1))
         .enumerate()
-        .try_for_each(|(index, part)| fill(index, zeroed(part)))?;
+        .map(|(index, part)| fill(index, zeroed(part)))
+        .collect::<Result<Vec<T>>>()?;
     // SAFETY: the chunks cover the first `len` values and `zeroed` wrote each of
     // them (on an error or a panic this line is not reached).
     unsafe { out.set_len(len) };
-    Ok(out)
+    Ok((out, values))
+}
+
+/// Runs `f` on the f32 values of a CPU tensor, contiguous, without copying them
+/// out of its storage (a backward pass reads its saved inputs this way).
+pub(crate) fn with_f32_values<R>(
+    t: &Tensor,
+    op: &str,
+    f: impl FnOnce(&[f32]) -> Result<R>,
+) -> Result<R> {
+    let t = t.contiguous()?;
+    let (storage, layout) = t.storage_and_layout();
+    let candle_core::Storage::Cpu(storage) = &*storage else {
+        candle_core::bail!("{op}: the tensor is not on the CPU")
+    };
+    f(contiguous_f32(storage, layout, op)?)
 }
 
 #[cfg(test)]

@@ -32,7 +32,7 @@ pub(crate) fn gelu_value(v: f32) -> f32 {
 
 /// d GELU / dx = Phi(x) + x phi(x).
 #[inline(always)]
-fn gelu_slope(v: f32) -> f32 {
+pub(crate) fn gelu_slope(v: f32) -> f32 {
     const FRAC_1_SQRT_2PI: f32 = 0.398_942_3;
     let cdf = (erf(v * std::f32::consts::FRAC_1_SQRT_2) + 1.) * 0.5;
     cdf + v * FRAC_1_SQRT_2PI * exp(-0.5 * v * v)

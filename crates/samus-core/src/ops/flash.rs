@@ -218,18 +218,18 @@ impl<'a> HeadsView<'a> {
 
 /// A read-only strided matrix inside a slice.
 #[derive(Debug, Clone, Copy)]
-struct MatRef<'a> {
-    data: &'a [f32],
-    offset: usize,
-    rows: usize,
-    cols: usize,
-    row_stride: usize,
-    col_stride: usize,
+pub(crate) struct MatRef<'a> {
+    pub(crate) data: &'a [f32],
+    pub(crate) offset: usize,
+    pub(crate) rows: usize,
+    pub(crate) cols: usize,
+    pub(crate) row_stride: usize,
+    pub(crate) col_stride: usize,
 }
 
 impl MatRef<'_> {
     /// The same elements read as the transposed matrix.
-    fn t(self) -> Self {
+    pub(crate) fn t(self) -> Self {
         Self {
             rows: self.cols,
             cols: self.rows,
@@ -251,16 +251,16 @@ impl MatRef<'_> {
 
 /// `dst[offset..]` viewed as a `rows x cols` matrix with the given row stride
 /// (unit column stride).
-struct MatMut<'a> {
-    data: &'a mut [f32],
-    offset: usize,
-    rows: usize,
-    cols: usize,
-    row_stride: usize,
+pub(crate) struct MatMut<'a> {
+    pub(crate) data: &'a mut [f32],
+    pub(crate) offset: usize,
+    pub(crate) rows: usize,
+    pub(crate) cols: usize,
+    pub(crate) row_stride: usize,
 }
 
 /// `dst = alpha * lhs rhs` on one thread with the `gemm` crate's kernels.
-fn matmul(dst: MatMut<'_>, lhs: MatRef<'_>, rhs: MatRef<'_>, alpha: f32) -> Result<()> {
+pub(crate) fn matmul(dst: MatMut<'_>, lhs: MatRef<'_>, rhs: MatRef<'_>, alpha: f32) -> Result<()> {
     let shapes_agree = lhs.rows == dst.rows && rhs.cols == dst.cols && lhs.cols == rhs.rows;
     let dst_end = if dst.rows == 0 || dst.cols == 0 {
         dst.offset
@@ -316,13 +316,13 @@ fn matmul(dst: MatMut<'_>, lhs: MatRef<'_>, rhs: MatRef<'_>, alpha: f32) -> Resu
 
 /// Adds the decomposed bias to a block's scores (from the precomputed terms) and
 /// turns each row into unnormalised probabilities; stores each row's 1 / sum.
-struct BiasExpRows<'a> {
-    scores: &'a mut [f32],
-    keys: usize,
+pub(crate) struct BiasExpRows<'a> {
+    pub(crate) scores: &'a mut [f32],
+    pub(crate) keys: usize,
     /// Per row `kh + kw` terms: `<q, rh[y, a]>` then `<q, rw[x, b]>`; the key grid
     /// width `kw`.
-    bias: Option<(&'a [f32], usize)>,
-    inv_sums: &'a mut [f32],
+    pub(crate) bias: Option<(&'a [f32], usize)>,
+    pub(crate) inv_sums: &'a mut [f32],
 }
 
 impl pulp::WithSimd for BiasExpRows<'_> {

@@ -13,7 +13,7 @@ use candle_core::{CpuStorage, CustomOp2, CustomOp3, Layout, Result, Shape, Tenso
 use std::sync::Arc;
 
 use crate::cpu::Isa;
-use crate::cpu_kernel::{contiguous_f32, cpu_f32_inference, gemm_parallelism, par_filled};
+use crate::cpu_kernel::{contiguous_f32, cpu_f32, cpu_f32_inference, gemm_parallelism, par_filled};
 use crate::packed::{
     gemm_packed, gemm_packed_new, Epilogue, LeftOperand, PackedCache, PackedLayer, PackedRhs,
     ProductOptions,
@@ -32,12 +32,16 @@ pub fn linear(x: &Tensor, weight: &Tensor, bias: Option<&Tensor>) -> Result<Tens
     }
     let rows = x.elem_count() / in_dim.max(1);
     let x2 = x.contiguous()?.reshape((rows, in_dim))?;
-    let fusable = cpu_f32_inference([x, weight].into_iter().chain(bias));
-    let y = if fusable {
+    let y = if cpu_f32([x, weight].into_iter().chain(bias)) {
+        // One operation, with its own backward pass when training (one graph node
+        // instead of the product, the bias and their views).
         let weight = weight.contiguous()?;
-        match bias {
-            Some(b) => x2.apply_op3_no_bwd(&weight, &b.contiguous()?, &FusedLinear)?,
-            None => x2.apply_op2_no_bwd(&weight, &FusedLinear)?,
+        let trains = [&x2, &weight].into_iter().chain(bias).any(Tensor::track_op);
+        match (bias, trains) {
+            (Some(b), true) => x2.apply_op3(&weight, &b.contiguous()?, FusedLinear)?,
+            (Some(b), false) => x2.apply_op3_no_bwd(&weight, &b.contiguous()?, &FusedLinear)?,
+            (None, true) => x2.apply_op2(&weight, FusedLinear)?,
+            (None, false) => x2.apply_op2_no_bwd(&weight, &FusedLinear)?,
         }
     } else {
         let y = x2.matmul(&weight.t()?)?;
@@ -481,6 +485,16 @@ impl CustomOp2 for FusedLinear {
         let w_data = exact(w, w_layout, "linear weight")?;
         Self::forward(x_data, x_layout, w_data, w_layout, None)
     }
+
+    fn bwd(
+        &self,
+        x: &Tensor,
+        w: &Tensor,
+        _res: &Tensor,
+        grad: &Tensor,
+    ) -> Result<(Option<Tensor>, Option<Tensor>)> {
+        linear_gradients(x, w, grad)
+    }
 }
 
 impl CustomOp3 for FusedLinear {
@@ -502,6 +516,48 @@ impl CustomOp3 for FusedLinear {
         let b_data = exact(b, b_layout, "linear bias")?;
         Self::forward(x_data, x_layout, w_data, w_layout, Some(b_data))
     }
+
+    fn bwd(
+        &self,
+        x: &Tensor,
+        w: &Tensor,
+        b: &Tensor,
+        _res: &Tensor,
+        grad: &Tensor,
+    ) -> Result<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
+        let (d_x, d_w) = linear_gradients(x, w, grad)?;
+        // The bias's gradient sums the rows: a product with a row of ones, which
+        // runs in the matrix kernels (candle's `sum(0)` reduces along a stride).
+        let d_b = if b.track_op() {
+            let grad = grad.detach();
+            let ones = Tensor::ones((1, grad.dim(0)?), grad.dtype(), grad.device())?;
+            Some(ones.matmul(&grad.contiguous()?)?.squeeze(0)?)
+        } else {
+            None
+        };
+        Ok((d_x, d_w, d_b))
+    }
+}
+
+/// The input and weight gradients of `y = x W^T` for `x` `rows x in`: `dy W` and
+/// `dy^T x`, each only where it is needed.
+fn linear_gradients(
+    x: &Tensor,
+    w: &Tensor,
+    grad: &Tensor,
+) -> Result<(Option<Tensor>, Option<Tensor>)> {
+    let grad = grad.detach().contiguous()?;
+    let d_x = if x.track_op() {
+        Some(grad.matmul(&w.detach())?)
+    } else {
+        None
+    };
+    let d_w = if w.track_op() {
+        Some(grad.t()?.matmul(&x.detach())?)
+    } else {
+        None
+    };
+    Ok((d_x, d_w))
 }
 
 #[cfg(test)]
@@ -682,6 +738,44 @@ mod tests {
         assert!(cache
             .get_or_pack(|_| candle_core::bail!("not packed before"))
             .is_none());
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(24))]
+
+        /// The fused layer's backward (input, weight, bias; few and many rows; with
+        /// the input or the weight alone trainable) equals candle's on the composed
+        /// product.
+        #[test]
+        fn fused_gradients_match_composed(rows in 1usize..70, in_dim in 1usize..40, out_dim in 1usize..40, with_bias: bool, trainable in 0usize..3) {
+            let dev = Device::Cpu;
+            let x = Tensor::randn(0f32, 1.0, (2, rows, in_dim), &dev).unwrap();
+            let w = Tensor::randn(0f32, 1.0, (out_dim, in_dim), &dev).unwrap();
+            let b = Tensor::randn(0f32, 1.0, out_dim, &dev).unwrap();
+            let r = Tensor::randn(0f32, 1.0, (2, rows, out_dim), &dev).unwrap();
+            let run = |fused: bool| {
+                let (xv, wv, bv) = (Var::from_tensor(&x).unwrap(), Var::from_tensor(&w).unwrap(), Var::from_tensor(&b).unwrap());
+                // 0: everything trainable; 1: only the input; 2: only the weight.
+                let xt = if trainable == 2 { x.clone() } else { xv.as_tensor().clone() };
+                let wt = if trainable == 1 { w.clone() } else { wv.as_tensor().clone() };
+                let bias = with_bias.then(|| if trainable == 0 { bv.as_tensor().clone() } else { b.clone() });
+                let y = if fused { linear(&xt, &wt, bias.as_ref()).unwrap() } else { composed(&xt, &wt, bias.as_ref()) };
+                let grads = (&y * &r).unwrap().sum_all().unwrap().backward().unwrap();
+                let grad = |v: &Var| grads.get(v.as_tensor()).cloned();
+                (y, [grad(&xv), grad(&wv), grad(&bv)])
+            };
+            let (y1, g1) = run(true);
+            let (y2, g2) = run(false);
+            let max = |t: Tensor| t.abs().unwrap().max_all().unwrap().to_scalar::<f32>().unwrap();
+            prop_assert!(max((y1 - y2).unwrap()) < 1e-4);
+            for (name, (a, b)) in ["x", "weight", "bias"].iter().zip(g1.into_iter().zip(g2)) {
+                prop_assert_eq!(a.is_some(), b.is_some(), "{} gradient present on one side only", name);
+                if let (Some(a), Some(b)) = (a, b) {
+                    let d = max((a - b).unwrap());
+                    prop_assert!(d < 1e-3, "{} gradient differs by {}", name, d);
+                }
+            }
+        }
     }
 
     #[test]

@@ -11,6 +11,7 @@ pub mod layout;
 pub mod linear;
 pub mod norm;
 pub mod pool;
+pub mod qkv_attention;
 pub mod rel_pos;
 pub mod resize;
 pub mod softmax;

@@ -4,6 +4,7 @@
 use candle_core::{Module, Result, Tensor};
 use candle_nn::{Init, VarBuilder};
 use samus_core::flash::attention_merged_in;
+use samus_core::qkv_attention::qkv_attention;
 use samus_core::window::{window_extents, window_partition_filled, window_unpartition};
 use samus_core::{attention_merged, AttentionOptions, DecomposedRelPos};
 
@@ -103,11 +104,11 @@ impl EncoderAttention {
     /// Attention on projected tokens `B x H x W x 3D` (q, k, v), before the output
     /// projection: `B x H x W x D`. With `extents` (one per batch item, see
     /// [`attention_merged_in`]) the other queries' outputs are unspecified.
-    fn attend(&self, qkv: &Tensor, extents: Option<&[(usize, usize)]>) -> Result<Tensor> {
-        let (b, h, w, c3) = qkv.dims4()?;
+    fn attend(&self, projected: &Tensor, extents: Option<&[(usize, usize)]>) -> Result<Tensor> {
+        let (b, h, w, c3) = projected.dims4()?;
         let c = c3 / 3;
         let head_dim = c / self.num_heads;
-        let qkv = qkv
+        let qkv = projected
             .reshape((b, h * w, 3, self.num_heads, head_dim))?
             .permute((2, 0, 3, 1, 4))?;
         // Views into the projected tokens (`get` would copy each).
@@ -121,7 +122,16 @@ impl EncoderAttention {
         } else {
             &self.rel_pos
         };
+        // Training: one operation with its own backward pass over all the queries
+        // (a padding query's output is dropped by the merge, so its gradient is zero).
+        let trains = qkv.track_op() || rel_pos.tracks_gradient();
         let merged = match extents {
+            _ if trains && qkv.device().is_cpu() => qkv_attention(
+                &projected.reshape((b, h * w, c3))?,
+                self.num_heads,
+                self.scale,
+                rel_pos,
+            )?,
             Some(extents) => {
                 attention_merged_in(&q, &k, &v, self.scale, rel_pos, extents, self.options)?
             }

@@ -3,6 +3,7 @@
 
 use candle_core::{Module, Result, Tensor};
 use candle_nn::{Conv2d, VarBuilder};
+use samus_core::conv::conv_whole_strides_nhwc;
 use samus_core::layout::channels_last;
 use samus_core::resize::resize_bilinear;
 
@@ -42,9 +43,19 @@ impl PatchEmbed {
 }
 
 impl Module for PatchEmbed {
-    /// `B x 3 x S x S` in, BHWC `B x G x G x D` out.
+    /// `B x 3 x S x S` in, BHWC `B x G x G x D` out. When training (a weight that
+    /// tracks its gradient) the convolution runs as one unfolding and one matrix
+    /// product, whose backward is a matrix product too
+    /// ([`conv_whole_strides_nhwc`]); otherwise candle's convolution.
     fn forward(&self, x: &Tensor) -> Result<Tensor> {
         let x = resize_bilinear(x, self.resized, self.resized)?;
-        channels_last(&x.apply(&self.proj)?)
+        let (weight, bias) = (self.proj.weight(), self.proj.bias());
+        let stride = self.proj.config().stride;
+        let trains = weight.track_op() || bias.is_some_and(Tensor::track_op);
+        if trains && weight.dim(2)?.is_multiple_of(stride) && self.resized.is_multiple_of(stride) {
+            conv_whole_strides_nhwc(&x, weight, bias, stride)
+        } else {
+            channels_last(&x.apply(&self.proj)?)
+        }
     }
 }
