@@ -358,7 +358,7 @@ impl pulp::WithSimd for NormBackwardRows<'_> {
                 *o = g * w;
             }
             let m1 = lane_sum(&gw, |v| v) / c as f32;
-            let m2 = lane_dot(&gw, &xhat) / c as f32;
+            let m2 = crate::softmax::dot(&gw, &xhat) / c as f32;
             let values = d.iter_mut().zip(&gw).zip(&xhat);
             for ((o, &gw), &h) in values {
                 *o = rstd * (gw - m1 - h * m2);
@@ -372,25 +372,6 @@ impl pulp::WithSimd for NormBackwardRows<'_> {
         let widen = |v: Vec<f32>| v.into_iter().map(f64::from).collect();
         (widen(dw), widen(db))
     }
-}
-
-/// `sum(a * b)` with [`LANES`] accumulators, like [`lane_sum`].
-#[inline(always)]
-fn lane_dot(a: &[f32], b: &[f32]) -> f32 {
-    let mut acc = [0f32; LANES];
-    let (ca, cb) = (a.chunks_exact(LANES), b.chunks_exact(LANES));
-    let tail: f32 = ca
-        .remainder()
-        .iter()
-        .zip(cb.remainder())
-        .map(|(x, y)| x * y)
-        .sum();
-    for (x, y) in ca.zip(cb) {
-        for ((s, x), y) in acc.iter_mut().zip(x).zip(y) {
-            *s += x * y;
-        }
-    }
-    acc.iter().sum::<f32>() + tail
 }
 
 #[cfg(test)]

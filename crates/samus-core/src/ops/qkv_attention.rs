@@ -24,7 +24,7 @@ use crate::attention::merge_heads;
 use crate::cpu_kernel::{contiguous_f32, cpu_f32};
 use crate::flash::{matmul, BiasExpRows, MatMut, MatRef};
 use crate::rel_pos::DecomposedRelPos;
-use crate::softmax::dot;
+use crate::softmax::SoftmaxBackwardRows;
 
 /// Multi-head self-attention of the projected tokens `qkv` `(G, N, 3 D)` (queries,
 /// keys and values, each `D = heads x Dh` channels, heads in order) with the
@@ -303,14 +303,17 @@ impl QkvAttentionBackward {
         let [q, k, v] = [0, 1, 2].map(|part| geo.part(qkv, g, h, part));
         let mut dv = vec![0f32; n * hd];
         matmul(dense(&mut dv, n, hd), view(&p, n, n).t(), d_out, 1.0)?;
-        // dS = P (dP - rowsum(P dP)), in place of dP.
+        // dS = P (dP - rowsum(P dP)).
+        let mut dp = vec![0f32; n * n];
+        matmul(dense(&mut dp, n, n), d_out, v.t(), 1.0)?;
         let mut ds = vec![0f32; n * n];
-        matmul(dense(&mut ds, n, n), d_out, v.t(), 1.0)?;
-        crate::cpu::simd().dispatch(SoftmaxGradRows {
+        crate::cpu::simd().dispatch(SoftmaxBackwardRows {
             probs: &p,
-            grad: &mut ds,
+            grad: &dp,
+            out: &mut ds,
             len: n,
         });
+        drop(dp);
         // The bias gradient: row a of the key grid sums over its columns, column b
         // over its rows.
         let (kw, width) = (geo.kw, geo.width);
@@ -388,33 +391,6 @@ impl CustomOp3 for QkvAttentionBackward {
         }
         let len = out.len();
         Ok((CpuStorage::F32(out), Shape::from(len)))
-    }
-}
-
-/// `grad = probs * (grad - rowsum(probs * grad))` per row of `len`: the softmax's
-/// backward, in place.
-struct SoftmaxGradRows<'a> {
-    probs: &'a [f32],
-    grad: &'a mut [f32],
-    len: usize,
-}
-
-impl pulp::WithSimd for SoftmaxGradRows<'_> {
-    type Output = ();
-
-    #[inline(always)]
-    fn with_simd<S: pulp::Simd>(self, _simd: S) {
-        let len = self.len.max(1);
-        for (g, p) in self
-            .grad
-            .chunks_exact_mut(len)
-            .zip(self.probs.chunks_exact(len))
-        {
-            let dot = dot(p, g);
-            for (g, &p) in g.iter_mut().zip(p) {
-                *g = p * (*g - dot);
-            }
-        }
     }
 }
 

@@ -158,11 +158,11 @@ impl pulp::WithSimd for SoftmaxRows<'_> {
 
 /// `d = p * (g - <g, p>)` row by row: the gradient of the logits from the
 /// probabilities `p` and their gradient `g`.
-struct SoftmaxBackwardRows<'a> {
-    probs: &'a [f32],
-    grad: &'a [f32],
-    out: &'a mut [f32],
-    len: usize,
+pub(crate) struct SoftmaxBackwardRows<'a> {
+    pub(crate) probs: &'a [f32],
+    pub(crate) grad: &'a [f32],
+    pub(crate) out: &'a mut [f32],
+    pub(crate) len: usize,
 }
 
 impl pulp::WithSimd for SoftmaxBackwardRows<'_> {
