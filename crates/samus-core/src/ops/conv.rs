@@ -1,13 +1,16 @@
-//! Convolutions written as one unfolding and one matrix product, so that their
-//! backward pass is matrix products too.
+//! Convolutions written as matrix products, so that their backward pass is matrix
+//! products too.
 //!
 //! candle's convolution backward goes through its transposed convolution, which is
-//! slow on the CPU. Here a 3x3 "same" convolution unfolds its input into columns
-//! (`im2col`, one fused CPU operation whose backward is the matching fold,
-//! `col2im`) and multiplies them with the kernel. The channels-last form
-//! ([`conv3x3_same_nhwc`]) needs no layout copies at all: the CNN branch of SAMUS
-//! runs in it. Without a gradient, the channels-first form ([`conv3x3_same`]) runs
-//! candle's own kernel.
+//! slow on the CPU. Here a 3x3 "same" convolution on the CPU in f32 is nine shifted
+//! products over the zero-padded input, one operation with its own backward: the
+//! input's gradient is the same convolution of the output's gradient with the
+//! kernel transposed and turned, the kernel's gradient nine shifted products of the
+//! padded input with the gradient. Elsewhere it unfolds its input into columns
+//! (`im2col`, whose backward is the matching fold, `col2im`) and multiplies them
+//! with the kernel. The channels-last form ([`conv3x3_same_nhwc`]) needs no layout
+//! copies at all: the CNN branch of SAMUS runs in it. Without a gradient, the
+//! channels-first form ([`conv3x3_same`]) runs candle's own kernel.
 
 use candle_core::{CpuStorage, CustomOp1, DType, Layout, Result, Shape, Tensor};
 use rayon::prelude::*;
@@ -303,12 +306,16 @@ impl candle_core::CustomOp2 for Conv3x3KernelGradient {
                 x_layout.dims()
             )
         }
+        if n * h * width * c * o == 0 {
+            let out = vec![0f32; o * c * TAPS];
+            return Ok((CpuStorage::F32(out), Shape::from((o, c, KERNEL, KERNEL))));
+        }
         let wide = width + 2;
         let padded_len = ((h + 2) * wide + 2) * c;
         let pixels = h * wide;
         let mut padded = vec![0f32; n * padded_len];
         let mut wide_grad = vec![0f32; n * pixels * o];
-        if n * h * width * c * o > 0 {
+        {
             padded
                 .par_chunks_mut(padded_len)
                 .zip(x.par_chunks(h * width * c))
@@ -330,9 +337,6 @@ impl candle_core::CustomOp2 for Conv3x3KernelGradient {
             .map(|tap| {
                 let shift = ((tap / KERNEL) * wide + tap % KERNEL) * c;
                 let mut d_tap = vec![0f32; c * o];
-                if c * o == 0 {
-                    return Ok(d_tap);
-                }
                 for (image, grad) in padded
                     .chunks_exact(padded_len)
                     .zip(wide_grad.chunks_exact(pixels * o))
@@ -831,6 +835,29 @@ mod tests {
                 prop_assert!(d < 1e-3, "gradient differs by {d}");
             }
         }
+    }
+
+    /// Training on an image with no rows: empty output, a zero kernel gradient, no
+    /// panic in the shifted products.
+    #[test]
+    fn an_empty_image_trains_to_zero_gradients() {
+        let dev = Device::Cpu;
+        let x = Var::from_tensor(&Tensor::zeros((1, 0, 3, 2), DType::F32, &dev).unwrap()).unwrap();
+        let k = Var::from_tensor(&Tensor::ones((4, 2, 3, 3), DType::F32, &dev).unwrap()).unwrap();
+        let y = conv3x3_same_nhwc(x.as_tensor(), k.as_tensor()).unwrap();
+        assert_eq!(y.dims(), &[1, 0, 3, 4]);
+        let grads = y.sum_all().unwrap().backward().unwrap();
+        let dk = grads.get(k.as_tensor()).unwrap();
+        assert_eq!(dk.dims(), &[4, 2, 3, 3]);
+        assert_eq!(
+            dk.abs()
+                .unwrap()
+                .sum_all()
+                .unwrap()
+                .to_scalar::<f32>()
+                .unwrap(),
+            0.0
+        );
     }
 
     proptest! {

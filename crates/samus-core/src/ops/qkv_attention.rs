@@ -41,7 +41,7 @@ pub fn qkv_attention(
     rel_pos: &DecomposedRelPos,
 ) -> Result<Tensor> {
     let (g, n, c3) = qkv.dims3()?;
-    if heads == 0 || !c3.is_multiple_of(3 * heads) {
+    if heads == 0 || c3 == 0 || !c3.is_multiple_of(3 * heads) {
         candle_core::bail!(
             "qkv attention: {c3} channels do not split into q, k, v of {heads} heads"
         )
@@ -167,7 +167,7 @@ impl QkvAttention {
         let (kh, kw) = self.key_grid;
         let width = kh + kw;
         let heads = self.heads;
-        let fits = heads > 0 && c3 % (3 * heads) == 0 && kh * kw == n;
+        let fits = heads > 0 && c3 > 0 && c3.is_multiple_of(3 * heads) && kh * kw == n;
         if !fits || bias.shape().dims() != [groups * heads, n, width] {
             candle_core::bail!(
                 "qkv attention: qkv {:?} and bias terms {:?} do not fit {heads} heads on a {kh}x{kw} grid",
@@ -455,6 +455,8 @@ mod tests {
         let rel = DecomposedRelPos::new(&table, &table, (2, 2), (2, 2)).unwrap();
         let qkv = Tensor::zeros((1, 4, 12), candle_core::DType::F32, &dev).unwrap();
         assert!(qkv_attention(&qkv, 5, 1.0, &rel).is_err());
+        let empty = Tensor::zeros((1, 4, 0), candle_core::DType::F32, &dev).unwrap();
+        assert!(qkv_attention(&empty, 2, 1.0, &rel).is_err());
         let five = Tensor::zeros((1, 5, 12), candle_core::DType::F32, &dev).unwrap();
         let message = qkv_attention(&five, 2, 1.0, &rel).unwrap_err().to_string();
         assert!(
