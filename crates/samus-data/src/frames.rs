@@ -294,10 +294,7 @@ impl Iterator for Frames<'_> {
                     // cut short by an error and the rest would silently be missing.
                     let (success, errors) = self.finish();
                     if success == Some(false) || !errors.is_empty() {
-                        let cause = errors
-                            .last()
-                            .cloned()
-                            .unwrap_or_else(|| "it failed".to_string());
+                        let cause = last_error(&errors).unwrap_or("it failed");
                         return Some(Err(Error::source(
                             path,
                             format!(
@@ -427,17 +424,18 @@ fn next_video_frame(
         }
     }
     if index == 0 {
-        let cause = errors
-            .iter()
-            .rfind(|e| !e.is_empty())
-            .cloned()
-            .unwrap_or_else(|| "no frames".to_string());
+        let cause = last_error(errors).unwrap_or("no frames");
         return Some(Err(Error::source(
             path,
             format!("ffmpeg cannot decode it: {cause}"),
         )));
     }
     None
+}
+
+/// ffmpeg's last non-empty error line: the one that names the cause.
+fn last_error(errors: &[String]) -> Option<&str> {
+    errors.iter().rfind(|e| !e.is_empty()).map(String::as_str)
 }
 
 fn ffmpeg_command() -> FfmpegCommand {

@@ -92,6 +92,19 @@ pub enum TrackStep {
     Lost,
 }
 
+impl TrackStep {
+    /// The step's name in outputs (`areas.csv`, JSON): `seeded`, `propagated`,
+    /// `redetected` or `lost`, as serde writes it.
+    pub const fn name(self) -> &'static str {
+        match self {
+            Self::Seeded => "seeded",
+            Self::Propagated => "propagated",
+            Self::Redetected => "redetected",
+            Self::Lost => "lost",
+        }
+    }
+}
+
 /// One frame's result.
 #[derive(Debug, Clone)]
 pub struct TrackedFrame {
@@ -284,6 +297,21 @@ fn widen([x0, y0, x1, y1]: [f32; 4], margin: f32, w: f32, h: f32) -> [f32; 4] {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn step_names_are_serdes_names() {
+        for step in [
+            TrackStep::Seeded,
+            TrackStep::Propagated,
+            TrackStep::Redetected,
+            TrackStep::Lost,
+        ] {
+            assert_eq!(
+                serde_json::to_value(step).ok(),
+                Some(serde_json::Value::from(step.name()))
+            );
+        }
+    }
 
     #[test]
     fn boxes_cover_the_mask_and_stay_inside_the_image() {

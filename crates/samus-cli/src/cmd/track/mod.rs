@@ -107,7 +107,7 @@ pub struct FrameArea {
     /// The model's predicted IoU.
     pub predicted_iou: f32,
     /// How the mask was found.
-    pub step: &'static str,
+    pub step: TrackStep,
 }
 
 impl FrameArea {
@@ -334,7 +334,7 @@ pub fn run(args: TrackArgs, ctx: &RunContext) -> Result<()> {
         (Some(l), Some(s)) if area_of(l) > 0.0 => Some((area_of(l) - area_of(s)) / area_of(l)),
         _ => None,
     };
-    let count = |step: &str| rows.iter().filter(|r| r.step == step).count();
+    let count = |step: TrackStep| rows.iter().filter(|r| r.step == step).count();
     let summary = TrackSummary {
         input: args.input.display().to_string(),
         frames: frames_seen,
@@ -342,8 +342,8 @@ pub fn run(args: TrackArgs, ctx: &RunContext) -> Result<()> {
         mode: if args.auto { "auto" } else { "propagated" },
         out_dir: args.out_dir.display().to_string(),
         pixel_size_mm: pixel_mm.map(|(x, y)| [x, y]),
-        redetected: count("redetected"),
-        lost: count("lost"),
+        redetected: count(TrackStep::Redetected),
+        lost: count(TrackStep::Lost),
         largest,
         smallest,
         fractional_area_change: fac,
@@ -484,17 +484,8 @@ impl MaskWriter<'_> {
                 .and_then(|size| measure_mask(&best.image, size))
                 .map(|m| m.area_mm2),
             predicted_iou: best.iou,
-            step: step_name(step),
+            step,
         })
-    }
-}
-
-fn step_name(step: TrackStep) -> &'static str {
-    match step {
-        TrackStep::Seeded => "seeded",
-        TrackStep::Propagated => "propagated",
-        TrackStep::Redetected => "redetected",
-        _ => "lost",
     }
 }
 
@@ -525,7 +516,7 @@ fn areas_csv(rows: &[FrameArea]) -> Result<Vec<u8>> {
             r.area_px.to_string(),
             r.area_mm2.map_or_else(String::new, |a| format!("{a:.3}")),
             format!("{:.4}", r.predicted_iou),
-            r.step.to_string(),
+            r.step.name().to_string(),
         ])?;
     }
     csv.into_inner().context("areas.csv")
