@@ -315,23 +315,21 @@ impl candle_core::CustomOp2 for Conv3x3KernelGradient {
         let pixels = h * wide;
         let mut padded = vec![0f32; n * padded_len];
         let mut wide_grad = vec![0f32; n * pixels * o];
-        {
-            padded
-                .par_chunks_mut(padded_len)
-                .zip(x.par_chunks(h * width * c))
-                .for_each(|(padded, image)| pad_image(image, (width, c), padded));
-            wide_grad
-                .par_chunks_mut(pixels * o)
-                .zip(g.par_chunks(h * width * o))
-                .for_each(|(dst, src)| {
-                    for (row, src_row) in dst
-                        .chunks_exact_mut(wide * o)
-                        .zip(src.chunks_exact(width * o))
-                    {
-                        row[..width * o].copy_from_slice(src_row);
-                    }
-                });
-        }
+        padded
+            .par_chunks_mut(padded_len)
+            .zip(x.par_chunks(h * width * c))
+            .for_each(|(padded, image)| pad_image(image, (width, c), padded));
+        wide_grad
+            .par_chunks_mut(pixels * o)
+            .zip(g.par_chunks(h * width * o))
+            .for_each(|(dst, src)| {
+                for (row, src_row) in dst
+                    .chunks_exact_mut(wide * o)
+                    .zip(src.chunks_exact(width * o))
+                {
+                    row[..width * o].copy_from_slice(src_row);
+                }
+            });
         let taps = (0..TAPS)
             .into_par_iter()
             .map(|tap| {
