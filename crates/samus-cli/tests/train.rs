@@ -112,3 +112,63 @@ fn train_errors_are_clear() {
         stderr(&out)
     );
 }
+
+/// `--schedule cosine` decays the rate of `metrics.csv` from the base rate over the
+/// run's steps, and `--augment` takes each preset.
+#[test]
+fn cosine_schedule_decays_over_the_run() {
+    let tmp = tempfile::tempdir().unwrap();
+    let data = tmp.path().join("data");
+    let d = data.to_str().unwrap();
+    assert!(
+        samus(&["synth", "--out", d, "--per-dataset", "4", "--seed", "3"])
+            .status
+            .success()
+    );
+    for (augment, schedule) in [
+        ("light", "cosine"),
+        ("off", "cosine"),
+        ("reference", "constant"),
+    ] {
+        let run = tmp.path().join(format!("run-{augment}"));
+        let out = samus(&[
+            "train",
+            "--config",
+            "tiny",
+            "--data",
+            d,
+            "--split",
+            "train-Breast-SynthBUSI",
+            "--batch-size",
+            "1",
+            "--max-steps",
+            "4",
+            "--lr",
+            "1e-3",
+            "--schedule",
+            schedule,
+            "--augment",
+            augment,
+            "--out",
+            run.to_str().unwrap(),
+        ]);
+        assert!(out.status.success(), "{augment}: {}", stderr(&out));
+        let csv = std::fs::read_to_string(run.join("metrics.csv")).unwrap();
+        let rates: Vec<f64> = csv
+            .lines()
+            .skip(1)
+            .filter_map(|row| row.split(',').nth(4)?.parse().ok())
+            .collect();
+        assert_eq!(rates.len(), 4, "{csv}");
+        for (step, rate) in rates.iter().enumerate() {
+            let expected = match schedule {
+                "cosine" => 1e-3 * 0.5 * (1.0 + (std::f64::consts::PI * step as f64 / 4.0).cos()),
+                _ => 1e-3,
+            };
+            assert!(
+                (rate - expected).abs() < 1e-9,
+                "{augment} step {step}: {rate} vs {expected}"
+            );
+        }
+    }
+}

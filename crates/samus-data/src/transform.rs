@@ -134,6 +134,22 @@ impl Default for Augmentation {
 }
 
 impl Augmentation {
+    /// A lighter preset for short runs from random weights, where the model sees each
+    /// image only a few times: the reference's transforms at probability 0.25, with
+    /// rotations of at most 15 degrees, upscales of at most 1.15 and contrast factors
+    /// in 0.9-1.5.
+    pub fn light() -> Self {
+        Self {
+            p_gamma: 0.25,
+            p_rotate: 0.25,
+            max_degrees: 15.0,
+            p_scale: 0.25,
+            max_scale: 1.15,
+            p_contrast: 0.25,
+            contrast: (0.9, 1.5),
+        }
+    }
+
     /// Augments the 8-bit `image` and `label` jointly with the random numbers of
     /// `rng`, then applies [`finish`]. Like the reference, intensity changes work on 8
     /// bit; geometric changes move image and label identically (rotation samples both

@@ -23,7 +23,7 @@ use crate::evaluate::evaluate;
 use crate::loss::SegmentationLoss;
 use crate::model::{BatchTensors, TrainModel};
 use crate::optim::{Adam, AdamConfig};
-use crate::schedule::LrSchedule;
+use crate::schedule::{LrDecay, LrSchedule};
 use crate::TrainError;
 
 /// How a run trains.
@@ -37,8 +37,11 @@ pub struct TrainOptions {
     pub max_steps: Option<usize>,
     /// Optimiser (reference: Adam, lr 5e-4).
     pub adam: AdamConfig,
-    /// Linear warm-up steps followed by poly decay; `None` keeps the rate constant.
+    /// Linear warm-up steps before the decay (`None`: no warm-up).
     pub warmup: Option<usize>,
+    /// The rate after the warm-up: constant (reference), poly or cosine decay over
+    /// the run's steps or, with a time limit, over its time if that ends it first.
+    pub decay: LrDecay,
     /// Largest global gradient norm; larger gradients are scaled down.
     pub grad_clip: Option<f64>,
     /// Evaluate on the validation split every this many epochs.
@@ -59,6 +62,7 @@ impl Default for TrainOptions {
             max_steps: None,
             adam: AdamConfig::default(),
             warmup: None,
+            decay: LrDecay::Constant,
             grad_clip: None,
             eval_every: 1,
             loss: SegmentationLoss::default(),
@@ -325,15 +329,13 @@ impl<'m> Trainer<'m> {
     }
 
     fn schedule(&self, steps_per_epoch: usize) -> LrSchedule {
-        match self.options.warmup {
-            None => LrSchedule::Constant,
-            Some(warmup) => LrSchedule::WarmupPoly {
-                warmup,
-                total: self
-                    .options
-                    .max_steps
-                    .unwrap_or(self.options.epochs.saturating_mul(steps_per_epoch)),
-            },
+        LrSchedule {
+            warmup: self.options.warmup.unwrap_or(0),
+            decay: self.options.decay,
+            total_steps: self
+                .options
+                .max_steps
+                .unwrap_or(self.options.epochs.saturating_mul(steps_per_epoch)),
         }
     }
 
@@ -442,7 +444,8 @@ impl<'m> Trainer<'m> {
                         checkpoint: self.saved_step,
                     });
                 }
-                let lr = schedule.rate(self.options.adam.lr, self.state.step);
+                let time_fraction = limit.map(|limit| elapsed() / limit);
+                let lr = schedule.rate(self.options.adam.lr, self.state.step, time_fraction);
                 self.optimizer.config.lr = lr;
                 let mut grads = loss.backward()?;
                 self.clip(&mut grads)?;

@@ -6,12 +6,14 @@ use std::time::Instant;
 use anyhow::{bail, Context, Result};
 use clap::{Args, ValueEnum};
 use indicatif::{ProgressBar, ProgressStyle};
+use samus_data::transform::Augmentation;
 use samus_data::{DatasetOptions, Us30kSplit};
 use samus_model::SamusConfig;
 use samus_train::freeze::TrainableSet;
 use samus_train::loss::SegmentationLoss;
 use samus_train::model::{ModelKind, TrainModel};
 use samus_train::optim::AdamConfig;
+use samus_train::schedule::LrDecay;
 use samus_train::trainer::{run_files_in, Finished, RunState, TrainOptions, Trainer};
 
 use crate::support::model::Checkpoint;
@@ -164,6 +166,50 @@ impl From<LossArg> for SegmentationLoss {
     }
 }
 
+/// The learning rate after the warm-up.
+#[derive(Debug, Clone, Copy, ValueEnum)]
+pub enum ScheduleArg {
+    /// The base rate to the end (the reference; the default without --warmup).
+    Constant,
+    /// `(1 - t)^0.9`, the reference's warm-up mode (the default with --warmup).
+    Poly,
+    /// `(1 + cos(pi t)) / 2`.
+    Cosine,
+}
+
+impl From<ScheduleArg> for LrDecay {
+    fn from(s: ScheduleArg) -> Self {
+        match s {
+            ScheduleArg::Constant => LrDecay::Constant,
+            ScheduleArg::Poly => LrDecay::Poly,
+            ScheduleArg::Cosine => LrDecay::Cosine,
+        }
+    }
+}
+
+/// The training augmentations.
+#[derive(Debug, Clone, Copy, ValueEnum)]
+pub enum AugmentArg {
+    /// SPEC section 5: gamma, rotation +-30 degrees, scale 1-1.3, contrast 0.8-2, each
+    /// with probability 0.5.
+    Reference,
+    /// The same transforms at probability 0.25 and about half the ranges (short runs
+    /// from random weights).
+    Light,
+    /// None: every epoch sees the validation transform of each image.
+    Off,
+}
+
+impl From<AugmentArg> for Option<Augmentation> {
+    fn from(a: AugmentArg) -> Self {
+        match a {
+            AugmentArg::Reference => Some(Augmentation::default()),
+            AugmentArg::Light => Some(Augmentation::light()),
+            AugmentArg::Off => None,
+        }
+    }
+}
+
 /// Arguments of `samus train`.
 #[derive(Debug, Args)]
 pub struct TrainArgs {
@@ -203,6 +249,14 @@ pub struct TrainArgs {
     /// reference's warm-up mode; without it plain Adam at a constant rate.
     #[arg(long, value_name = "STEPS", value_parser = parse_warmup)]
     warmup: Option<usize>,
+    /// The rate after the warm-up; a decay runs over the run's steps or, with
+    /// --max-minutes, over its time if that ends the run first. Default: poly with
+    /// --warmup, else constant.
+    #[arg(long, value_enum)]
+    schedule: Option<ScheduleArg>,
+    /// Training augmentations.
+    #[arg(long, value_enum, default_value = "reference")]
+    augment: AugmentArg,
     /// Clip the global gradient norm to this value (a positive number; without the
     /// flag gradients are not clipped).
     #[arg(long, value_name = "NORM", value_parser = parse_clip)]
@@ -339,6 +393,13 @@ pub fn run(args: TrainArgs, ctx: &RunContext) -> Result<()> {
         max_steps: args.max_steps,
         adam,
         warmup: args.warmup,
+        decay: args
+            .schedule
+            .unwrap_or(match args.warmup {
+                Some(_) => ScheduleArg::Poly,
+                None => ScheduleArg::Constant,
+            })
+            .into(),
         grad_clip: args.grad_clip,
         eval_every: args.eval_every,
         loss: args.loss.into(),
@@ -363,6 +424,7 @@ pub fn run(args: TrainArgs, ctx: &RunContext) -> Result<()> {
         seed: args.seed,
         skip_bad: args.skip_bad,
         cache_bytes: args.cache_mb.saturating_mul(1 << 20),
+        augmentation: args.augment.into(),
         ..DatasetOptions::training()
     };
     let train = Us30kSplit::open(&args.model_data.data, &args.split, train_options)?;
