@@ -308,6 +308,7 @@ impl<'m> Trainer<'m> {
         let dir = trainer.run_dir.clone();
         trainer.state = RunState::read(&dir)?;
         trainer.saved_step = Some(trainer.state.step);
+        trainer.drop_metrics_after(trainer.state.step)?;
         let weights = read_tensors(dir.join(LAST))?;
         for (name, var) in model.vars() {
             let t = weights.get(&name).ok_or_else(|| {
@@ -531,6 +532,29 @@ impl<'m> Trainer<'m> {
     fn draw_curve(&self) -> Result<(), TrainError> {
         let metrics = Metrics::read(&self.run_dir.join(METRICS))?;
         write_curve_png(&metrics, &self.run_dir.join(CURVE))
+    }
+
+    /// Drops the rows of `metrics.csv` written after the checkpoint of `step` (by a
+    /// run stopped in the middle of an epoch), which the resumed run trains again.
+    fn drop_metrics_after(&self, step: usize) -> Result<(), TrainError> {
+        let path = self.run_dir.join(METRICS);
+        let text = match std::fs::read_to_string(&path) {
+            Ok(text) => text,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(()),
+            Err(e) => return Err(io_error(&path)(e)),
+        };
+        let mut kept = String::with_capacity(text.len());
+        for (i, row) in text.lines().enumerate() {
+            let row_step = row.split(',').next().and_then(|s| s.parse::<usize>().ok());
+            if i == 0 || row_step.is_none_or(|s| s <= step) {
+                kept.push_str(row);
+                kept.push('\n');
+            }
+        }
+        if kept != text {
+            samus_core::atomic_write::write_atomic(&path, kept.as_bytes())?;
+        }
+        Ok(())
     }
 
     /// Adds a row to `metrics.csv`: the whole file is written again atomically (it

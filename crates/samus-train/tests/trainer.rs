@@ -81,6 +81,12 @@ fn interrupted_and_resumed_run_equals_uninterrupted_run() {
         .unwrap()
         .run(&train, Some(&val), |_| {})
         .unwrap();
+    // A run killed in the middle of its second epoch has written rows past its
+    // checkpoint; the resumed run trains those steps again, once.
+    let metrics = resumed_dir.join("metrics.csv");
+    let mut csv = std::fs::read_to_string(&metrics).unwrap();
+    csv.push_str("3,1,9.9,0.5,0.0005,\n");
+    std::fs::write(&metrics, csv).unwrap();
     let second_model = model();
     let mut resumed = Trainer::resume(&second_model, options, &resumed_dir).unwrap();
     assert_eq!(resumed.state().epoch, 1);
@@ -91,6 +97,19 @@ fn interrupted_and_resumed_run_equals_uninterrupted_run() {
     );
     let csv = std::fs::read_to_string(straight_dir.join("metrics.csv")).unwrap();
     assert!(csv.starts_with("step,epoch,elapsed_s,loss,lr,val_dice"));
+    // The step of each row, the evaluations' included.
+    let step_rows = |csv: &str| -> Vec<String> {
+        csv.lines()
+            .skip(1)
+            .filter_map(|row| row.split(',').next().map(String::from))
+            .collect()
+    };
+    let resumed_csv = std::fs::read_to_string(&metrics).unwrap();
+    assert_eq!(
+        step_rows(&resumed_csv),
+        step_rows(&csv),
+        "the resumed run's metrics.csv has each step and evaluation once:\n{resumed_csv}"
+    );
 }
 
 #[test]
