@@ -4,6 +4,20 @@ mod common;
 
 use common::{samus, stderr};
 
+/// `--config tiny`, the synthetic breast training split of `data`, and the batch size.
+fn tiny_training<'a>(data: &'a str, batch_size: &'a str) -> [&'a str; 8] {
+    [
+        "--config",
+        "tiny",
+        "--data",
+        data,
+        "--split",
+        "train-Breast-SynthBUSI",
+        "--batch-size",
+        batch_size,
+    ]
+}
+
 #[test]
 fn train_then_resume_then_eval() {
     let tmp = tempfile::tempdir().unwrap();
@@ -15,16 +29,7 @@ fn train_then_resume_then_eval() {
             .status
             .success()
     );
-    let common = [
-        "--config",
-        "tiny",
-        "--data",
-        d,
-        "--split",
-        "train-Breast-SynthBUSI",
-        "--batch-size",
-        "2",
-    ];
+    let common = tiny_training(d, "2");
     let mut args = vec!["train"];
     args.extend(common);
     args.extend(["--epochs", "1", "--loss", "focal", "--out", r]);
@@ -131,16 +136,9 @@ fn cosine_schedule_decays_over_the_run() {
         ("reference", "constant"),
     ] {
         let run = tmp.path().join(format!("run-{augment}"));
-        let out = samus(&[
-            "train",
-            "--config",
-            "tiny",
-            "--data",
-            d,
-            "--split",
-            "train-Breast-SynthBUSI",
-            "--batch-size",
-            "1",
+        let mut args = vec!["train"];
+        args.extend(tiny_training(d, "1"));
+        args.extend([
             "--max-steps",
             "4",
             "--lr",
@@ -152,6 +150,7 @@ fn cosine_schedule_decays_over_the_run() {
             "--out",
             run.to_str().unwrap(),
         ]);
+        let out = samus(&args);
         assert!(out.status.success(), "{augment}: {}", stderr(&out));
         let csv = std::fs::read_to_string(run.join("metrics.csv")).unwrap();
         let rates: Vec<f64> = csv
