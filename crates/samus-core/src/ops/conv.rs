@@ -19,7 +19,8 @@ use std::sync::Arc;
 
 use crate::cpu_kernel::{contiguous_f32, cpu_f32_inference, gemm_parallelism, par_filled};
 use crate::packed::{
-    gemm_packed_new, Epilogue, LeftOperand, PackedCache, PackedLayer, PackedRhs, ProductOptions,
+    gemm_packed_new, gemm_packed_uninit, Epilogue, LeftOperand, PackedCache, PackedLayer,
+    PackedRhs, ProductOptions,
 };
 
 /// Side of the kernels of [`conv3x3_same`] and [`conv3x3_same_nhwc`].
@@ -162,8 +163,12 @@ impl candle_core::CustomOp2 for ShiftedConv3x3 {
             // into the output: no dropped columns, no copy (but for a batch).
             let options = ProductOptions::threaded(crate::cpu_kernel::threads(), Epilogue::None)
                 .overwrite_with(None);
-            let mut out = Vec::new();
-            for image in x.chunks_exact(h * width * c) {
+            let (image_len, out_len) = (h * width * c, h * width * o);
+            let mut out = Vec::with_capacity(n * out_len);
+            for (image, dst) in x
+                .chunks_exact(image_len)
+                .zip(out.spare_capacity_mut().chunks_exact_mut(out_len))
+            {
                 pad_image(image, (width, c), &mut padded);
                 let left = LeftOperand {
                     data: &padded,
@@ -171,13 +176,11 @@ impl candle_core::CustomOp2 for ShiftedConv3x3 {
                     segment_offsets: &shifts,
                     grid: Some((width, wide)),
                 };
-                let image_out = gemm_packed_new(h * width, left, &packed.rhs, options)?;
-                if out.is_empty() {
-                    out = image_out;
-                } else {
-                    out.extend_from_slice(&image_out);
-                }
+                gemm_packed_uninit(h * width, left, &packed.rhs, dst, options)?;
             }
+            // SAFETY: the loop wrote all n images' outputs (each `gemm_packed_uninit`
+            // that returned writes its whole part; an error returns above).
+            unsafe { out.set_len(n * out_len) };
             return Ok((CpuStorage::F32(out), Shape::from((n, h, width, o))));
         }
         let mut out = vec![0f32; n * h * width * o];

@@ -369,18 +369,39 @@ pub fn gemm_packed_new(
     b: &PackedRhs,
     options: ProductOptions,
 ) -> Result<Vec<f32>> {
+    let len = m * b.n;
+    let mut out: Vec<f32> = Vec::with_capacity(len);
+    gemm_packed_uninit(m, a, b, &mut out.spare_capacity_mut()[..len], options)?;
+    // SAFETY: `gemm_packed_uninit` returned without error, so it wrote all `m N`
+    // values.
+    unsafe { out.set_len(len) };
+    Ok(out)
+}
+
+/// [`gemm_packed_new`] into memory the caller owns and has not initialised (one
+/// part of a larger buffer: the images of a batch, each written where it belongs
+/// instead of being copied there). Without an error, every value of the first `m x
+/// N` of `c` (rows `N` apart) is written; nothing of `c` is read.
+pub fn gemm_packed_uninit(
+    m: usize,
+    a: LeftOperand,
+    b: &PackedRhs,
+    c: &mut [MaybeUninit<f32>],
+    options: ProductOptions,
+) -> Result<()> {
     let options = ProductOptions {
         accumulate: false,
         ..options
     };
-    let len = m * b.n;
-    let mut out: Vec<f32> = Vec::with_capacity(len);
+    if c.len() < m * b.n {
+        candle_core::bail!(
+            "packed product: {} output values for {m} rows of {}",
+            c.len(),
+            b.n
+        )
+    }
     // SAFETY: nothing is read before it is written when not accumulating.
-    unsafe { run_product(m, a, b, &mut out.spare_capacity_mut()[..len], b.n, options)? };
-    // SAFETY: `run_product` returned without error without accumulating, so it wrote
-    // every value of its `m` rows of `N` columns, `N` apart: all `m N` values.
-    unsafe { out.set_len(len) };
-    Ok(out)
+    unsafe { run_product(m, a, b, &mut c[..m * b.n], b.n, options) }
 }
 
 /// The product with the kernel of `b`'s instruction set ([`driver::run_product`]).
