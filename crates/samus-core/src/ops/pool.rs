@@ -67,26 +67,33 @@ fn window_winner(a: f32, b: f32, c: f32, d: f32) -> [bool; 4] {
     [ha, hb & !ha, hc & !ha & !hb, !(ha | hb | hc)]
 }
 
-/// The four pixels of window `ox` (each `c` channels) in the two input rows under a
-/// row of windows (`top` and `bottom`, `W C` values each).
-#[inline(always)]
-fn window_rows<'a>(top: &'a [f32], bottom: &'a [f32], ox: usize, c: usize) -> [&'a [f32]; 4] {
-    let at = 2 * ox * c;
-    [
-        &top[at..at + c],
-        &top[at + c..at + 2 * c],
-        &bottom[at..at + c],
-        &bottom[at + c..at + 2 * c],
-    ]
+/// The two input rows under one row of windows (`W C` values each, channels last).
+#[derive(Clone, Copy)]
+struct WindowRows<'a> {
+    top: &'a [f32],
+    bottom: &'a [f32],
+    c: usize,
+}
+
+impl<'a> WindowRows<'a> {
+    /// The four pixels of window `ox`, `c` channels each, in scan order.
+    #[inline(always)]
+    fn window(self, ox: usize) -> [&'a [f32]; 4] {
+        let (at, c) = (2 * self.c * ox, self.c);
+        [
+            &self.top[at..at + c],
+            &self.top[at + c..at + 2 * c],
+            &self.bottom[at..at + c],
+            &self.bottom[at + c..at + 2 * c],
+        ]
+    }
 }
 
 /// One row of output windows from its two input rows (vectorised by `pulp`'s
 /// dispatch: the channels of a window are contiguous).
 struct PoolRow<'a> {
-    top: &'a [f32],
-    bottom: &'a [f32],
+    rows: WindowRows<'a>,
     out: &'a mut [f32],
-    c: usize,
 }
 
 impl pulp::WithSimd for PoolRow<'_> {
@@ -94,16 +101,10 @@ impl pulp::WithSimd for PoolRow<'_> {
 
     #[inline(always)]
     fn with_simd<S: pulp::Simd>(self, _simd: S) {
-        let Self {
-            top,
-            bottom,
-            out,
-            c,
-        } = self;
-        for (ox, o) in out.chunks_exact_mut(c).enumerate() {
-            let [a, b, cc, d] = window_rows(top, bottom, ox, c);
-            for ((((o, &a), &b), &cc), &d) in o.iter_mut().zip(a).zip(b).zip(cc).zip(d) {
-                *o = window_max(a, b, cc, d);
+        for (ox, o) in self.out.chunks_exact_mut(self.rows.c).enumerate() {
+            let [a, b, c, d] = self.rows.window(ox);
+            for ((((o, &a), &b), &c), &d) in o.iter_mut().zip(a).zip(b).zip(c).zip(d) {
+                *o = window_max(a, b, c, d);
             }
         }
     }
@@ -112,13 +113,11 @@ impl pulp::WithSimd for PoolRow<'_> {
 /// The gradient of one row of windows into one of its two input rows (`dst`, the
 /// whole row: columns past the last window get zeros).
 struct PoolRowBackward<'a> {
-    top: &'a [f32],
-    bottom: &'a [f32],
+    rows: WindowRows<'a>,
     grad: &'a [f32],
     dst: &'a mut [f32],
     /// Whether `dst` is the bottom row of the windows (else the top one).
     bottom_row: bool,
-    c: usize,
 }
 
 impl pulp::WithSimd for PoolRowBackward<'_> {
@@ -126,25 +125,17 @@ impl pulp::WithSimd for PoolRowBackward<'_> {
 
     #[inline(always)]
     fn with_simd<S: pulp::Simd>(self, _simd: S) {
-        let Self {
-            top,
-            bottom,
-            grad,
-            dst,
-            bottom_row,
-            c,
-        } = self;
-        let windows = grad.len() / c.max(1);
-        dst[2 * windows * c..].fill(0.0);
-        let first = if bottom_row { 2 } else { 0 };
-        for (ox, g) in grad.chunks_exact(c).enumerate() {
-            let [a, b, cc, d] = window_rows(top, bottom, ox, c);
-            let (left, right) = dst[2 * ox * c..][..2 * c].split_at_mut(c);
+        let c = self.rows.c;
+        let windows = self.grad.len() / c.max(1);
+        self.dst[2 * windows * c..].fill(0.0);
+        let first = if self.bottom_row { 2 } else { 0 };
+        for (ox, g) in self.grad.chunks_exact(c).enumerate() {
+            let [a, b, cc, d] = self.rows.window(ox);
+            let (left, right) = self.dst[2 * ox * c..][..2 * c].split_at_mut(c);
             for ch in 0..c {
                 let won = window_winner(a[ch], b[ch], cc[ch], d[ch]);
-                let g = g[ch];
-                left[ch] = if won[first] { g } else { 0.0 };
-                right[ch] = if won[first + 1] { g } else { 0.0 };
+                left[ch] = if won[first] { g[ch] } else { 0.0 };
+                right[ch] = if won[first + 1] { g[ch] } else { 0.0 };
             }
         }
     }
@@ -172,10 +163,8 @@ impl CustomOp1 for MaxPool2x2Nhwc {
             let top = &x[(b * h + 2 * oy) * row..][..row];
             let bottom = &x[(b * h + 2 * oy + 1) * row..][..row];
             crate::cpu::simd().dispatch(PoolRow {
-                top,
-                bottom,
+                rows: WindowRows { top, bottom, c },
                 out,
-                c,
             });
             Ok(())
         })?;
@@ -229,12 +218,14 @@ impl CustomOp2 for MaxPool2x2NhwcBackward {
             }
             let top = (b * h + 2 * oy) * row;
             crate::cpu::simd().dispatch(PoolRowBackward {
-                top: &x[top..][..row],
-                bottom: &x[top + row..][..row],
+                rows: WindowRows {
+                    top: &x[top..][..row],
+                    bottom: &x[top + row..][..row],
+                    c,
+                },
                 grad: &g[(b * oh + oy) * ow * c..][..ow * c],
                 dst,
                 bottom_row: y % 2 == 1,
-                c,
             });
             Ok(())
         })?;
@@ -403,11 +394,11 @@ mod tests {
             let bits = |v: &[f32]| v.iter().map(|x| if x.is_nan() { u32::MAX } else { x.to_bits() }).collect::<Vec<_>>();
             for level in Level::available() {
                 let mut out = vec![7.0; windows * c];
-                level.run(PoolRow { top: &top, bottom: &bottom, out: &mut out, c });
+                level.run(PoolRow { rows: WindowRows { top: &top, bottom: &bottom, c }, out: &mut out });
                 prop_assert_eq!(bits(&out), bits(&want_out), "forward, {}", level.name());
                 for (bottom_row, want) in [(false, &want_top), (true, &want_bottom)] {
                     let mut dst = vec![7.0; w * c];
-                    level.run(PoolRowBackward { top: &top, bottom: &bottom, grad: &grad, dst: &mut dst, bottom_row, c });
+                    level.run(PoolRowBackward { rows: WindowRows { top: &top, bottom: &bottom, c }, grad: &grad, dst: &mut dst, bottom_row });
                     prop_assert_eq!(bits(&dst), bits(want), "backward, bottom row {}, {}", bottom_row, level.name());
                 }
             }
@@ -430,10 +421,12 @@ mod tests {
         for level in levels {
             let mut out = [0.0];
             level.run(PoolRow {
-                top: &[1.0, 2.0],
-                bottom: &[3.0, 4.0],
+                rows: WindowRows {
+                    top: &[1.0, 2.0],
+                    bottom: &[3.0, 4.0],
+                    c: 1,
+                },
                 out: &mut out,
-                c: 1,
             });
             assert_eq!(out, [4.0], "{}", level.name());
         }
