@@ -109,23 +109,20 @@ enum Command {
 /// Keeps tensor buffers in the heap instead of mapping fresh pages for each: glibc
 /// maps every allocation above its threshold anew, and the page faults on those
 /// fresh pages dominated a training step's backward pass. No allocation is mapped on
-/// its own (the threshold's maximum, 32 MiB, still left the CNN branch's 33 to 67
-/// MB maps of a training batch to fresh pages at every step: a tiny training step
-/// took 2.25 to 2.38 s with it, 1.95 to 2.05 s without, alternating on the same
-/// machine), and freed memory is not trimmed back to the system while the process
-/// runs, so a freed buffer is reused by the next one. Peak memory did not change
-/// (`samus segment` and `samus bench` on ViT-B: 727 MiB both ways). All threads share
-/// the main heap (one arena): the worker threads' own arenas returned freed buffers
-/// to the system and faulted them in again, some 7,000 page faults per ViT-B image
-/// in `samus bench`.
+/// its own (raising the threshold to its maximum, 32 MiB, as this did before, still
+/// left the CNN branch's 33 to 67 MB maps of a training batch to fresh pages at
+/// every step: a tiny training step took 2.25 to 2.38 s that way, 1.95 to 2.05 s
+/// with no maps, alternating on the same machine), and freed memory is not trimmed
+/// back to the system while the process runs, so a freed buffer is reused by the
+/// next one. Peak memory did not change (`samus segment` and `samus bench` on
+/// ViT-B: 727 MiB both ways). All threads share the main heap (one arena): the
+/// worker threads' own arenas returned freed buffers to the system and faulted them
+/// in again, some 7,000 page faults per ViT-B image in `samus bench`.
 #[cfg(all(target_os = "linux", target_env = "gnu"))]
 fn tune_allocator() {
-    /// glibc's largest mmap threshold on 64-bit targets (32 MiB).
-    const MMAP_THRESHOLD: libc::c_int = 32 * 1024 * 1024;
     // SAFETY: mallopt only changes glibc allocator parameters; it is called before
     // any other thread exists.
     unsafe {
-        libc::mallopt(libc::M_MMAP_THRESHOLD, MMAP_THRESHOLD);
         libc::mallopt(libc::M_MMAP_MAX, 0);
         libc::mallopt(libc::M_TRIM_THRESHOLD, libc::c_int::MAX);
         libc::mallopt(libc::M_ARENA_MAX, 1);

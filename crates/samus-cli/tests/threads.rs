@@ -1,8 +1,6 @@
 //! Which threads `samus` starts: candle's pool for element-wise operations (whose
 //! workers spin against our kernels' threads) only when the environment asks for it.
 
-mod common;
-
 /// Runs a short training benchmark with `env` and returns the names of every thread
 /// the process had while it ran (`/proc/PID/task/*/comm`, polled).
 #[cfg(target_os = "linux")]

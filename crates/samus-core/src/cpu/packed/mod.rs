@@ -393,15 +393,9 @@ pub fn gemm_packed_uninit(
         accumulate: false,
         ..options
     };
-    if c.len() < m * b.n {
-        candle_core::bail!(
-            "packed product: {} output values for {m} rows of {}",
-            c.len(),
-            b.n
-        )
-    }
-    // SAFETY: nothing is read before it is written when not accumulating.
-    unsafe { run_product(m, a, b, &mut c[..m * b.n], b.n, options) }
+    // SAFETY: nothing is read before it is written when not accumulating (the
+    // product checks that `c` holds the `m N` values).
+    unsafe { run_product(m, a, b, c, b.n, options) }
 }
 
 /// The product with the kernel of `b`'s instruction set ([`driver::run_product`]).
@@ -683,6 +677,12 @@ mod tests {
         assert!(gemm_packed(5, left, &packed, &mut c, 4, ProductOptions::default()).is_ok());
         assert!(gemm_packed_new(5, short, &packed, ProductOptions::default()).is_err());
         assert!(gemm_packed_new(5, left, &packed, ProductOptions::default()).is_ok());
+        let mut spare: Vec<f32> = Vec::with_capacity(5 * 4);
+        let uninit = &mut spare.spare_capacity_mut()[..5 * 4];
+        let options = ProductOptions::default();
+        assert!(gemm_packed_uninit(5, left, &packed, &mut uninit[..19], options).is_err());
+        assert!(gemm_packed_uninit(5, short, &packed, uninit, options).is_err());
+        assert!(gemm_packed_uninit(5, left, &packed, uninit, options).is_ok());
     }
 
     /// Each kernel's in-register transpose against the copy one value at a time.
