@@ -6,6 +6,7 @@ use std::collections::HashMap;
 
 use candle_core::backprop::GradStore;
 use candle_core::{DType, Result, Tensor, Var};
+use samus_core::adam::{adam_update, AdamStep};
 
 /// Hyper-parameters of [`Adam`] (defaults: the reference's plain Adam).
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -71,11 +72,11 @@ impl Adam {
         let slots = vars
             .into_iter()
             .map(|(name, var)| {
-                let zeros = var.as_tensor().zeros_like()?;
+                // Two tensors, not one shared: the moments are updated in place.
                 Ok(Slot {
                     name,
-                    m: zeros.clone(),
-                    v: zeros,
+                    m: var.as_tensor().zeros_like()?,
+                    v: var.as_tensor().zeros_like()?,
                     var,
                 })
             })
@@ -98,6 +99,15 @@ impl Adam {
         self.step += 1;
         let c = self.config;
         let t = self.step as i32;
+        let fused = AdamStep::new(
+            c.lr,
+            c.beta1,
+            c.beta2,
+            c.eps,
+            c.weight_decay,
+            c.decoupled,
+            t,
+        );
         let bias1 = 1.0 - c.beta1.powi(t);
         let bias2 = 1.0 - c.beta2.powi(t);
         for slot in &mut self.slots {
@@ -105,6 +115,11 @@ impl Adam {
                 continue;
             };
             let theta = slot.var.as_tensor();
+            // In place on the CPU (samus_core::adam: equal bit for bit to the
+            // composed form below, which other devices use).
+            if adam_update(theta, &slot.m, &slot.v, grad, &fused)? {
+                continue;
+            }
             let mut grad = grad.clone();
             if c.weight_decay != 0.0 && !c.decoupled {
                 grad = (grad + (theta * c.weight_decay)?)?;
@@ -132,8 +147,9 @@ impl Adam {
     pub fn state(&self) -> Result<HashMap<String, Tensor>> {
         let mut out = HashMap::with_capacity(2 * self.slots.len() + 1);
         for s in &self.slots {
-            out.insert(format!("m.{}", s.name), s.m.clone());
-            out.insert(format!("v.{}", s.name), s.v.clone());
+            // Copies: the moments are updated in place by the next step.
+            out.insert(format!("m.{}", s.name), s.m.copy()?);
+            out.insert(format!("v.{}", s.name), s.v.copy()?);
         }
         let device = self
             .slots
@@ -162,7 +178,9 @@ impl Adam {
                 }
                 *target = t
                     .to_dtype(s.var.as_tensor().dtype())?
-                    .to_device(s.var.as_tensor().device())?;
+                    .to_device(s.var.as_tensor().device())?
+                    // Its own storage: the moments are updated in place.
+                    .copy()?;
             }
         }
         let step = state
@@ -269,6 +287,24 @@ mod tests {
             .unwrap_err()
             .to_string()
             .contains("m.w"));
+        Ok(())
+    }
+
+    #[test]
+    fn a_saved_state_is_not_moved_by_later_steps() -> Result<()> {
+        // The moments are updated in place: the state handed out, and the one
+        // loaded, must be copies.
+        let w = Var::from_tensor(&Tensor::new(&[0.5f32, 0.5, 0.5], &Device::Cpu)?)?;
+        let mut adam = Adam::new(vec![("w".into(), w.clone())], AdamConfig::default())?;
+        adam.backward_step(&quadratic(&w)?)?;
+        let state = adam.state()?;
+        let saved = state["m.w"].to_vec1::<f32>()?;
+        let mut other = Adam::new(vec![("w".into(), w.clone())], AdamConfig::default())?;
+        other.load_state(&state)?;
+        adam.backward_step(&quadratic(&w)?)?;
+        other.backward_step(&quadratic(&w)?)?;
+        assert_eq!(state["m.w"].to_vec1::<f32>()?, saved);
+        assert_ne!(adam.state()?["m.w"].to_vec1::<f32>()?, saved);
         Ok(())
     }
 }

@@ -4,6 +4,7 @@
 //! crate root re-exports every module (`samus_core::linear`, ...).
 
 pub mod activation;
+pub mod adam;
 pub mod attention;
 pub mod conv;
 pub mod flash;
