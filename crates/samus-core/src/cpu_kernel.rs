@@ -12,10 +12,28 @@ pub(crate) fn contiguous_f32<'a>(
     layout: &Layout,
     op: &str,
 ) -> Result<&'a [f32]> {
-    let (start, end) = layout
-        .contiguous_offsets()
-        .ok_or_else(|| candle_core::Error::Msg(format!("{op}: the operands must be contiguous")))?;
+    let (start, end) = contiguous_range(layout, op)?;
     Ok(&storage.as_slice::<f32>()?[start..end])
+}
+
+/// [`contiguous_f32`] of an operand that operation `op` updates in place.
+pub(crate) fn contiguous_f32_mut<'a>(
+    storage: &'a mut CpuStorage,
+    layout: &Layout,
+    op: &str,
+) -> Result<&'a mut [f32]> {
+    let (start, end) = contiguous_range(layout, op)?;
+    match storage {
+        CpuStorage::F32(values) => Ok(&mut values[start..end]),
+        _ => candle_core::bail!("{op}: the operands must be f32"),
+    }
+}
+
+/// Where a contiguous operand's values lie in its storage.
+fn contiguous_range(layout: &Layout, op: &str) -> Result<(usize, usize)> {
+    layout
+        .contiguous_offsets()
+        .ok_or_else(|| candle_core::Error::Msg(format!("{op}: the operands must be contiguous")))
 }
 
 /// Below this many multiply-adds a matrix product runs on one thread: waking the

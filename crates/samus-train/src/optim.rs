@@ -98,42 +98,21 @@ impl Adam {
     pub fn step(&mut self, grads: &GradStore) -> Result<()> {
         self.step += 1;
         let c = self.config;
-        let t = self.step as i32;
-        let fused = AdamStep::new(
+        let step = AdamStep::new(
             c.lr,
             c.beta1,
             c.beta2,
             c.eps,
             c.weight_decay,
             c.decoupled,
-            t,
+            self.step as i32,
         );
-        let bias1 = 1.0 - c.beta1.powi(t);
-        let bias2 = 1.0 - c.beta2.powi(t);
         for slot in &mut self.slots {
             let Some(grad) = grads.get(slot.var.as_tensor()) else {
                 continue;
             };
-            let theta = slot.var.as_tensor();
-            // In place on the CPU (samus_core::adam: equal bit for bit to the
-            // composed form below, which other devices use).
-            if adam_update(theta, &slot.m, &slot.v, grad, &fused)? {
-                continue;
-            }
-            let mut grad = grad.clone();
-            if c.weight_decay != 0.0 && !c.decoupled {
-                grad = (grad + (theta * c.weight_decay)?)?;
-            }
-            slot.m = ((&slot.m * c.beta1)? + (&grad * (1.0 - c.beta1))?)?;
-            slot.v = ((&slot.v * c.beta2)? + (grad.sqr()? * (1.0 - c.beta2))?)?;
-            let denom = ((slot.v.sqrt()? / bias2.sqrt())? + c.eps)?;
-            let update = ((&slot.m / denom)? * (c.lr / bias1))?;
-            let decayed = if c.weight_decay != 0.0 && c.decoupled {
-                (theta * (1.0 - c.lr * c.weight_decay))?
-            } else {
-                theta.clone()
-            };
-            slot.var.set(&(decayed - update)?.detach())?;
+            // In place on the CPU, composed of candle's operations elsewhere.
+            adam_update(&slot.var, &mut slot.m, &mut slot.v, grad, &step)?;
         }
         Ok(())
     }
