@@ -68,8 +68,8 @@ pub mod parallel;
 
 pub use cuda::attention as cuda_attention;
 pub use ops::{
-    activation, adam, attention, conv, flash, layout, linear, norm, pool, qkv_attention, rel_pos,
-    resize, softmax, special, window,
+    activation, adam, attention, conv, flash, layout, linear, matmul, norm, pool, qkv_attention,
+    rel_pos, resize, softmax, special, window,
 };
 
 pub use activation::gelu;

@@ -1,9 +1,12 @@
 //! [`ImageEmbedding`]: what the image encoder makes of one image, held as a value.
 
+use std::sync::{Arc, OnceLock};
+
 use candle_core::Tensor;
 use image::DynamicImage;
 
 use crate::error::{Error, Result};
+use crate::mask_decoder::DecoderImageTerms;
 use crate::preprocess::image_to_input;
 use crate::samus::Samus;
 
@@ -12,12 +15,15 @@ use crate::samus::Samus;
 ///
 /// Cheap to clone (the tensor is shared), `Send + Sync`: keep as many as you like,
 /// and decode prompts against any of them from any thread with
-/// [`Samus::predict`].
+/// [`Samus::predict`]. The first prediction also keeps what the mask decoder
+/// computes from the image alone (its [`DecoderImageTerms`]), shared by the clones,
+/// so that every further click costs only its own part of the decoder.
 #[derive(Debug, Clone)]
 pub struct ImageEmbedding {
     tensor: Tensor,
     height: usize,
     width: usize,
+    decoder_terms: Arc<OnceLock<DecoderImageTerms>>,
 }
 
 impl ImageEmbedding {
@@ -35,6 +41,7 @@ impl ImageEmbedding {
             tensor,
             height,
             width,
+            decoder_terms: Arc::default(),
         })
     }
 
@@ -60,6 +67,33 @@ impl ImageEmbedding {
 }
 
 impl Samus {
+    /// The mask decoder's terms of `embedding` without a mask prompt: kept in the
+    /// embedding by the first call, reused by the next ones. Computed afresh (and not
+    /// kept) when the kept ones came from another model or the decoder's weights are
+    /// variables that training may change.
+    pub(crate) fn decoder_terms(
+        &self,
+        embedding: &ImageEmbedding,
+    ) -> candle_core::Result<DecoderImageTerms> {
+        let decoder = self.mask_decoder();
+        if let Some(terms) = embedding.decoder_terms.get() {
+            if decoder.made(terms) {
+                return Ok(terms.clone());
+            }
+        }
+        let dense = self.prompt_encoder().dense(None, 1)?;
+        let terms = decoder.image_terms(
+            embedding.tensor(),
+            self.prompt_encoder().dense_pe_tokens(),
+            &dense,
+        )?;
+        if decoder.made(&terms) {
+            // A concurrent first prediction may have kept its own (equal) terms.
+            let _ = embedding.decoder_terms.set(terms.clone());
+        }
+        Ok(terms)
+    }
+
     /// Embeds one image of any size (grey or colour, 8 or 16 bit; converted to the
     /// model's input as the reference does, see [`crate::preprocess`]).
     pub fn embed(&self, image: &DynamicImage) -> Result<ImageEmbedding> {

@@ -52,6 +52,7 @@
 
 pub mod checkpoint;
 pub mod config;
+mod decoder_attention;
 mod embedding;
 pub mod error;
 pub mod image_encoder;
@@ -74,7 +75,7 @@ pub use embedding::ImageEmbedding;
 pub use error::{Error, Result};
 pub use image_encoder::ImageEncoder;
 pub use loader::{LoadParts, SamusLoader};
-pub use mask_decoder::{DecoderOutput, MaskDecoder};
+pub use mask_decoder::{DecoderImageTerms, DecoderOutput, MaskDecoder};
 pub use prediction::{Mask, Prediction};
 pub use prompt_encoder::{PromptBatch, PromptEncoder};
 pub use prompts::{Label, PointPrompt, Prompts};

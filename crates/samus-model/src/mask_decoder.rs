@@ -2,7 +2,7 @@
 //! over the prompt tokens and the image embedding, an upscaling path, one
 //! hypernetwork MLP per mask token and an IoU head.
 
-use candle_core::{Module, Result, Tensor};
+use candle_core::{Module, Result, Tensor, TensorId};
 use candle_nn::{ConvTranspose2d, Init, VarBuilder};
 use samus_core::conv::conv_transpose2x2_nhwc_cached;
 use samus_core::layout::channels_last;
@@ -10,7 +10,7 @@ use samus_core::packed::{Epilogue, PackedCache};
 use samus_core::LayerNorm2d;
 
 use crate::layers::{conv_transpose_2x2, layer_norm_2d, StackedMlp};
-use crate::transformer::{TwoWayTransformer, TwoWayTransformerConfig};
+use crate::transformer::{TransformerImageTerms, TwoWayTransformer, TwoWayTransformerConfig};
 
 /// Number of mask tokens (one single-mask output and three multimask outputs).
 pub const NUM_MASK_TOKENS: usize = 4;
@@ -26,6 +26,20 @@ pub struct DecoderOutput {
     pub low_res_logits: Tensor,
     /// `B x K` predicted IoU of each mask.
     pub iou: Tensor,
+}
+
+/// What the mask decoder computes from the image embeddings and the dense prompt
+/// alone ([`MaskDecoder::image_terms`]): reused by every sparse prompt decoded
+/// against them, as [`Samus::predict`](crate::Samus::predict) does for the clicks
+/// on one [`ImageEmbedding`](crate::ImageEmbedding).
+#[derive(Debug, Clone)]
+pub struct DecoderImageTerms {
+    transformer: TransformerImageTerms,
+    /// The embedding grid, `(G, G)`.
+    grid: (usize, usize),
+    /// The decoder that computed them (the id of its IoU token), see
+    /// [`MaskDecoder::made`].
+    owner: TensorId,
 }
 
 /// The mask decoder.
@@ -108,7 +122,45 @@ impl MaskDecoder {
         dense: &Tensor,
         multimask: bool,
     ) -> Result<DecoderOutput> {
-        let (masks, iou) = self.predict_masks(image_embeddings, image_pe, sparse, dense)?;
+        let terms = self.image_terms(image_embeddings, image_pe, dense)?;
+        self.forward_terms(&terms, image_pe, sparse, multimask)
+    }
+
+    /// The part of [`MaskDecoder::forward`] that does not depend on the sparse
+    /// prompt: the image embeddings plus the dense prompt as tokens, and the
+    /// transformer's first projections of them. Decoding several prompts against
+    /// one image and one dense prompt (no mask prompt), compute it once and pass it
+    /// to [`MaskDecoder::forward_terms`] for each.
+    pub fn image_terms(
+        &self,
+        image_embeddings: &Tensor,
+        image_pe: &Tensor,
+        dense: &Tensor,
+    ) -> Result<DecoderImageTerms> {
+        let (_, _, h, w) = image_embeddings.dims4()?;
+        // The sum in NCHW (both operands read in order; `dense` may be a broadcast
+        // view), then one transposition to tokens.
+        let sum = image_embeddings.broadcast_add(dense)?;
+        let (b, c, _, _) = sum.dims4()?;
+        let src = channels_last(&sum)?.reshape((b, h * w, c))?;
+        Ok(DecoderImageTerms {
+            transformer: self.transformer.image_terms(&src, image_pe)?,
+            grid: (h, w),
+            owner: self.iou_token.id(),
+        })
+    }
+
+    /// [`MaskDecoder::forward`] with the image side computed before
+    /// ([`MaskDecoder::image_terms`], same `image_pe`) and sparse prompt embeddings
+    /// `B x N x 256` of the same batch size.
+    pub fn forward_terms(
+        &self,
+        terms: &DecoderImageTerms,
+        image_pe: &Tensor,
+        sparse: &Tensor,
+        multimask: bool,
+    ) -> Result<DecoderOutput> {
+        let (masks, iou) = self.predict_masks(terms, image_pe, sparse)?;
         let (start, len) = if multimask {
             (1, NUM_MASK_TOKENS - 1)
         } else {
@@ -120,29 +172,40 @@ impl MaskDecoder {
         })
     }
 
+    /// Whether `terms` were computed by this decoder from its current weights: by
+    /// this decoder (not another model's), whose weights are not variables that
+    /// training may have changed since.
+    pub fn made(&self, terms: &DecoderImageTerms) -> bool {
+        terms.owner == self.iou_token.id() && !self.iou_token.is_variable()
+    }
+
     /// All four masks `B x 4 x 4G x 4G` and IoUs `B x 4`; the arguments are those of
-    /// [`MaskDecoder::forward`].
+    /// [`MaskDecoder::forward_terms`].
     ///
     /// The image side runs channels last, as tokens: the transformer's image tokens
     /// feed the transposed convolutions directly, without a transposition back to NCHW.
-    pub fn predict_masks(
+    fn predict_masks(
         &self,
-        image_embeddings: &Tensor,
+        terms: &DecoderImageTerms,
         image_pe: &Tensor,
         sparse: &Tensor,
-        dense: &Tensor,
     ) -> Result<(Tensor, Tensor)> {
         let (b, _, c) = sparse.dims3()?;
+        let image_batch = terms.transformer.image_tokens().dim(0)?;
+        if image_batch != b {
+            candle_core::bail!(
+                "mask decoder: {b} sparse prompts for image terms of batch {image_batch}"
+            )
+        }
         let output_tokens =
             self.output_tokens()?
                 .unsqueeze(0)?
                 .broadcast_as((b, NUM_MASK_TOKENS + 1, c))?;
         let tokens = Tensor::cat(&[&output_tokens.contiguous()?, sparse], 1)?;
-        let (_, _, h, w) = image_embeddings.dims4()?;
-        // The sum in NCHW (both operands read in order; `dense` may be a broadcast
-        // view), then one transposition to tokens.
-        let src = channels_last(&image_embeddings.broadcast_add(dense)?)?.reshape((b, h * w, c))?;
-        let (hs, src) = self.transformer.forward(&src, image_pe, &tokens)?;
+        let (h, w) = terms.grid;
+        let (hs, src) = self
+            .transformer
+            .forward_terms(&terms.transformer, image_pe, &tokens)?;
         let iou_token_out = hs.narrow(1, 0, 1)?.squeeze(1)?;
         let up = conv_transpose2x2_nhwc_cached(
             &src.reshape((b, h, w, c))?,

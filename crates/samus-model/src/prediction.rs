@@ -222,7 +222,21 @@ impl Samus {
         // The decoder and the resizing run on rayon's pool (see `samus_core::parallel`).
         let (low_res_logits, logits, iou) =
             run_in_pool(|| -> candle_core::Result<(Tensor, Tensor, Vec<f32>)> {
-                let out = self.decode(embedding.tensor(), &batch, prompts.multimask)?;
+                let out = match batch.masks {
+                    // Without a mask prompt the image side of the decoder is the
+                    // same for every click on this image: computed once.
+                    None => {
+                        let terms = self.decoder_terms(embedding)?;
+                        let sparse = self.prompt_encoder().sparse(&batch, 1)?;
+                        self.mask_decoder().forward_terms(
+                            &terms,
+                            self.prompt_encoder().dense_pe_tokens(),
+                            &sparse,
+                            prompts.multimask,
+                        )?
+                    }
+                    Some(_) => self.decode(embedding.tensor(), &batch, prompts.multimask)?,
+                };
                 let logits = resize_bilinear(&self.upscale_logits(&out.low_res_logits)?, h, w)?;
                 let iou = out.iou.squeeze(0)?.to_vec1::<f32>()?;
                 Ok((out.low_res_logits, logits, iou))

@@ -239,7 +239,15 @@ impl PromptEncoder {
     /// Sparse `B x N x 256` and dense `B x 256 x G x G` embeddings of the prompts.
     /// `batch` is B, used when no prompt gives it.
     pub fn forward(&self, prompts: &PromptBatch, batch: usize) -> Result<(Tensor, Tensor)> {
-        let dev = self.no_mask.device();
+        Ok((
+            self.sparse(prompts, batch)?,
+            self.dense(prompts.masks, batch)?,
+        ))
+    }
+
+    /// The sparse embeddings `B x N x 256` of the points and boxes of `prompts`
+    /// (`B x 0 x 256` without either).
+    pub fn sparse(&self, prompts: &PromptBatch, batch: usize) -> Result<Tensor> {
         let mut sparse = Vec::new();
         if let Some((coords, labels)) = prompts.points {
             sparse.push(self.embed_points(coords, labels, prompts.boxes.is_none())?);
@@ -247,19 +255,27 @@ impl PromptEncoder {
         if let Some(boxes) = prompts.boxes {
             sparse.push(self.embed_boxes(boxes)?);
         }
-        let sparse = if sparse.is_empty() {
-            Tensor::zeros((batch, 0, self.embed_dim), DType::F32, dev)?
+        if sparse.is_empty() {
+            Tensor::zeros(
+                (batch, 0, self.embed_dim),
+                DType::F32,
+                self.no_mask.device(),
+            )
         } else {
-            Tensor::cat(&sparse, 1)?
-        };
-        let dense = match prompts.masks {
-            Some(m) => self.mask_downscaling.forward(&m.to_dtype(DType::F32)?)?,
+            Tensor::cat(&sparse, 1)
+        }
+    }
+
+    /// The dense embedding `B x 256 x G x G` of a mask prompt `B x 1 x 4G x 4G`, or
+    /// without one, the learned "no mask" embedding broadcast to `batch` images.
+    pub fn dense(&self, masks: Option<&Tensor>, batch: usize) -> Result<Tensor> {
+        match masks {
+            Some(m) => self.mask_downscaling.forward(&m.to_dtype(DType::F32)?),
             // A broadcast view: the decoder adds it without a copy.
             None => self
                 .no_mask
                 .reshape((1, self.embed_dim, 1, 1))?
-                .broadcast_as((batch, self.embed_dim, self.grid, self.grid))?,
-        };
-        Ok((sparse, dense))
+                .broadcast_as((batch, self.embed_dim, self.grid, self.grid)),
+        }
     }
 }

@@ -3,8 +3,9 @@
 
 use candle_core::{Module, Result, Tensor};
 use candle_nn::VarBuilder;
-use samus_core::{attention_merged, split_heads, AttentionOptions, LayerNorm};
+use samus_core::LayerNorm;
 
+pub use crate::decoder_attention::DecoderAttention;
 use crate::layers::{layer_norm, Linear};
 
 /// Epsilon of the decoder's `nn.LayerNorm`s.
@@ -35,42 +36,6 @@ impl Default for TwoWayTransformerConfig {
             mlp_dim: 2048,
             attention_downsample_rate: 2,
         }
-    }
-}
-
-/// Attention with separate q/k/v projections to an internal width and an output
-/// projection back (`q_proj`, `k_proj`, `v_proj`, `out_proj`).
-#[derive(Debug, Clone)]
-pub struct DecoderAttention {
-    q_proj: Linear,
-    k_proj: Linear,
-    v_proj: Linear,
-    out_proj: Linear,
-    num_heads: usize,
-    scale: f64,
-}
-
-impl DecoderAttention {
-    /// Loads an attention of width `dim` with internal width `dim / downsample`.
-    pub fn load(vb: VarBuilder, dim: usize, num_heads: usize, downsample: usize) -> Result<Self> {
-        let internal = dim / downsample;
-        Ok(Self {
-            q_proj: Linear::load(vb.pp("q_proj"), dim, internal, true)?,
-            k_proj: Linear::load(vb.pp("k_proj"), dim, internal, true)?,
-            v_proj: Linear::load(vb.pp("v_proj"), dim, internal, true)?,
-            out_proj: Linear::load(vb.pp("out_proj"), internal, dim, true)?,
-            num_heads,
-            scale: 1.0 / ((internal / num_heads) as f64).sqrt(),
-        })
-    }
-
-    /// `q` `B x Nq x C`, `k` and `v` `B x Nk x C`; returns `B x Nq x C`.
-    pub fn forward(&self, q: &Tensor, k: &Tensor, v: &Tensor) -> Result<Tensor> {
-        let q = split_heads(&self.q_proj.forward(q)?, self.num_heads)?;
-        let k = split_heads(&self.k_proj.forward(k)?, self.num_heads)?;
-        let v = split_heads(&self.v_proj.forward(v)?, self.num_heads)?;
-        let out = attention_merged(&q, &k, &v, self.scale, None, AttentionOptions::default())?;
-        self.out_proj.forward(&out)
     }
 }
 
@@ -135,12 +100,26 @@ impl TwoWayAttentionBlock {
         })
     }
 
+    /// What the block computes from the image tokens `keys` alone (with their
+    /// positional encoding `key_pe`), before the prompt tokens take part.
+    fn image_terms(&self, keys: &Tensor, key_pe: &Tensor) -> Result<BlockImageTerms> {
+        let keys_with_pe = keys.broadcast_add(key_pe)?;
+        let attn = &self.cross_attn_token_to_image;
+        Ok(BlockImageTerms {
+            token_to_image_keys: attn.project_keys(&keys_with_pe)?,
+            token_to_image_values: attn.project_values(keys)?,
+            keys_with_pe,
+        })
+    }
+
+    /// Prompt tokens `queries` and image tokens `keys` (with positional encodings
+    /// `query_pe` and `key_pe`) through the block; `terms`, when given, are the
+    /// block's [`Self::image_terms`] of these `keys`.
     fn forward(
         &self,
-        queries: &Tensor,
-        keys: &Tensor,
-        query_pe: &Tensor,
-        key_pe: &Tensor,
+        (queries, query_pe): (&Tensor, &Tensor),
+        (keys, key_pe): (&Tensor, &Tensor),
+        terms: Option<&BlockImageTerms>,
     ) -> Result<(Tensor, Tensor)> {
         let queries = if self.skip_first_layer_pe {
             self.self_attn.forward(queries, queries, queries)?
@@ -150,16 +129,59 @@ impl TwoWayAttentionBlock {
         };
         let queries = self.norm1.forward(&queries)?;
         let q = (&queries + query_pe)?;
-        let k = keys.broadcast_add(key_pe)?;
-        let queries = (&queries + self.cross_attn_token_to_image.forward(&q, &k, keys)?)?;
+        let token_to_image = &self.cross_attn_token_to_image;
+        let (queries, k) = match terms {
+            Some(terms) => (
+                token_to_image.attend(
+                    &token_to_image.project_queries(&q)?,
+                    &terms.token_to_image_keys,
+                    &terms.token_to_image_values,
+                    Some(&queries),
+                )?,
+                terms.keys_with_pe.clone(),
+            ),
+            None => {
+                let k = keys.broadcast_add(key_pe)?;
+                (token_to_image.forward_add(&q, &k, keys, &queries)?, k)
+            }
+        };
         let queries = self.norm2.forward(&queries)?;
         let queries = self
             .norm3
             .forward(&(&queries + self.mlp.forward(&queries)?)?)?;
         let q = (&queries + query_pe)?;
-        let keys = (keys + self.cross_attn_image_to_token.forward(&k, &q, &queries)?)?;
+        let keys = self
+            .cross_attn_image_to_token
+            .forward_add(&k, &q, &queries, keys)?;
         let keys = self.norm4.forward(&keys)?;
         Ok((queries, keys))
+    }
+}
+
+/// What a block computes from the image tokens alone: the tokens plus their
+/// positional encoding, and the token -> image attention's keys and values (split
+/// into heads).
+#[derive(Debug, Clone)]
+struct BlockImageTerms {
+    keys_with_pe: Tensor,
+    token_to_image_keys: Tensor,
+    token_to_image_values: Tensor,
+}
+
+/// What the two-way transformer computes from the image tokens alone, before any
+/// prompt token: the image tokens and the first block's terms of them. Every
+/// prompt decoded against the same image tokens can reuse it
+/// ([`TwoWayTransformer::image_terms`]).
+#[derive(Debug, Clone)]
+pub struct TransformerImageTerms {
+    keys: Tensor,
+    first_block: BlockImageTerms,
+}
+
+impl TransformerImageTerms {
+    /// The image tokens, `B x HW x C`.
+    pub fn image_tokens(&self) -> &Tensor {
+        &self.keys
     }
 }
 
@@ -193,6 +215,23 @@ impl TwoWayTransformer {
         })
     }
 
+    /// The prompt-independent part of [`TwoWayTransformer::forward`] for image
+    /// tokens `B x HW x C` and their positional encoding `1 x HW x C` or
+    /// `B x HW x C`.
+    pub fn image_terms(
+        &self,
+        image_tokens: &Tensor,
+        image_pe: &Tensor,
+    ) -> Result<TransformerImageTerms> {
+        let Some(first) = self.layers.first() else {
+            candle_core::bail!("two-way transformer: no blocks")
+        };
+        Ok(TransformerImageTerms {
+            keys: image_tokens.clone(),
+            first_block: first.image_terms(image_tokens, image_pe)?,
+        })
+    }
+
     /// Image tokens `B x HW x C` (the image embedding, channels last), their
     /// positional encoding `1 x HW x C` or `B x HW x C`, and the prompt tokens
     /// `B x N x C`; returns the updated prompt tokens `B x N x C` and image tokens
@@ -203,15 +242,30 @@ impl TwoWayTransformer {
         image_pe: &Tensor,
         tokens: &Tensor,
     ) -> Result<(Tensor, Tensor)> {
+        self.forward_terms(&self.image_terms(image_tokens, image_pe)?, image_pe, tokens)
+    }
+
+    /// [`TwoWayTransformer::forward`] on image tokens whose prompt-independent part
+    /// `terms` was computed before ([`TwoWayTransformer::image_terms`], with the
+    /// same `image_pe`).
+    pub fn forward_terms(
+        &self,
+        terms: &TransformerImageTerms,
+        image_pe: &Tensor,
+        tokens: &Tensor,
+    ) -> Result<(Tensor, Tensor)> {
         let mut queries = tokens.clone();
-        let mut keys = image_tokens.clone();
-        for layer in &self.layers {
-            (queries, keys) = layer.forward(&queries, &keys, tokens, image_pe)?;
+        let mut keys = terms.keys.clone();
+        for (i, layer) in self.layers.iter().enumerate() {
+            let first = (i == 0).then_some(&terms.first_block);
+            (queries, keys) = layer.forward((&queries, tokens), (&keys, image_pe), first)?;
         }
         let q = (&queries + tokens)?;
         let k = keys.broadcast_add(image_pe)?;
-        let attn = self.final_attn_token_to_image.forward(&q, &k, &keys)?;
-        let queries = self.norm_final_attn.forward(&(queries + attn)?)?;
+        let queries = self
+            .final_attn_token_to_image
+            .forward_add(&q, &k, &keys, &queries)?;
+        let queries = self.norm_final_attn.forward(&queries)?;
         Ok((queries, keys))
     }
 }

@@ -101,6 +101,62 @@ fn prediction_is_ready_to_use_and_refine_feeds_the_best_logits_back() {
     assert_eq!(multi.masks()[multi.best().index], *multi.best());
 }
 
+/// The low-resolution logits of one click decoded without the embedding's kept
+/// decoder terms (the image side recomputed by `Samus::decode`).
+fn decoded_afresh(
+    model: &Samus,
+    embedding: &samus_model::ImageEmbedding,
+    (x, y): (f32, f32),
+) -> Tensor {
+    let size = model.config().img_size as f32;
+    let (h, w) = embedding.original_size();
+    let coords = Tensor::new(
+        &[[[x * size / w as f32, y * size / h as f32]]],
+        &Device::Cpu,
+    )
+    .unwrap();
+    let labels = Tensor::new(&[[1f32]], &Device::Cpu).unwrap();
+    let prompts = samus_model::PromptBatch {
+        points: Some((&coords, &labels)),
+        ..Default::default()
+    };
+    model
+        .decode(embedding.tensor(), &prompts, false)
+        .unwrap()
+        .low_res_logits
+}
+
+#[test]
+fn clicks_reuse_the_image_side_of_the_decoder_only_for_their_own_model() {
+    let Some((model, image, dir)) = fixture() else {
+        return;
+    };
+    let (x, y) = fixture_point(&dir);
+    let embedding = model.embed(&image).unwrap();
+    let click = Prompts::new().point(x, y, Label::Foreground);
+    // The first click computes the image side and keeps it, the next ones reuse it
+    // (clones of the embedding share it): each equals a decode from scratch.
+    for round in 0..3 {
+        let got = model.predict(&embedding.clone(), &click).unwrap();
+        let want = decoded_afresh(&model, &embedding, (x, y));
+        assert!(
+            max_abs_diff(got.low_res_logits(), &want) < 1e-5,
+            "round {round}"
+        );
+    }
+    // Another model (other decoder weights) never takes this model's terms.
+    let other = Samus::random(model.config(), 7, &Device::Cpu).unwrap();
+    let got = other.predict(&embedding, &click).unwrap();
+    let want = decoded_afresh(&other, &embedding, (x, y));
+    assert!(max_abs_diff(got.low_res_logits(), &want) < 1e-5);
+    assert!(
+        max_abs_diff(
+            got.low_res_logits(),
+            model.predict(&embedding, &click).unwrap().low_res_logits()
+        ) > 1e-3
+    );
+}
+
 #[test]
 fn one_model_many_threads_many_embeddings() {
     let Some((model, image, dir)) = fixture() else {

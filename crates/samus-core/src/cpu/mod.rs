@@ -27,12 +27,14 @@ pub use isa::{Isa, IsaError};
 
 /// The dispatcher of the element-wise kernels written with `pulp` (softmax,
 /// LayerNorm, GELU, the attention's exponentials, few-row products): `pulp`'s
-/// best for this CPU (AVX2 on x86-64, NEON on aarch64), or plain scalar code when
-/// `SAMUS_ISA=scalar` asks for the portable kernels.
+/// best for this CPU (AVX-512 or AVX2 on x86-64, NEON on aarch64), AVX2 when
+/// `SAMUS_ISA=avx2` holds the kernels to it (as on a CPU without AVX-512), or plain
+/// scalar code when `SAMUS_ISA=scalar` asks for the portable kernels.
 pub fn simd() -> pulp::Arch {
-    if Isa::forced() == Some(Isa::Scalar) {
-        pulp::Arch::Scalar
-    } else {
-        pulp::Arch::new()
+    match Isa::forced() {
+        Some(Isa::Scalar) => pulp::Arch::Scalar,
+        #[cfg(target_arch = "x86_64")]
+        Some(Isa::Avx2) => pulp::x86::V3::try_new().map_or_else(pulp::Arch::new, pulp::Arch::V3),
+        _ => pulp::Arch::new(),
     }
 }

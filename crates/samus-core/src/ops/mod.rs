@@ -10,6 +10,7 @@ pub mod conv;
 pub mod flash;
 pub mod layout;
 pub mod linear;
+pub mod matmul;
 pub mod norm;
 pub mod pool;
 pub mod qkv_attention;

@@ -104,6 +104,21 @@ impl PackedRhs {
         Self::pack_for(isa, k, n, 1, |_, row, col| w[col * k + row])
     }
 
+    /// Packs a row-major `k x n` matrix `B` for the kernels of `isa`; fails if this
+    /// CPU does not have it.
+    pub fn from_matrix_for(isa: Isa, b: &[f32], k: usize, n: usize) -> Result<Self> {
+        if b.len() != k * n {
+            candle_core::bail!("packed matrix: {} values for {k} x {n}", b.len())
+        }
+        Self::pack_from(
+            isa,
+            k,
+            n,
+            1,
+            PackSource::<fn(usize, usize, usize) -> f32>::RowMajor(b),
+        )
+    }
+
     /// Packs the kernel of a 3x3 convolution, PyTorch's `O x C x 3 x 3` (`w`), as
     /// nine segments of `C` rows, tap-major: row `(ky 3 + kx) C + c`, column `o`;
     /// for the kernels of [`Isa::selected`].
@@ -137,6 +152,22 @@ impl PackedRhs {
         segments: usize,
         value: impl Fn(usize, usize, usize) -> f32 + Sync,
     ) -> Result<Self> {
+        Self::pack_from(isa, k, n, segments, PackSource::Values(value))
+    }
+
+    /// The body of [`PackedRhs::pack_for`], for either kind of source.
+    fn pack_from<F: Fn(usize, usize, usize) -> f32 + Sync>(
+        isa: Isa,
+        k: usize,
+        n: usize,
+        segments: usize,
+        source: PackSource<'_, F>,
+    ) -> Result<Self> {
+        if let PackSource::RowMajor(b) = source {
+            if segments != 1 || b.len() != k * n {
+                candle_core::bail!("packed matrix: {} values for {k} x {n}", b.len())
+            }
+        }
         if !isa.is_supported() {
             candle_core::bail!("packed matrix product: this CPU does not have {isa}")
         }
@@ -190,8 +221,18 @@ impl PackedRhs {
                 let columns = panel * nr..n.min(panel * nr + nr);
                 for (kk, dst) in panel_data.chunks_exact_mut(nr).enumerate() {
                     let (segment, row) = block.source(kk);
-                    for (d, col) in dst.iter_mut().zip(columns.clone()) {
-                        *d = value(segment, row, col);
+                    match &source {
+                        // A slice of the row, copied (the panel's last columns
+                        // beyond `n` stay zero).
+                        PackSource::RowMajor(b) => {
+                            let src = &b[row * n + columns.start..row * n + columns.end];
+                            dst[..src.len()].copy_from_slice(src);
+                        }
+                        PackSource::Values(value) => {
+                            for (d, col) in dst.iter_mut().zip(columns.clone()) {
+                                *d = value(segment, row, col);
+                            }
+                        }
                     }
                 }
             };
@@ -248,6 +289,14 @@ impl PackedRhs {
         let (_, nr) = kernel::tile_shape(self.isa);
         &self.data[block.offset + panel * block.len * nr..][..block.len * nr]
     }
+}
+
+/// What [`PackedRhs::pack_from`] reads `B` from.
+enum PackSource<'a, F> {
+    /// `value(segment, row, col)`.
+    Values(F),
+    /// A row-major `k x n` matrix (one segment): rows copied slice by slice.
+    RowMajor(&'a [f32]),
 }
 
 /// Where the left operand `A` (`m x K`) lies: row `i`, shared index `s seg + c` (of
