@@ -47,6 +47,14 @@ pub struct DecoderAttention {
     scale: f64,
 }
 
+/// The queries `B x Nq x C`, keys and values `B x Nk x C` of one attention call.
+#[derive(Debug, Clone, Copy)]
+struct Inputs<'a> {
+    q: &'a Tensor,
+    k: &'a Tensor,
+    v: &'a Tensor,
+}
+
 /// Which form [`DecoderAttention::forward`] takes for a query and a key count.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Form {
@@ -76,7 +84,7 @@ impl DecoderAttention {
 
     /// `q` `B x Nq x C`, `k` and `v` `B x Nk x C`; returns `B x Nq x C`.
     pub fn forward(&self, q: &Tensor, k: &Tensor, v: &Tensor) -> Result<Tensor> {
-        self.forward_onto(q, k, v, None)
+        self.forward_onto(Inputs { q, k, v }, None)
     }
 
     /// `residual + self.forward(q, k, v)` (`residual` `B x Nq x C`), the addition
@@ -88,16 +96,11 @@ impl DecoderAttention {
         v: &Tensor,
         residual: &Tensor,
     ) -> Result<Tensor> {
-        self.forward_onto(q, k, v, Some(residual))
+        self.forward_onto(Inputs { q, k, v }, Some(residual))
     }
 
-    fn forward_onto(
-        &self,
-        q: &Tensor,
-        k: &Tensor,
-        v: &Tensor,
-        residual: Option<&Tensor>,
-    ) -> Result<Tensor> {
+    fn forward_onto(&self, inputs: Inputs, residual: Option<&Tensor>) -> Result<Tensor> {
+        let Inputs { q, k, v } = inputs;
         // Training keeps the projected form (its fused products have their own
         // backward passes, and the folded one measured no faster in a training step).
         let trains = [q, k, v].into_iter().chain(residual).any(Tensor::track_op);
@@ -107,9 +110,9 @@ impl DecoderAttention {
             self.form(q.dim(1)?, k.dim(1)?)
         };
         match form {
-            Form::Projected => self.forward_projected(q, k, v, residual),
-            Form::FewKeys => self.forward_few_keys(q, k, v, residual),
-            Form::FewQueries => self.forward_few_queries(q, k, v, residual),
+            Form::Projected => self.forward_projected(inputs, residual),
+            Form::FewKeys => self.forward_few_keys(inputs, residual),
+            Form::FewQueries => self.forward_few_queries(inputs, residual),
         }
     }
 
@@ -137,9 +140,7 @@ impl DecoderAttention {
     /// The attention with every side projected: `B x Nq x C`, onto `residual`.
     fn forward_projected(
         &self,
-        q: &Tensor,
-        k: &Tensor,
-        v: &Tensor,
+        Inputs { q, k, v }: Inputs,
         residual: Option<&Tensor>,
     ) -> Result<Tensor> {
         self.attend(
@@ -207,9 +208,7 @@ impl DecoderAttention {
     /// folded through the keys (module docs).
     fn forward_few_keys(
         &self,
-        q: &Tensor,
-        k: &Tensor,
-        v: &Tensor,
+        Inputs { q, k, v }: Inputs,
         residual: Option<&Tensor>,
     ) -> Result<Tensor> {
         let (b, nq, c) = q.dims3()?;
@@ -257,9 +256,7 @@ impl DecoderAttention {
     /// folded through the queries (module docs).
     fn forward_few_queries(
         &self,
-        q: &Tensor,
-        k: &Tensor,
-        v: &Tensor,
+        Inputs { q, k, v }: Inputs,
         residual: Option<&Tensor>,
     ) -> Result<Tensor> {
         let (b, nq, c) = q.dims3()?;
@@ -295,20 +292,7 @@ mod tests {
     use std::collections::HashMap;
 
     use candle_core::{DType, Device};
-
-    fn rel_error(got: &Tensor, want: &Tensor) -> f32 {
-        let diff = (got - want)
-            .and_then(|d| d.sqr())
-            .and_then(|d| d.sum_all())
-            .and_then(|d| d.to_scalar::<f32>())
-            .unwrap_or(f32::INFINITY);
-        let norm = want
-            .sqr()
-            .and_then(|d| d.sum_all())
-            .and_then(|d| d.to_scalar::<f32>())
-            .unwrap_or(0.0);
-        (diff / norm).sqrt()
-    }
+    use samus_core::fixtures::relative_error;
 
     /// SAM's decoder attention (256 wide, 8 heads, downsample 2: heads of 16)
     /// with random weights and biases.
@@ -348,13 +332,20 @@ mod tests {
             let q = Tensor::randn(0f32, 1.0, (b, nq, 256), &dev)?;
             let k = Tensor::randn(0f32, 1.0, (b, nk, 256), &dev)?;
             let v = Tensor::randn(0f32, 1.0, (b, nk, 256), &dev)?;
-            let want = attn.forward_projected(&q, &k, &v, None)?;
+            let want = attn.forward_projected(
+                Inputs {
+                    q: &q,
+                    k: &k,
+                    v: &v,
+                },
+                None,
+            )?;
             let got = attn.forward(&q, &k, &v)?;
             assert_eq!(got.dims(), want.dims());
-            let err = rel_error(&got, &want);
+            let err = relative_error(&got, &want)?;
             assert!(err < 1e-5, "{form:?} {b}x{nq}x{nk}: relative error {err}");
             let added = attn.forward_add(&q, &k, &v, &q)?;
-            let err = rel_error(&added, &(&want + &q)?);
+            let err = relative_error(&added, &(&want + &q)?)?;
             assert!(
                 err < 1e-5,
                 "{form:?} {b}x{nq}x{nk} onto a residual: relative error {err}"

@@ -210,19 +210,9 @@ impl CustomOp3 for PackedMatmul {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::fixtures::relative_error;
     use candle_core::Device;
     use proptest::prelude::*;
-
-    fn rel_error(got: &Tensor, want: &Tensor) -> f32 {
-        let diff = (got - want)
-            .and_then(|d| d.sqr()?.sum_all()?.to_scalar::<f32>())
-            .unwrap_or(f32::INFINITY);
-        let norm = want
-            .sqr()
-            .and_then(|d| d.sum_all()?.to_scalar::<f32>())
-            .unwrap_or(0.0);
-        (diff / norm.max(f32::MIN_POSITIVE)).sqrt()
-    }
 
     #[test]
     fn every_supported_kernel_is_tested() {
@@ -275,10 +265,10 @@ mod tests {
             for isa in isas {
                 let got = matmul_for(isa, &a, &b, None).unwrap();
                 prop_assert_eq!(got.dims(), want.dims());
-                let err = rel_error(&got, &want);
+                let err = relative_error(&got, &want).unwrap();
                 prop_assert!(err < 1e-5, "{isa}: relative error {err}");
                 let added = matmul_for(isa, &a, &b, Some(&r)).unwrap();
-                let err = rel_error(&added, &want_added);
+                let err = relative_error(&added, &want_added).unwrap();
                 prop_assert!(err < 1e-5, "{isa}, onto a residual: relative error {err}");
             }
         }
