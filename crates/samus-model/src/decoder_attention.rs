@@ -217,12 +217,10 @@ impl DecoderAttention {
         // B x H x Nk x d, then each head's keys through its rows of W_q: the scores
         // of the image tokens are their products with `B x H Nk x C`.
         let keys = self.project_keys(k)?.contiguous()?;
-        let to_scores = keys
-            .broadcast_matmul(&self.heads_weight(&self.q_proj)?)?
+        let to_scores = per_head(&keys, &self.heads_weight(&self.q_proj)?)?
             .affine(self.scale, 0.0)?
             .reshape((b, h * nk, c))?;
-        let score_bias = keys
-            .broadcast_matmul(&self.heads_bias(&self.q_proj)?)?
+        let score_bias = per_head(&keys, &self.heads_bias(&self.q_proj)?)?
             .affine(self.scale, 0.0)?
             .reshape((b, 1, h * nk))?;
         let scores = matmul(q, &to_scores.transpose(1, 2)?)?
@@ -240,10 +238,7 @@ impl DecoderAttention {
             .reshape((c, h, self.head_dim))?
             .permute((1, 2, 0))?
             .unsqueeze(0)?;
-        let from_probs = self
-            .project_values(v)?
-            .contiguous()?
-            .broadcast_matmul(&out_heads)?
+        let from_probs = per_head(&self.project_values(v)?.contiguous()?, &out_heads)?
             .broadcast_add(&out_bias.affine(1.0 / h as f64, 0.0)?)?
             .reshape((b, h * nk, c))?;
         match residual {
@@ -263,12 +258,12 @@ impl DecoderAttention {
         let (h, d) = (self.num_heads, self.head_dim);
         // Each head's queries through its rows of W_k: `B x H Nq x C`, whose products
         // with the image tokens are the scores.
-        let from_keys = self
-            .project_queries(q)?
-            .contiguous()?
-            .broadcast_matmul(&self.heads_weight(&self.k_proj)?)?
-            .affine(self.scale, 0.0)?
-            .reshape((b, h * nq, c))?;
+        let from_keys = per_head(
+            &self.project_queries(q)?.contiguous()?,
+            &self.heads_weight(&self.k_proj)?,
+        )?
+        .affine(self.scale, 0.0)?
+        .reshape((b, h * nq, c))?;
         // As `k (from_keys)^T`, `B x Nk x H Nq`, transposed: the packed product packs
         // its right operand for the call, the small one this way round.
         let scores = matmul(k, &from_keys.transpose(1, 2)?)?.transpose(1, 2)?;
@@ -278,11 +273,20 @@ impl DecoderAttention {
         let mixed = matmul(&probs, v)?.reshape((b, h, nq, c))?;
         let value_heads = self.heads_weight(&self.v_proj)?.transpose(2, 3)?;
         let value_bias = self.heads_bias(&self.v_proj)?.transpose(2, 3)?;
-        let heads = mixed
-            .broadcast_matmul(&value_heads)?
-            .broadcast_add(&value_bias)?;
+        let heads = per_head(&mixed, &value_heads)?.broadcast_add(&value_bias)?;
         let merged = heads.transpose(1, 2)?.reshape((b, nq, h * d))?;
         self.project_out(&merged, residual)
+    }
+}
+
+/// Each head's product `x_h w_h` for `x` `B x H x n x m` and weights `1 x H x m x p`:
+/// one packed product per head where `B` is 1 ([`matmul`], a row-major operand of
+/// a few thousand values packed by row slices), else candle's broadcast product.
+fn per_head(x: &Tensor, w: &Tensor) -> Result<Tensor> {
+    if x.dim(0)? == 1 {
+        matmul(x, w)
+    } else {
+        x.broadcast_matmul(w)
     }
 }
 
