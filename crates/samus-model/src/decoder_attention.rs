@@ -329,6 +329,8 @@ mod tests {
             (2, 64, 10, Form::FewKeys),
             (1, 7, 1024, Form::FewQueries),
             (2, 3, 64, Form::FewQueries),
+            (2, 33, 12, Form::FewKeys),
+            (2, 8, 50, Form::FewQueries),
             (1, 7, 7, Form::Projected),
             (1, 20, 300, Form::Projected),
         ] {

@@ -64,6 +64,13 @@ impl ImageEmbedding {
     pub fn height(&self) -> usize {
         self.height
     }
+
+    /// Bytes this embedding holds: its tensor and, once a prediction has kept
+    /// them, the mask decoder's terms of the image (shared with its clones).
+    pub fn bytes(&self) -> usize {
+        let tensor = self.tensor.elem_count() * self.tensor.dtype().size_in_bytes();
+        tensor + self.decoder_terms.get().map_or(0, DecoderImageTerms::bytes)
+    }
 }
 
 impl Samus {

@@ -42,6 +42,15 @@ pub struct DecoderImageTerms {
     owner: TensorId,
 }
 
+impl DecoderImageTerms {
+    /// Bytes of the tensors held (3 MiB for SAMUS's 256-wide 32 x 32 grid: the
+    /// image tokens, their sum with the positional encoding, and block 0's keys and
+    /// values).
+    pub fn bytes(&self) -> usize {
+        self.transformer.bytes()
+    }
+}
+
 /// The mask decoder.
 #[derive(Debug, Clone)]
 pub struct MaskDecoder {

@@ -183,6 +183,20 @@ impl TransformerImageTerms {
     pub fn image_tokens(&self) -> &Tensor {
         &self.keys
     }
+
+    /// Bytes of the tensors held.
+    pub fn bytes(&self) -> usize {
+        let first = &self.first_block;
+        [
+            &self.keys,
+            &first.keys_with_pe,
+            &first.token_to_image_keys,
+            &first.token_to_image_values,
+        ]
+        .iter()
+        .map(|t| t.elem_count() * t.dtype().size_in_bytes())
+        .sum()
+    }
 }
 
 /// The two-way transformer.

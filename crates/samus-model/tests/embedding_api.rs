@@ -134,6 +134,8 @@ fn clicks_reuse_the_image_side_of_the_decoder_only_for_their_own_model() {
     let (x, y) = fixture_point(&dir);
     let embedding = model.embed(&image).unwrap();
     let click = Prompts::new().point(x, y, Label::Foreground);
+    let tensor_bytes = embedding.tensor().elem_count() * 4;
+    assert_eq!(embedding.bytes(), tensor_bytes);
     // The first click computes the image side and keeps it, the next ones reuse it
     // (clones of the embedding share it): each equals a decode from scratch.
     for round in 0..3 {
@@ -144,6 +146,11 @@ fn clicks_reuse_the_image_side_of_the_decoder_only_for_their_own_model() {
             "round {round}"
         );
     }
+    // What the clicks keep is counted (the image tokens twice, keys and values).
+    let (grid, width) = (model.config().grid_size(), model.config().prompt_embed_dim);
+    let kept = embedding.bytes() - tensor_bytes;
+    // Keys and values at the attention's internal width (downsampled by 2).
+    assert_eq!(kept, grid * grid * (2 * width + 2 * (width / 2)) * 4);
     // Another model (other decoder weights) never takes this model's terms.
     let other = Samus::random(model.config(), 7, &Device::Cpu).unwrap();
     let got = other.predict(&embedding, &click).unwrap();

@@ -22,9 +22,10 @@ pub struct CachedEmbedding {
 }
 
 impl CachedEmbedding {
-    /// Bytes the embedding holds.
+    /// Bytes the embedding holds, with the decoder terms its first prediction kept
+    /// (counted from the next eviction check on).
     pub fn bytes(&self) -> usize {
-        self.embedding.tensor().elem_count() * self.embedding.tensor().dtype().size_in_bytes()
+        self.embedding.bytes()
     }
 }
 
