@@ -23,6 +23,7 @@ pub const DEFAULT_TOLERANCE: f64 = 1e-4;
 #[command(after_help = "Examples:
   cargo xtask bench-compare
   cargo xtask bench-compare --config tiny --iters 3
+  cargo xtask bench-compare --rounds 3 --json
   SAMUS_PYTHON=~/venvs/torch/bin/python cargo xtask bench-compare --threads 4")]
 pub struct BenchCompareArgs {
     /// Model configuration (a preset: vit_b, vit_l, vit_h, tiny).
@@ -34,6 +35,11 @@ pub struct BenchCompareArgs {
     /// Timed images for both.
     #[arg(long, default_value_t = 5)]
     pub iters: u32,
+    /// Rounds, each timing samus then PyTorch; the reports' figures are the medians
+    /// over the rounds of each side, so that a slow minute of a shared machine
+    /// falls on both sides (1 to 99).
+    #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u32).range(1..100))]
+    pub rounds: u32,
     /// Python interpreter with torch, safetensors and numpy (default: $SAMUS_PYTHON,
     /// else python3).
     #[arg(long, value_name = "PATH")]
@@ -223,6 +229,27 @@ pub(crate) fn pytorch_interpreter(given: Option<&str>) -> Result<String> {
     Ok(python)
 }
 
+/// One report of several rounds: every number the median of its values over the
+/// rounds (the upper middle one for an even count), anything else as the first
+/// round gave it.
+fn median_report(reports: &[Value]) -> Value {
+    let Some(Value::Object(first)) = reports.first() else {
+        return reports.first().cloned().unwrap_or(Value::Null);
+    };
+    let mut merged = first.clone();
+    for (key, value) in merged.iter_mut() {
+        let mut numbers: Vec<f64> = reports
+            .iter()
+            .filter_map(|r| r.get(key).and_then(Value::as_f64))
+            .collect();
+        if value.is_f64() && numbers.len() == reports.len() {
+            numbers.sort_by(f64::total_cmp);
+            *value = serde_json::json!(numbers[numbers.len() / 2]);
+        }
+    }
+    Value::Object(merged)
+}
+
 /// Runs `cargo xtask bench-compare`.
 pub fn run(args: &BenchCompareArgs) -> Result<()> {
     let root = workspace_root();
@@ -235,36 +262,46 @@ pub fn run(args: &BenchCompareArgs) -> Result<()> {
     let io = dir.join(format!("{}_io.safetensors", args.config));
     let (threads, iters) = (args.threads.to_string(), args.iters.to_string());
 
-    eprintln!("timing samus (Rust), {} threads ...", args.threads);
-    let (mut ours, _) = crate::samus_command();
-    ours.current_dir(&root)
-        .args(["--threads", &threads, "bench", "--random-weights", "--json"])
-        .args(["--config", &args.config, "--iters", &iters])
-        .arg("--save-weights")
-        .arg(&weights)
-        .arg("--write-io")
-        .arg(&io);
-    let rust = json_output(ours, "samus bench")?;
-
     let python = pytorch_interpreter(args.python.as_deref())?;
     let script = root.join("bench").join("pytorch_reference.py");
-    eprintln!("timing the PyTorch peer ({python}) ...");
-    let mut peer = Command::new(&python);
-    peer.arg(&script)
-        .args([
-            "--config",
-            &args.config,
-            "--threads",
-            &threads,
-            "--iters",
-            &iters,
-        ])
-        .arg("--weights")
-        .arg(&weights)
-        .arg("--io")
-        .arg(&io)
-        .arg("--json");
-    let pytorch = json_output(peer, "pytorch_reference.py")?;
+    let (mut ours_reports, mut peer_reports) = (Vec::new(), Vec::new());
+    for round in 1..=args.rounds {
+        eprintln!(
+            "round {round}/{}: timing samus (Rust), {} threads ...",
+            args.rounds, args.threads
+        );
+        let (mut ours, _) = crate::samus_command();
+        ours.current_dir(&root)
+            .args(["--threads", &threads, "bench", "--random-weights", "--json"])
+            .args(["--config", &args.config, "--iters", &iters])
+            .arg("--save-weights")
+            .arg(&weights)
+            .arg("--write-io")
+            .arg(&io);
+        ours_reports.push(json_output(ours, "samus bench")?);
+
+        eprintln!(
+            "round {round}/{}: timing the PyTorch peer ({python}) ...",
+            args.rounds
+        );
+        let mut peer = Command::new(&python);
+        peer.arg(&script)
+            .args([
+                "--config",
+                &args.config,
+                "--threads",
+                &threads,
+                "--iters",
+                &iters,
+            ])
+            .arg("--weights")
+            .arg(&weights)
+            .arg("--io")
+            .arg(&io)
+            .arg("--json");
+        peer_reports.push(json_output(peer, "pytorch_reference.py")?);
+    }
+    let (rust, pytorch) = (median_report(&ours_reports), median_report(&peer_reports));
 
     let comparison = Comparison::from_reports(&rust, &pytorch)?;
     if args.json {
@@ -303,6 +340,23 @@ mod tests {
 
     fn report(full: f64, encoder: f64, decoder: f64) -> Value {
         json!({"full_median_s": full, "encoder_median_s": encoder, "decoder_median_ms": decoder, "threads": 2, "isa": "avx2"})
+    }
+
+    #[test]
+    fn rounds_merge_into_medians_of_each_number() {
+        let rounds = [
+            report(2.0, 1.9, 25.0),
+            report(3.0, 2.9, 12.0),
+            report(2.5, 2.4, 30.0),
+        ];
+        let merged = median_report(&rounds);
+        assert_eq!(merged["full_median_s"], json!(2.5));
+        assert_eq!(merged["encoder_median_s"], json!(2.4));
+        assert_eq!(merged["decoder_median_ms"], json!(25.0));
+        // Integers and text stay as the first round gave them.
+        assert_eq!(merged["threads"], json!(2));
+        assert_eq!(merged["isa"], json!("avx2"));
+        assert_eq!(median_report(&rounds[..1]), rounds[0]);
     }
 
     #[test]
