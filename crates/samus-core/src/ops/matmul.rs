@@ -10,8 +10,6 @@
 //! 0.16 ms packed, `1024 x 56 x 256` 0.36 and 0.19 ms (packing excluded;
 //! `linear_rate` example).
 
-use std::mem::MaybeUninit;
-
 use candle_core::{CpuStorage, CustomOp2, CustomOp3, Layout, Result, Shape, Tensor};
 
 use crate::cpu::Isa;
@@ -29,7 +27,7 @@ pub fn matmul(a: &Tensor, b: &Tensor) -> Result<Tensor> {
     if crate::packed::available() {
         matmul_for(Isa::selected(), a, b, None)
     } else {
-        a.matmul(b)
+        composed(a, b, None)
     }
 }
 
@@ -40,7 +38,16 @@ pub fn matmul_add(a: &Tensor, b: &Tensor, residual: &Tensor) -> Result<Tensor> {
     if crate::packed::available() {
         matmul_for(Isa::selected(), a, b, Some(residual))
     } else {
-        residual + a.matmul(b)?
+        composed(a, b, Some(residual))
+    }
+}
+
+/// `a b`, onto `residual` if given, with candle's operations.
+fn composed(a: &Tensor, b: &Tensor, residual: Option<&Tensor>) -> Result<Tensor> {
+    let product = a.matmul(b)?;
+    match residual {
+        Some(r) => r + product,
+        None => Ok(product),
     }
 }
 
@@ -61,11 +68,7 @@ pub fn matmul_for(isa: Isa, a: &Tensor, b: &Tensor, residual: Option<&Tensor>) -
     });
     let residual_fits = residual.is_none_or(|r| Some(r.dims()) == out_dims.as_deref());
     if !(agree && residual_fits && cpu_f32_inference([a, b].into_iter().chain(residual))) {
-        let product = a.matmul(b)?;
-        return match residual {
-            Some(r) => r + product,
-            None => Ok(product),
-        };
+        return composed(a, b, residual);
     }
     // `b` as stored: its transposition `(..., N, K)` when that is contiguous (a
     // linear layer's weight layout), else `b` itself made contiguous.
@@ -151,13 +154,9 @@ impl PackedMatmul {
                 for (i, c) in spare.chunks_mut((m * n).max(1)).enumerate().take(batch) {
                     gemm_packed_uninit(m, left(i), &pack(i)?, c, options.overwrite_with(None))?;
                 }
-                if m * n == 0 {
-                    // Nothing to write: the chunks above were empty.
-                    spare.fill(MaybeUninit::new(0.0));
-                }
                 // SAFETY: each of the `batch` chunks of `m n` values was written in
-                // full by `gemm_packed_uninit` (it returned without error), or there
-                // are none.
+                // full by `gemm_packed_uninit` (it returned without error); with
+                // `m n = 0` there are no values.
                 unsafe { out.set_len(len) };
                 out
             }
