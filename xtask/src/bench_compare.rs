@@ -232,7 +232,7 @@ pub(crate) fn pytorch_interpreter(given: Option<&str>) -> Result<String> {
 /// One report of several rounds: every number the median of its values over the
 /// rounds (the upper middle one for an even count), anything else as the first
 /// round gave it.
-fn median_report(reports: &[Value]) -> Value {
+pub(crate) fn median_report(reports: &[Value]) -> Value {
     let Some(Value::Object(first)) = reports.first() else {
         return reports.first().cloned().unwrap_or(Value::Null);
     };

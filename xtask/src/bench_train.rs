@@ -17,7 +17,7 @@ use anyhow::{bail, Context, Result};
 use clap::Args;
 use serde_json::Value;
 
-use crate::bench_compare::{json_output, pytorch_interpreter, workspace_root};
+use crate::bench_compare::{json_output, median_report, pytorch_interpreter, workspace_root};
 
 /// Relative difference of the first losses allowed between the two.
 pub const DEFAULT_LOSS_TOLERANCE: f64 = 1e-4;
@@ -27,6 +27,7 @@ pub const DEFAULT_LOSS_TOLERANCE: f64 = 1e-4;
 #[command(after_help = "Examples:
   cargo xtask bench-train
   cargo xtask bench-train --batch-size 8 --iters 5 --json
+  cargo xtask bench-train --rounds 3 --json
   SAMUS_PYTHON=~/venvs/torch/bin/python cargo xtask bench-train")]
 pub struct BenchTrainArgs {
     /// Model configuration (a preset: tiny, vit_b, vit_l, vit_h).
@@ -41,6 +42,11 @@ pub struct BenchTrainArgs {
     /// Timed steps for both (after two untimed ones).
     #[arg(long, default_value_t = 3)]
     pub iters: u32,
+    /// Rounds, each timing samus then PyTorch; each side's figures are the medians
+    /// over its rounds, so that a slow minute of a shared machine falls on both
+    /// (1 to 99).
+    #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u32).range(1..100))]
+    pub rounds: u32,
     /// Python interpreter with torch, safetensors and numpy (default: $SAMUS_PYTHON,
     /// else python3).
     #[arg(long, value_name = "PATH")]
@@ -173,39 +179,46 @@ pub fn run(args: &BenchTrainArgs) -> Result<()> {
         args.iters.to_string(),
         args.batch_size.to_string(),
     );
-    eprintln!(
-        "timing samus (Rust) training steps, {} threads ...",
-        args.threads
-    );
-    let (mut ours, _) = crate::samus_command();
-    ours.current_dir(&root)
-        .args([
-            "--threads",
-            &threads,
-            "bench",
-            "--train",
-            "--random-weights",
-        ])
-        .args(["--json", "--config", &args.config, "--iters", &iters])
-        .args(["--batch-size", &batch])
-        .arg("--save-weights")
-        .arg(&weights)
-        .arg("--write-io")
-        .arg(&io);
-    let rust = json_output(ours, "samus bench --train")?;
-
     let python = pytorch_interpreter(args.python.as_deref())?;
-    eprintln!("timing the PyTorch peer's training steps ({python}) ...");
-    let mut peer = Command::new(&python);
-    peer.arg(root.join("bench").join("pytorch_reference.py"))
-        .args(["--train", "--config", &args.config])
-        .args(["--threads", &threads, "--iters", &iters])
-        .arg("--weights")
-        .arg(&weights)
-        .arg("--io")
-        .arg(&io)
-        .arg("--json");
-    let pytorch = json_output(peer, "pytorch_reference.py --train")?;
+    let (mut ours_reports, mut peer_reports) = (Vec::new(), Vec::new());
+    for round in 1..=args.rounds {
+        eprintln!(
+            "round {round}/{}: timing samus (Rust) training steps, {} threads ...",
+            args.rounds, args.threads
+        );
+        let (mut ours, _) = crate::samus_command();
+        ours.current_dir(&root)
+            .args([
+                "--threads",
+                &threads,
+                "bench",
+                "--train",
+                "--random-weights",
+            ])
+            .args(["--json", "--config", &args.config, "--iters", &iters])
+            .args(["--batch-size", &batch])
+            .arg("--save-weights")
+            .arg(&weights)
+            .arg("--write-io")
+            .arg(&io);
+        ours_reports.push(json_output(ours, "samus bench --train")?);
+
+        eprintln!(
+            "round {round}/{}: timing the PyTorch peer's training steps ({python}) ...",
+            args.rounds
+        );
+        let mut peer = Command::new(&python);
+        peer.arg(root.join("bench").join("pytorch_reference.py"))
+            .args(["--train", "--config", &args.config])
+            .args(["--threads", &threads, "--iters", &iters])
+            .arg("--weights")
+            .arg(&weights)
+            .arg("--io")
+            .arg(&io)
+            .arg("--json");
+        peer_reports.push(json_output(peer, "pytorch_reference.py --train")?);
+    }
+    let (rust, pytorch) = (median_report(&ours_reports), median_report(&peer_reports));
 
     let comparison = TrainComparison::from_reports(&rust, &pytorch)?;
     if args.json {
