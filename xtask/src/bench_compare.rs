@@ -250,6 +250,29 @@ pub(crate) fn median_report(reports: &[Value]) -> Value {
     Value::Object(merged)
 }
 
+/// One side of an alternation: what it is called and the command that prints its
+/// JSON report.
+pub(crate) struct Side<'a> {
+    /// The name in progress lines and errors (`samus bench`, ...).
+    pub what: &'a str,
+    /// A fresh command for each round.
+    pub command: &'a dyn Fn() -> Command,
+}
+
+/// Runs `rounds` rounds of `ours` then `peer` and returns each side's reports merged
+/// into one ([`median_report`]), so that a slow minute of a shared machine falls on
+/// both sides.
+pub(crate) fn alternate_rounds(rounds: u32, ours: Side, peer: Side) -> Result<(Value, Value)> {
+    let (mut ours_reports, mut peer_reports) = (Vec::new(), Vec::new());
+    for round in 1..=rounds {
+        for (side, reports) in [(&ours, &mut ours_reports), (&peer, &mut peer_reports)] {
+            eprintln!("round {round}/{rounds}: {} ...", side.what);
+            reports.push(json_output((side.command)(), side.what)?);
+        }
+    }
+    Ok((median_report(&ours_reports), median_report(&peer_reports)))
+}
+
 /// Runs `cargo xtask bench-compare`.
 pub fn run(args: &BenchCompareArgs) -> Result<()> {
     let root = workspace_root();
@@ -264,12 +287,7 @@ pub fn run(args: &BenchCompareArgs) -> Result<()> {
 
     let python = pytorch_interpreter(args.python.as_deref())?;
     let script = root.join("bench").join("pytorch_reference.py");
-    let (mut ours_reports, mut peer_reports) = (Vec::new(), Vec::new());
-    for round in 1..=args.rounds {
-        eprintln!(
-            "round {round}/{}: timing samus (Rust), {} threads ...",
-            args.rounds, args.threads
-        );
+    let ours = || {
         let (mut ours, _) = crate::samus_command();
         ours.current_dir(&root)
             .args(["--threads", &threads, "bench", "--random-weights", "--json"])
@@ -278,30 +296,31 @@ pub fn run(args: &BenchCompareArgs) -> Result<()> {
             .arg(&weights)
             .arg("--write-io")
             .arg(&io);
-        ours_reports.push(json_output(ours, "samus bench")?);
-
-        eprintln!(
-            "round {round}/{}: timing the PyTorch peer ({python}) ...",
-            args.rounds
-        );
+        ours
+    };
+    let peer = || {
         let mut peer = Command::new(&python);
         peer.arg(&script)
-            .args([
-                "--config",
-                &args.config,
-                "--threads",
-                &threads,
-                "--iters",
-                &iters,
-            ])
+            .args(["--config", &args.config, "--threads", &threads])
+            .args(["--iters", &iters, "--json"])
             .arg("--weights")
             .arg(&weights)
             .arg("--io")
-            .arg(&io)
-            .arg("--json");
-        peer_reports.push(json_output(peer, "pytorch_reference.py")?);
-    }
-    let (rust, pytorch) = (median_report(&ours_reports), median_report(&peer_reports));
+            .arg(&io);
+        peer
+    };
+    eprintln!("samus (Rust) and the PyTorch peer ({python}), {threads} threads each");
+    let (rust, pytorch) = alternate_rounds(
+        args.rounds,
+        Side {
+            what: "samus bench",
+            command: &ours,
+        },
+        Side {
+            what: "pytorch_reference.py",
+            command: &peer,
+        },
+    )?;
 
     let comparison = Comparison::from_reports(&rust, &pytorch)?;
     if args.json {
@@ -337,6 +356,51 @@ pub fn run(args: &BenchCompareArgs) -> Result<()> {
 mod tests {
     use super::*;
     use serde_json::json;
+
+    /// A command printing `{"t": <next of values>}`, one value a call.
+    fn printing(values: &'static [f64]) -> impl Fn() -> Command {
+        let next = std::cell::Cell::new(0);
+        move || {
+            let i = next.get();
+            next.set(i + 1);
+            let mut c = Command::new("echo");
+            c.arg(format!("{{\"t\": {:.1}}}", values[i]));
+            c
+        }
+    }
+
+    #[test]
+    fn rounds_alternate_and_each_side_keeps_its_medians() {
+        let (ours, peer) = (printing(&[3.0, 1.0, 2.0]), printing(&[10.0, 30.0, 20.0]));
+        let (a, b) = alternate_rounds(
+            3,
+            Side {
+                what: "ours",
+                command: &ours,
+            },
+            Side {
+                what: "peer",
+                command: &peer,
+            },
+        )
+        .unwrap();
+        assert_eq!((a["t"].as_f64(), b["t"].as_f64()), (Some(2.0), Some(20.0)));
+
+        let (ours, failing) = (printing(&[1.0]), || Command::new("false"));
+        let error = alternate_rounds(
+            1,
+            Side {
+                what: "ours",
+                command: &ours,
+            },
+            Side {
+                what: "the peer",
+                command: &failing,
+            },
+        )
+        .unwrap_err();
+        assert!(error.to_string().starts_with("the peer failed"), "{error}");
+    }
 
     fn report(full: f64, encoder: f64, decoder: f64) -> Value {
         json!({"full_median_s": full, "encoder_median_s": encoder, "decoder_median_ms": decoder, "threads": 2, "isa": "avx2"})

@@ -17,7 +17,7 @@ use anyhow::{bail, Context, Result};
 use clap::Args;
 use serde_json::Value;
 
-use crate::bench_compare::{json_output, median_report, pytorch_interpreter, workspace_root};
+use crate::bench_compare::{alternate_rounds, pytorch_interpreter, workspace_root, Side};
 
 /// Relative difference of the first losses allowed between the two.
 pub const DEFAULT_LOSS_TOLERANCE: f64 = 1e-4;
@@ -180,12 +180,7 @@ pub fn run(args: &BenchTrainArgs) -> Result<()> {
         args.batch_size.to_string(),
     );
     let python = pytorch_interpreter(args.python.as_deref())?;
-    let (mut ours_reports, mut peer_reports) = (Vec::new(), Vec::new());
-    for round in 1..=args.rounds {
-        eprintln!(
-            "round {round}/{}: timing samus (Rust) training steps, {} threads ...",
-            args.rounds, args.threads
-        );
+    let ours = || {
         let (mut ours, _) = crate::samus_command();
         ours.current_dir(&root)
             .args([
@@ -201,12 +196,9 @@ pub fn run(args: &BenchTrainArgs) -> Result<()> {
             .arg(&weights)
             .arg("--write-io")
             .arg(&io);
-        ours_reports.push(json_output(ours, "samus bench --train")?);
-
-        eprintln!(
-            "round {round}/{}: timing the PyTorch peer's training steps ({python}) ...",
-            args.rounds
-        );
+        ours
+    };
+    let peer = || {
         let mut peer = Command::new(&python);
         peer.arg(root.join("bench").join("pytorch_reference.py"))
             .args(["--train", "--config", &args.config])
@@ -216,9 +208,22 @@ pub fn run(args: &BenchTrainArgs) -> Result<()> {
             .arg("--io")
             .arg(&io)
             .arg("--json");
-        peer_reports.push(json_output(peer, "pytorch_reference.py --train")?);
-    }
-    let (rust, pytorch) = (median_report(&ours_reports), median_report(&peer_reports));
+        peer
+    };
+    eprintln!(
+        "training steps of samus (Rust) and the PyTorch peer ({python}), {threads} threads each"
+    );
+    let (rust, pytorch) = alternate_rounds(
+        args.rounds,
+        Side {
+            what: "samus bench --train",
+            command: &ours,
+        },
+        Side {
+            what: "pytorch_reference.py --train",
+            command: &peer,
+        },
+    )?;
 
     let comparison = TrainComparison::from_reports(&rust, &pytorch)?;
     if args.json {
