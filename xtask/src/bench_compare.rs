@@ -259,6 +259,13 @@ pub(crate) struct Side<'a> {
     pub command: &'a dyn Fn() -> Command,
 }
 
+impl<'a> Side<'a> {
+    /// The side `what`, run by `command`.
+    pub fn new(what: &'a str, command: &'a dyn Fn() -> Command) -> Self {
+        Self { what, command }
+    }
+}
+
 /// Runs `rounds` rounds of `ours` then `peer` and returns each side's reports merged
 /// into one ([`median_report`]), so that a slow minute of a shared machine falls on
 /// both sides.
@@ -312,14 +319,8 @@ pub fn run(args: &BenchCompareArgs) -> Result<()> {
     eprintln!("samus (Rust) and the PyTorch peer ({python}), {threads} threads each");
     let (rust, pytorch) = alternate_rounds(
         args.rounds,
-        Side {
-            what: "samus bench",
-            command: &ours,
-        },
-        Side {
-            what: "pytorch_reference.py",
-            command: &peer,
-        },
+        Side::new("samus bench", &ours),
+        Side::new("pytorch_reference.py", &peer),
     )?;
 
     let comparison = Comparison::from_reports(&rust, &pytorch)?;
@@ -372,33 +373,13 @@ mod tests {
     #[test]
     fn rounds_alternate_and_each_side_keeps_its_medians() {
         let (ours, peer) = (printing(&[3.0, 1.0, 2.0]), printing(&[10.0, 30.0, 20.0]));
-        let (a, b) = alternate_rounds(
-            3,
-            Side {
-                what: "ours",
-                command: &ours,
-            },
-            Side {
-                what: "peer",
-                command: &peer,
-            },
-        )
-        .unwrap();
+        let (a, b) =
+            alternate_rounds(3, Side::new("ours", &ours), Side::new("peer", &peer)).unwrap();
         assert_eq!((a["t"].as_f64(), b["t"].as_f64()), (Some(2.0), Some(20.0)));
 
         let (ours, failing) = (printing(&[1.0]), || Command::new("false"));
-        let error = alternate_rounds(
-            1,
-            Side {
-                what: "ours",
-                command: &ours,
-            },
-            Side {
-                what: "the peer",
-                command: &failing,
-            },
-        )
-        .unwrap_err();
+        let error = alternate_rounds(1, Side::new("ours", &ours), Side::new("the peer", &failing))
+            .unwrap_err();
         assert!(error.to_string().starts_with("the peer failed"), "{error}");
     }
 

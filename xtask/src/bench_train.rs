@@ -215,14 +215,8 @@ pub fn run(args: &BenchTrainArgs) -> Result<()> {
     );
     let (rust, pytorch) = alternate_rounds(
         args.rounds,
-        Side {
-            what: "samus bench --train",
-            command: &ours,
-        },
-        Side {
-            what: "pytorch_reference.py --train",
-            command: &peer,
-        },
+        Side::new("samus bench --train", &ours),
+        Side::new("pytorch_reference.py --train", &peer),
     )?;
 
     let comparison = TrainComparison::from_reports(&rust, &pytorch)?;
