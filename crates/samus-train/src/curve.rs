@@ -25,13 +25,17 @@ pub const FONT_NAME: &str = "sans-serif";
 pub struct Metrics {
     /// `(step, loss)` for every step.
     pub losses: Vec<(usize, f64)>,
-    /// `(step, validation Dice)` for every evaluation.
+    /// `(step, validation Dice)` for every evaluation (of the weight average, when
+    /// the run keeps one).
     pub dice: Vec<(usize, f64)>,
+    /// `(step, validation Dice of the weights themselves)` for every evaluation of
+    /// a run that keeps a weight average; empty otherwise.
+    pub dice_raw: Vec<(usize, f64)>,
 }
 
 impl Metrics {
-    /// Parses `metrics.csv` text (`step,epoch,elapsed_s,loss,lr,val_dice`; files of
-    /// older runs without `elapsed_s` are read too).
+    /// Parses `metrics.csv` text (`step,epoch,elapsed_s,loss,lr,val_dice,val_dice_raw`;
+    /// files of older runs without `elapsed_s` or `val_dice_raw` are read too).
     pub fn parse(text: &str) -> Result<Self, String> {
         let mut lines = text.lines();
         let header: Vec<&str> = lines.next().unwrap_or_default().split(',').collect();
@@ -43,6 +47,7 @@ impl Metrics {
         };
         let (step_col, loss_col, dice_col) =
             (column("step")?, column("loss")?, column("val_dice")?);
+        let raw_col = column("val_dice_raw").ok();
         let mut metrics = Self::default();
         for (i, line) in lines.enumerate().filter(|(_, l)| !l.trim().is_empty()) {
             let fields: Vec<&str> = line.split(',').collect();
@@ -65,6 +70,9 @@ impl Metrics {
             }
             if let Some(dice) = number(dice_col)? {
                 metrics.dice.push((step, dice));
+            }
+            if let Some(raw) = raw_col.map(number).transpose()?.flatten() {
+                metrics.dice_raw.push((step, raw));
             }
         }
         Ok(metrics)
@@ -172,6 +180,13 @@ pub fn render_curve(metrics: &Metrics) -> Result<Vec<u8>, TrainError> {
             .label_style((FONT_NAME, 12))
             .draw()
             .map_err(plot_error)?;
+        // The weights themselves, under the average's line, where the run keeps one.
+        dice_chart
+            .draw_series(LineSeries::new(
+                metrics.dice_raw.iter().copied(),
+                RGBColor(230, 170, 150).stroke_width(2),
+            ))
+            .map_err(plot_error)?;
         dice_chart
             .draw_series(LineSeries::new(
                 metrics.dice.iter().copied(),
@@ -221,6 +236,11 @@ mod tests {
         let m = Metrics::parse(CSV).unwrap();
         assert_eq!(m.losses, vec![(1, 0.9), (2, 0.7), (3, 0.5)]);
         assert_eq!(m.dice, vec![(2, 0.25), (3, 0.5)]);
+        assert!(m.dice_raw.is_empty());
+        let averaged = "step,epoch,elapsed_s,loss,lr,val_dice,val_dice_raw\n\
+            1,0,4.0,0.9,0.0005,\n1,0,6.0,,,0.3,0.2\n";
+        let m = Metrics::parse(averaged).unwrap();
+        assert_eq!((m.dice, m.dice_raw), (vec![(1, 0.3)], vec![(1, 0.2)]));
         let old = "step,epoch,loss,lr,val_dice\n1,0,0.8,0.1,\n";
         assert_eq!(Metrics::parse(old).unwrap().losses, vec![(1, 0.8)]);
     }

@@ -19,6 +19,7 @@
 //! # }
 //! ```
 
+pub mod average;
 pub mod curve;
 pub mod evaluate;
 pub mod freeze;

@@ -6,8 +6,12 @@
 //! `optimizer.safetensors` (the Adam moments), `state.json` (step, next epoch, best
 //! Dice, the loss of every step, the time spent), `best.safetensors` and
 //! `metrics.csv` (one row per step and per evaluation, with the elapsed seconds) and
-//! `curve.png` (loss and validation Dice against the step, redrawn every epoch). Every file is
-//! written atomically, so an interrupted run keeps its last good checkpoint.
+//! `curve.png` (loss and validation Dice against the step, redrawn every epoch). With
+//! a weight average ([`TrainOptions::weight_average`]) the run also holds
+//! `average.safetensors` (the averaged trainable tensors), `best.safetensors` is the
+//! best of the average and `best_raw.safetensors` the best of the weights themselves.
+//! Every file is written atomically, so an interrupted run keeps its last good
+//! checkpoint.
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
@@ -18,6 +22,7 @@ use samus_data::Us30kSplit;
 use samus_model::checkpoint::{read_tensors, save_safetensors};
 use serde::{Deserialize, Serialize};
 
+use crate::average::WeightAverage;
 use crate::curve::{write_curve_png, Metrics};
 use crate::evaluate::evaluate;
 use crate::loss::SegmentationLoss;
@@ -51,6 +56,11 @@ pub struct TrainOptions {
     /// Stop once the run (all its sessions together) has trained this long; the
     /// epoch in progress is cut short, evaluated and checkpointed.
     pub time_limit: Option<Duration>,
+    /// Keep an exponential moving average of the trainable weights with this decay
+    /// ([`WeightAverage`]); the average is evaluated and kept as the best checkpoint,
+    /// and the weights themselves are evaluated beside it. `None` (reference): no
+    /// average.
+    pub weight_average: Option<f64>,
 }
 
 impl Default for TrainOptions {
@@ -67,6 +77,7 @@ impl Default for TrainOptions {
             eval_every: 1,
             loss: SegmentationLoss::default(),
             time_limit: None,
+            weight_average: None,
         }
     }
 }
@@ -75,7 +86,8 @@ impl TrainOptions {
     /// Checks that the options can train: at least one sample per step, epoch and
     /// step, a positive finite learning rate, a positive finite clip norm, Adam's
     /// betas in `[0, 1)`, a positive `eps`, a finite non-negative weight decay and a
-    /// non-zero time limit. [`Trainer::new`] and [`Trainer::resume`] call it.
+    /// non-zero time limit and a weight-average decay in `(0, 1)`. [`Trainer::new`]
+    /// and [`Trainer::resume`] call it.
     pub fn validate(&self) -> Result<(), TrainError> {
         let bad = |what: String| Err(TrainError::Options(what));
         let a = &self.adam;
@@ -115,6 +127,11 @@ impl TrainOptions {
         }
         if self.time_limit == Some(Duration::ZERO) {
             return bad("a time limit of 0".into());
+        }
+        if let Some(decay) = self.weight_average {
+            if !(decay > 0.0 && decay < 1.0) {
+                return bad(format!("weight-average decay {decay} (need 0 < decay < 1)"));
+            }
         }
         Ok(())
     }
@@ -167,8 +184,15 @@ pub struct RunState {
     pub step: usize,
     /// The next epoch to run.
     pub epoch: usize,
-    /// Best validation Dice so far.
+    /// Best validation Dice so far (of the weight average, when the run keeps one).
     pub best_dice: Option<f64>,
+    /// Best validation Dice of the weights themselves, when the run keeps a weight
+    /// average.
+    #[serde(default)]
+    pub best_raw_dice: Option<f64>,
+    /// Updates the weight average has seen (0 without one).
+    #[serde(default)]
+    pub average_updates: u64,
     /// The loss of every step.
     pub losses: Vec<f32>,
     /// Seconds spent training and evaluating, over every session of the run.
@@ -221,6 +245,8 @@ pub struct StepInfo {
 
 const LAST: &str = "last.safetensors";
 const BEST: &str = "best.safetensors";
+const BEST_RAW: &str = "best_raw.safetensors";
+const AVERAGE: &str = "average.safetensors";
 const OPTIMIZER: &str = "optimizer.safetensors";
 const STATE: &str = "state.json";
 const METRICS: &str = "metrics.csv";
@@ -229,10 +255,12 @@ const CURVE: &str = "curve.png";
 /// The files of a run that `run_dir` already holds (`state.json`, `metrics.csv`,
 /// the checkpoints, the curve), in that order; empty for a new or empty folder.
 pub fn run_files_in(run_dir: &Path) -> Vec<&'static str> {
-    [STATE, METRICS, LAST, BEST, OPTIMIZER, CURVE]
-        .into_iter()
-        .filter(|name| run_dir.join(name).exists())
-        .collect()
+    [
+        STATE, METRICS, LAST, BEST, OPTIMIZER, AVERAGE, BEST_RAW, CURVE,
+    ]
+    .into_iter()
+    .filter(|name| run_dir.join(name).exists())
+    .collect()
 }
 
 /// Trains a [`TrainModel`] into a run folder.
@@ -245,6 +273,8 @@ pub struct Trainer<'m> {
     state: RunState,
     /// The step of the last checkpoint in the run folder (`None`: none yet).
     saved_step: Option<usize>,
+    /// The moving average of the weights, when the options ask for one.
+    average: Option<WeightAverage>,
 }
 
 fn io_error(path: &Path) -> impl FnOnce(std::io::Error) -> TrainError + '_ {
@@ -286,6 +316,10 @@ impl<'m> Trainer<'m> {
         let run_dir = run_dir.to_path_buf();
         std::fs::create_dir_all(&run_dir).map_err(io_error(&run_dir))?;
         let optimizer = Adam::new(model.vars(), options.adam)?;
+        let average = match options.weight_average {
+            Some(decay) => Some(WeightAverage::new(&model.vars(), decay, 0)?),
+            None => None,
+        };
         Ok(Self {
             model,
             optimizer,
@@ -293,12 +327,14 @@ impl<'m> Trainer<'m> {
             run_dir,
             state: RunState::default(),
             saved_step: None,
+            average,
         })
     }
 
     /// Continues the run in `run_dir` from its last checkpoint: the trainable
-    /// tensors, the optimiser moments and the progress are restored, so the run goes on
-    /// exactly as if it had not stopped.
+    /// tensors, the optimiser moments, the weight average and the progress are
+    /// restored, so the run goes on exactly as if it had not stopped. A run resumed
+    /// with a weight average that it did not keep before starts one from its weights.
     pub fn resume(
         model: &'m TrainModel,
         options: TrainOptions,
@@ -321,6 +357,23 @@ impl<'m> Trainer<'m> {
             .optimizer
             .load_state(&optimizer_state)
             .map_err(|e| TrainError::Resume(format!("{}: {e}", dir.join(OPTIMIZER).display())))?;
+        // An average saved by an earlier session continues only if the sessions
+        // since kept it (a session without one counts no updates).
+        match trainer.options.weight_average {
+            None => trainer.state.average_updates = 0,
+            Some(decay) => {
+                let vars = model.vars();
+                let path = dir.join(AVERAGE);
+                trainer.average = Some(if path.is_file() && trainer.state.average_updates > 0 {
+                    let saved = read_tensors(&path)?;
+                    WeightAverage::from_saved(&vars, &saved, decay, trainer.state.average_updates)
+                        .map_err(|e| TrainError::Resume(format!("{}: {e}", path.display())))?
+                } else {
+                    trainer.state.average_updates = 0;
+                    WeightAverage::new(&vars, decay, 0)?
+                });
+            }
+        }
         Ok(trainer)
     }
 
@@ -417,6 +470,7 @@ impl<'m> Trainer<'m> {
             return Err(TrainError::Finished(finished));
         }
         let device = self.model.samus().device().clone();
+        let vars = self.model.vars();
         let steps_per_epoch = train.len().div_ceil(self.options.batch_size.max(1));
         let schedule = self.schedule(steps_per_epoch);
         let session = Instant::now();
@@ -458,6 +512,10 @@ impl<'m> Trainer<'m> {
                         checkpoint: self.saved_step,
                     });
                 }
+                if let Some(average) = &mut self.average {
+                    average.update(&vars)?;
+                    self.state.average_updates = average.updates();
+                }
                 self.state.step += 1;
                 self.state.losses.push(value);
                 self.append_metrics(&format!(
@@ -482,18 +540,13 @@ impl<'m> Trainer<'m> {
                     .is_multiple_of(self.options.eval_every.max(1))
                     || stopping
                 {
-                    let dice = evaluate(self.model, val, self.options.batch_size)?
-                        .overall
-                        .dice;
+                    let (dice, raw_dice) = self.evaluate_and_keep_best(val, &vars)?;
+                    let raw = raw_dice.map(|d| format!(",{d}")).unwrap_or_default();
                     self.append_metrics(&format!(
-                        "{},{epoch},{:.1},,,{dice}",
+                        "{},{epoch},{:.1},,,{dice}{raw}",
                         self.state.step,
                         elapsed()
                     ))?;
-                    if self.state.best_dice.is_none_or(|best| dice > best) {
-                        self.state.best_dice = Some(dice);
-                        self.save_model(BEST)?;
-                    }
                 }
             }
             self.state.elapsed_s = elapsed();
@@ -506,6 +559,45 @@ impl<'m> Trainer<'m> {
         Ok(self.state.clone())
     }
 
+    /// Evaluates on `val` and keeps the best checkpoint: the Dice of the weight
+    /// average and of the weights themselves (`best.safetensors` and
+    /// `best_raw.safetensors`) when the run keeps an average, else of the weights
+    /// (`best.safetensors`, no second Dice).
+    fn evaluate_and_keep_best(
+        &mut self,
+        val: &Us30kSplit,
+        vars: &[(String, candle_core::Var)],
+    ) -> Result<(f64, Option<f64>), TrainError> {
+        let batch_size = self.options.batch_size;
+        let raw = evaluate(self.model, val, batch_size)?.overall.dice;
+        let Some(average) = &self.average else {
+            if self.state.best_dice.is_none_or(|best| raw > best) {
+                self.state.best_dice = Some(raw);
+                self.save_model(BEST)?;
+            }
+            return Ok((raw, None));
+        };
+        if self.state.best_raw_dice.is_none_or(|best| raw > best) {
+            self.state.best_raw_dice = Some(raw);
+            self.save_model(BEST_RAW)?;
+        }
+        let swapped = average.swap_in(vars)?;
+        // The weights go back before any error is passed on.
+        let kept = evaluate(self.model, val, batch_size).and_then(|report| {
+            let dice = report.overall.dice;
+            if self.state.best_dice.is_none_or(|best| dice > best) {
+                self.save_model(BEST)?;
+            }
+            Ok(dice)
+        });
+        WeightAverage::restore(vars, swapped)?;
+        let dice = kept?;
+        if self.state.best_dice.is_none_or(|best| dice > best) {
+            self.state.best_dice = Some(dice);
+        }
+        Ok((dice, Some(raw)))
+    }
+
     /// Whether `max_steps` is reached.
     fn steps_done(&self) -> bool {
         self.options.max_steps.is_some_and(|m| self.state.step >= m)
@@ -516,9 +608,13 @@ impl<'m> Trainer<'m> {
         Ok(())
     }
 
-    /// Writes `last.safetensors`, `optimizer.safetensors` and `state.json`.
+    /// Writes `last.safetensors`, `optimizer.safetensors`, `average.safetensors` (with
+    /// a weight average) and `state.json`.
     pub fn checkpoint(&mut self) -> Result<(), TrainError> {
         self.save_model(LAST)?;
+        if let Some(average) = &self.average {
+            save_safetensors(&self.run_dir.join(AVERAGE), &average.tensors(), None)?;
+        }
         let state: HashMap<String, Tensor> = self.optimizer.state()?;
         save_safetensors(&self.run_dir.join(OPTIMIZER), &state, None)?;
         let json = serde_json::to_string_pretty(&self.state)
@@ -564,7 +660,7 @@ impl<'m> Trainer<'m> {
         let mut text = match std::fs::read_to_string(&path) {
             Ok(text) => text,
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
-                "step,epoch,elapsed_s,loss,lr,val_dice\n".to_string()
+                "step,epoch,elapsed_s,loss,lr,val_dice,val_dice_raw\n".to_string()
             }
             Err(e) => return Err(io_error(&path)(e)),
         };

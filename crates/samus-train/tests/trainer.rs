@@ -327,6 +327,20 @@ fn options_that_cannot_train_are_refused() {
             },
             "gradient clip inf",
         ),
+        (
+            TrainOptions {
+                weight_average: Some(1.0),
+                ..base.clone()
+            },
+            "weight-average decay 1",
+        ),
+        (
+            TrainOptions {
+                weight_average: Some(0.0),
+                ..base.clone()
+            },
+            "weight-average decay 0",
+        ),
     ];
     for lr in [f64::NAN, -1.0, 0.0, f64::INFINITY] {
         let mut o = base.clone();
@@ -361,4 +375,99 @@ fn a_fresh_run_refuses_a_folder_that_holds_a_run() {
     assert_eq!(std::fs::read(dir.join("metrics.csv")).unwrap(), metrics);
     // The same folder resumes.
     assert!(Trainer::resume(&m, one_step_options(2), &dir).is_ok());
+}
+
+/// Every tensor of a safetensors file, flattened, by name.
+fn tensor_values(path: &Path) -> std::collections::BTreeMap<String, Vec<f32>> {
+    samus_model::checkpoint::read_tensors(path)
+        .unwrap()
+        .into_iter()
+        .map(|(name, t)| (name, t.flatten_all().unwrap().to_vec1::<f32>().unwrap()))
+        .collect()
+}
+
+#[test]
+fn weight_average_is_kept_beside_the_weights_without_changing_the_run() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (train, val) = data(&tmp.path().join("data"));
+    let plain = TrainOptions {
+        batch_size: 2,
+        epochs: 2,
+        ..Default::default()
+    };
+    let averaged = TrainOptions {
+        weight_average: Some(0.9),
+        ..plain.clone()
+    };
+    let plain_dir = tmp.path().join("plain");
+    let plain_state = Trainer::new(&model(), plain, &plain_dir)
+        .unwrap()
+        .run(&train, Some(&val), |_| {})
+        .unwrap();
+    let dir = tmp.path().join("averaged");
+    let state = Trainer::new(&model(), averaged.clone(), &dir)
+        .unwrap()
+        .run(&train, Some(&val), |_| {})
+        .unwrap();
+
+    // The average follows the run without changing it: the same losses, the same
+    // weights at the end, and the weights evaluate as in the plain run.
+    assert_eq!(state.losses, plain_state.losses);
+    assert_eq!(
+        tensor_values(&dir.join("last.safetensors")),
+        tensor_values(&plain_dir.join("last.safetensors"))
+    );
+    assert_eq!(state.best_raw_dice, plain_state.best_dice);
+    assert_eq!(state.average_updates, 4);
+    assert!(plain_state.best_raw_dice.is_none());
+    assert!(!plain_dir.join("average.safetensors").exists());
+
+    // The best checkpoint holds averaged weights, not the trained ones.
+    let best = tensor_values(&dir.join("best.safetensors"));
+    let best_raw = tensor_values(&dir.join("best_raw.safetensors"));
+    let average = tensor_values(&dir.join("average.safetensors"));
+    assert_eq!(best.len(), best_raw.len(), "both are whole checkpoints");
+    assert!(
+        average.len() < best.len(),
+        "the average holds the trainable tensors"
+    );
+    assert!(
+        average.keys().any(|name| best[name] != best_raw[name]),
+        "the averaged checkpoint differs from the weights"
+    );
+    let csv = std::fs::read_to_string(dir.join("metrics.csv")).unwrap();
+    let evaluations: Vec<&str> = csv.lines().filter(|l| l.contains(",,,")).collect();
+    assert_eq!(evaluations.len(), 2, "{csv}");
+    for row in evaluations {
+        let fields: Vec<&str> = row.split(',').collect();
+        assert_eq!(
+            fields.len(),
+            7,
+            "average and weights are both evaluated: {row}"
+        );
+        assert!(fields[5].parse::<f64>().is_ok() && fields[6].parse::<f64>().is_ok());
+    }
+
+    // Stopped after one epoch and resumed, the average continues exactly.
+    let resumed_dir = tmp.path().join("resumed");
+    let one_epoch = TrainOptions {
+        epochs: 1,
+        ..averaged.clone()
+    };
+    Trainer::new(&model(), one_epoch, &resumed_dir)
+        .unwrap()
+        .run(&train, Some(&val), |_| {})
+        .unwrap();
+    let resumed_model = model();
+    let resumed = Trainer::resume(&resumed_model, averaged, &resumed_dir)
+        .unwrap()
+        .run(&train, Some(&val), |_| {})
+        .unwrap();
+    assert_eq!(resumed.losses, state.losses);
+    assert_eq!(resumed.average_updates, state.average_updates);
+    assert_eq!(resumed.best_dice, state.best_dice);
+    assert_eq!(
+        tensor_values(&resumed_dir.join("average.safetensors")),
+        average
+    );
 }
