@@ -303,10 +303,15 @@ impl<'m> Trainer<'m> {
                 files: found,
             });
         }
-        Self::open(model, options, run_dir)
+        let mut trainer = Self::open(model, options, run_dir)?;
+        if let Some(decay) = trainer.options.weight_average {
+            trainer.average = Some(WeightAverage::new(&model.vars(), decay, 0)?);
+        }
+        Ok(trainer)
     }
 
-    /// The run folder `run_dir` (created), with fresh progress and optimiser.
+    /// The run folder `run_dir` (created), with fresh progress and optimiser and no
+    /// weight average yet ([`Trainer::new`] starts one, [`Trainer::resume`] reads it).
     fn open(
         model: &'m TrainModel,
         options: TrainOptions,
@@ -316,10 +321,6 @@ impl<'m> Trainer<'m> {
         let run_dir = run_dir.to_path_buf();
         std::fs::create_dir_all(&run_dir).map_err(io_error(&run_dir))?;
         let optimizer = Adam::new(model.vars(), options.adam)?;
-        let average = match options.weight_average {
-            Some(decay) => Some(WeightAverage::new(&model.vars(), decay, 0)?),
-            None => None,
-        };
         Ok(Self {
             model,
             optimizer,
@@ -327,7 +328,7 @@ impl<'m> Trainer<'m> {
             run_dir,
             state: RunState::default(),
             saved_step: None,
-            average,
+            average: None,
         })
     }
 
@@ -582,17 +583,19 @@ impl<'m> Trainer<'m> {
             self.save_model(BEST_RAW)?;
         }
         let swapped = average.swap_in(vars)?;
-        // The weights go back before any error is passed on.
+        // The best average is written while it is in the model; the weights go back
+        // before any error is passed on.
         let kept = evaluate(self.model, val, batch_size).and_then(|report| {
             let dice = report.overall.dice;
-            if self.state.best_dice.is_none_or(|best| dice > best) {
+            let better = self.state.best_dice.is_none_or(|best| dice > best);
+            if better {
                 self.save_model(BEST)?;
             }
-            Ok(dice)
+            Ok((dice, better))
         });
         WeightAverage::restore(vars, swapped)?;
-        let dice = kept?;
-        if self.state.best_dice.is_none_or(|best| dice > best) {
+        let (dice, better) = kept?;
+        if better {
             self.state.best_dice = Some(dice);
         }
         Ok((dice, Some(raw)))

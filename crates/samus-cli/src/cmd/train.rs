@@ -498,13 +498,10 @@ pub fn run(args: TrainArgs, ctx: &RunContext) -> Result<()> {
             .map_or_else(|| "-".to_string(), |d| format!("{d:.4}")),
         run_dir.display()
     )?;
-    if let Some(raw) = state.best_raw_dice {
+    if let (Some(average), Some(raw)) = (state.best_dice, state.best_raw_dice) {
         outln!(
-            "best validation Dice of the weight average {} (best.safetensors), of the \
-             weights themselves {raw:.4} (best_raw.safetensors)",
-            state
-                .best_dice
-                .map_or_else(|| "-".to_string(), |d| format!("{d:.4}")),
+            "best validation Dice of the weight average {average:.4} (best.safetensors), \
+             of the weights themselves {raw:.4} (best_raw.safetensors)"
         )?;
     }
     Ok(())
