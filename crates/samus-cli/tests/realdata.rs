@@ -67,6 +67,8 @@ fn busbra_import_train_evaluate() {
         "4",
         "--max-steps",
         "3",
+        "--augment",
+        "mirror",
         "--out",
         p(&run),
     ]);
@@ -96,6 +98,23 @@ fn busbra_import_train_evaluate() {
     assert_eq!(eval["overall"]["images"], test_images, "{eval}");
     let dice = eval["overall"]["dice"].as_f64().unwrap();
     assert!((0.0..=1.0).contains(&dice), "{eval}");
+    // With the mirror test-time augmentation: the same images, scored.
+    let out = samus(&[
+        "eval",
+        "--checkpoint",
+        p(&run.join("last.safetensors")),
+        "--data",
+        p(&root),
+        "--split",
+        "test-Breast-BUSBRA",
+        "--tta",
+        "flip",
+        "--json",
+    ]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let mirrored: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(mirrored["overall"]["images"], test_images, "{mirrored}");
+    assert!((0.0..=1.0).contains(&mirrored["overall"]["dice"].as_f64().unwrap()));
     let html = std::fs::read_to_string(tmp.path().join("report/index.html")).unwrap();
     assert!(
         html.contains("Breast-BUSBRA"),

@@ -117,6 +117,10 @@ pub struct Augmentation {
     pub p_contrast: f64,
     /// Range of the contrast factor.
     pub contrast: (f32, f32),
+    /// Probability of a left-right mirror image (not in the reference, which never
+    /// mirrors; 0 in [`Augmentation::default`] and [`Augmentation::light`], and then
+    /// no random number is drawn for it, so their streams stay the reference's).
+    pub p_hflip: f64,
 }
 
 impl Default for Augmentation {
@@ -129,6 +133,7 @@ impl Default for Augmentation {
             max_scale: 1.3,
             p_contrast: 0.5,
             contrast: (0.8, 2.0),
+            p_hflip: 0.0,
         }
     }
 }
@@ -147,6 +152,23 @@ impl Augmentation {
             max_scale: 1.15,
             p_contrast: 0.25,
             contrast: (0.9, 1.5),
+            p_hflip: 0.0,
+        }
+    }
+
+    /// Mirror images only: left-right with probability 0.5, none of the reference's
+    /// transforms. Ultrasound scans keep the probe at the top, so only the left-right
+    /// mirror gives images a scanner could have made.
+    pub fn mirror_only() -> Self {
+        Self {
+            p_gamma: 0.0,
+            p_rotate: 0.0,
+            max_degrees: 0.0,
+            p_scale: 0.0,
+            max_scale: 1.0,
+            p_contrast: 0.0,
+            contrast: (1.0, 1.0),
+            p_hflip: 0.5,
         }
     }
 
@@ -189,6 +211,10 @@ impl Augmentation {
         if rng.random::<f64>() < self.p_contrast {
             let factor = rng.random_range(self.contrast.0..=self.contrast.1);
             image = adjust_contrast(&image, factor);
+        }
+        if self.p_hflip > 0.0 && rng.random::<f64>() < self.p_hflip {
+            image::imageops::flip_horizontal_in_place(&mut image);
+            image::imageops::flip_horizontal_in_place(&mut label);
         }
         finish(&image, &label)
     }
@@ -364,7 +390,7 @@ mod tests {
             seed in 0u64..10_000, w in 180u32..340, h in 180u32..340, fx in 0.3f32..0.7, fy in 0.3f32..0.7,
         ) {
             let (image, label) = marked_pair(w, h, w as f32 * fx, h as f32 * fy, w.min(h) as f32 * 0.2);
-            let always = Augmentation { p_gamma: 1.0, p_rotate: 1.0, p_scale: 1.0, p_contrast: 1.0, ..Default::default() };
+            let always = Augmentation { p_gamma: 1.0, p_rotate: 1.0, p_scale: 1.0, p_contrast: 1.0, p_hflip: 1.0, ..Default::default() };
             let out = always.apply(&mut StdRng::seed_from_u64(seed), &image, &label);
             prop_assert_eq!(out.label.dimensions(), (IMAGE_SIZE, IMAGE_SIZE));
             prop_assert_eq!(out.low_label.dimensions(), (LOW_MASK_SIZE, LOW_MASK_SIZE));
@@ -405,6 +431,66 @@ mod tests {
             prop_assert_eq!(a.image.as_raw(), b.image.as_raw());
             prop_assert_eq!(a.label.as_raw(), b.label.as_raw());
         }
+    }
+
+    #[test]
+    fn the_mirror_draws_a_random_number_only_when_it_can_happen() {
+        use rand::{Rng, RngCore};
+        let (image, label) = marked_pair(64, 48, 30.0, 20.0, 10.0);
+        let never = Augmentation {
+            p_gamma: 0.0,
+            p_rotate: 0.0,
+            p_scale: 0.0,
+            p_contrast: 0.0,
+            ..Default::default()
+        };
+        // The reference's four decisions are drawn whatever their probability; the
+        // mirror's only when its probability is above 0.
+        for (augmentation, draws) in [
+            (never, 4),
+            (
+                Augmentation {
+                    p_hflip: 0.5,
+                    ..never
+                },
+                5,
+            ),
+        ] {
+            let mut rng = StdRng::seed_from_u64(3);
+            augmentation.apply(&mut rng, &image, &label);
+            let mut replay = StdRng::seed_from_u64(3);
+            for _ in 0..draws {
+                replay.random::<f64>();
+            }
+            assert_eq!(rng.next_u64(), replay.next_u64(), "{draws} draws");
+        }
+    }
+
+    #[test]
+    fn mirror_only_mirrors_image_and_label_together_or_leaves_both() {
+        let (image, label) = marked_pair(300, 220, 90.0, 100.0, 40.0);
+        let plain = validation_transform(&image, &label);
+        let mirrored = validation_transform(
+            &image::imageops::flip_horizontal(&image),
+            &image::imageops::flip_horizontal(&label),
+        );
+        assert_ne!(plain.label.as_raw(), mirrored.label.as_raw());
+        let mut rng = StdRng::seed_from_u64(7);
+        let (mut kept, mut flipped) = (0, 0);
+        for _ in 0..64 {
+            let out = Augmentation::mirror_only().apply(&mut rng, &image, &label);
+            let same = |a: &TransformedPair| {
+                a.image.as_raw() == out.image.as_raw()
+                    && a.label.as_raw() == out.label.as_raw()
+                    && a.low_label.as_raw() == out.low_label.as_raw()
+            };
+            match (same(&plain), same(&mirrored)) {
+                (true, false) => kept += 1,
+                (false, true) => flipped += 1,
+                other => panic!("neither the pair nor its mirror image: {other:?}"),
+            }
+        }
+        assert!(kept > 10 && flipped > 10, "{kept} kept, {flipped} mirrored");
     }
 
     proptest! {

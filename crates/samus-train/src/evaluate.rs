@@ -8,7 +8,7 @@ use samus_data::{Sample, Us30kSplit};
 use serde::Serialize;
 
 use crate::metrics::{mask_metrics, MaskMetrics};
-use crate::model::{BatchTensors, TrainModel};
+use crate::model::{BatchTensors, TestTimeAugmentation, TrainModel};
 use crate::TrainError;
 
 /// Means of the metrics over a set of images.
@@ -129,15 +129,22 @@ pub fn evaluate(
     split: &Us30kSplit,
     batch_size: usize,
 ) -> Result<EvalReport, TrainError> {
-    evaluate_with(model, split, batch_size, |_, _, _| {})
+    evaluate_with(
+        model,
+        split,
+        batch_size,
+        TestTimeAugmentation::None,
+        |_, _, _| {},
+    )
 }
 
-/// [`evaluate`] that also hands every sample, its 256 x 256 prediction and its
-/// metrics to `on_sample` (for per-image reports).
+/// [`evaluate`] with a test-time augmentation, that also hands every sample, its
+/// 256 x 256 prediction and its metrics to `on_sample` (for per-image reports).
 pub fn evaluate_with(
     model: &TrainModel,
     split: &Us30kSplit,
     batch_size: usize,
+    augmentation: TestTimeAugmentation,
     mut on_sample: impl FnMut(&Sample, &[bool], &MaskMetrics),
 ) -> Result<EvalReport, TrainError> {
     let start = Instant::now();
@@ -151,7 +158,7 @@ pub fn evaluate_with(
             continue;
         }
         let tensors = BatchTensors::new(&batch.samples, &device)?;
-        let predictions = model.predict_masks(&tensors)?;
+        let predictions = model.predict_masks_with(&tensors, augmentation)?;
         for (sample, pred) in batch.samples.iter().zip(&predictions) {
             let gt: Vec<bool> = sample.mask.iter().map(|&m| m > 0).collect();
             let side = (gt.len() as f64).sqrt() as usize;

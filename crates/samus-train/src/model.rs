@@ -60,6 +60,44 @@ impl BatchTensors {
             labels: Tensor::from_vec(labels, (b, 1), device)?,
         })
     }
+
+    /// The batch mirrored left-right: images, targets and clicks (a click on column `x`
+    /// of a `W` wide image moves to column `W - 1 - x`, the same pixel mirrored).
+    pub fn mirrored(&self) -> CandleResult<Self> {
+        let width = self.images.dim(3)? as f64;
+        let x = self.points.narrow(2, 0, 1)?.affine(-1.0, width - 1.0)?;
+        let y = self.points.narrow(2, 1, 1)?;
+        Ok(Self {
+            images: mirror_columns(&self.images)?,
+            low_targets: mirror_columns(&self.low_targets)?,
+            points: Tensor::cat(&[x, y], 2)?,
+            labels: self.labels.clone(),
+        })
+    }
+}
+
+/// A change made to the input at prediction time, whose predictions are averaged with
+/// the plain one.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+#[non_exhaustive]
+pub enum TestTimeAugmentation {
+    /// The image as it is.
+    #[default]
+    None,
+    /// The image and its left-right mirror image, probabilities averaged.
+    HorizontalFlip,
+}
+
+/// `tensor` with its last dimension reversed (columns of an image mirrored).
+fn mirror_columns(tensor: &Tensor) -> CandleResult<Tensor> {
+    let last = tensor.rank().saturating_sub(1);
+    let width = tensor.dim(last)? as u32;
+    let reversed = Tensor::from_vec(
+        (0..width).rev().collect::<Vec<u32>>(),
+        width as usize,
+        tensor.device(),
+    )?;
+    tensor.index_select(&reversed, last)
 }
 
 /// SAMUS or AutoSAMUS with its trainable variables.
@@ -165,10 +203,34 @@ impl TrainModel {
     /// Binary 256 x 256 predictions (`logit > 0` after bilinear upsampling), row-major
     /// per image.
     pub fn predict_masks(&self, batch: &BatchTensors) -> CandleResult<Vec<Vec<bool>>> {
+        self.predict_masks_with(batch, TestTimeAugmentation::None)
+    }
+
+    /// [`Self::predict_masks`] with a test-time augmentation: with
+    /// [`TestTimeAugmentation::HorizontalFlip`] a pixel is in the mask where the mean of
+    /// its probability in the image and in the mirrored image (click mirrored too,
+    /// prediction mirrored back) exceeds 0.5.
+    pub fn predict_masks_with(
+        &self,
+        batch: &BatchTensors,
+        augmentation: TestTimeAugmentation,
+    ) -> CandleResult<Vec<Vec<bool>>> {
         let logits = self
             .samus
             .upscale_logits(&self.low_res_logits(batch)?.detach())?;
-        let masks = logits.gt(0.0)?.to_dtype(DType::U8)?;
+        let masks = match augmentation {
+            TestTimeAugmentation::None => logits.gt(0.0)?,
+            TestTimeAugmentation::HorizontalFlip => {
+                let mirrored = self
+                    .samus
+                    .upscale_logits(&self.low_res_logits(&batch.mirrored()?)?.detach())?;
+                let mirrored = mirror_columns(&mirrored)?;
+                let sum =
+                    (candle_nn::ops::sigmoid(&logits)? + candle_nn::ops::sigmoid(&mirrored)?)?;
+                sum.gt(1.0)?
+            }
+        };
+        let masks = masks.to_dtype(DType::U8)?;
         let b = masks.dim(0)?;
         (0..b)
             .map(|i| {

@@ -7,7 +7,7 @@ use clap::Args;
 use samus_data::{DatasetOptions, Us30kSplit};
 use samus_train::evaluate::{evaluate_with, EvalReport};
 use samus_train::freeze::TrainableSet;
-use samus_train::model::{ModelKind, TrainModel};
+use samus_train::model::{ModelKind, TestTimeAugmentation, TrainModel};
 
 use super::train::{parse_batch_size, ModelAndData};
 use crate::support::model::Checkpoint;
@@ -20,6 +20,7 @@ use crate::support::RunContext;
 pub const EXAMPLES: &str = "\
 Examples:
   samus eval --checkpoint runs/samus/best.safetensors --data datasets/US30K --split test
+  samus eval --checkpoint runs/samus/best.safetensors --data datasets/US30K --split test --tta flip
   samus eval --checkpoint runs/auto/best.safetensors --model autosamus --data datasets/US30K --split test --json";
 /// Arguments of `samus eval`.
 #[derive(Debug, Args)]
@@ -35,6 +36,11 @@ pub struct EvalArgs {
     /// Images per forward pass (1 to 4096).
     #[arg(long, default_value_t = 8, value_parser = parse_batch_size)]
     batch_size: usize,
+    /// Test-time augmentation: `flip` also predicts the left-right mirror image (the
+    /// click mirrored with it) and keeps the pixels whose mean probability exceeds 0.5;
+    /// twice the time.
+    #[arg(long, value_enum, default_value = "none")]
+    tta: TtaArg,
     /// Print the report as one JSON object.
     #[arg(long)]
     json: bool,
@@ -45,6 +51,24 @@ pub struct EvalArgs {
     /// best and worst cases as overlays; opens in a browser without a server).
     #[arg(long, value_name = "DIR")]
     report: Option<PathBuf>,
+}
+
+/// Values of `--tta`.
+#[derive(Debug, Clone, Copy, clap::ValueEnum)]
+pub enum TtaArg {
+    /// The image as it is.
+    None,
+    /// The image and its mirror image, probabilities averaged.
+    Flip,
+}
+
+impl From<TtaArg> for TestTimeAugmentation {
+    fn from(arg: TtaArg) -> Self {
+        match arg {
+            TtaArg::None => TestTimeAugmentation::None,
+            TtaArg::Flip => TestTimeAugmentation::HorizontalFlip,
+        }
+    }
 }
 
 /// The report as CSV: one row per dataset/class and one for all images.
@@ -139,11 +163,17 @@ pub fn run(args: EvalArgs, ctx: &RunContext) -> Result<()> {
         DatasetOptions::evaluation(),
     )?;
     let mut cases = CaseCollector::default();
-    let report = evaluate_with(&model, &split, args.batch_size, |sample, pred, m| {
-        if args.report.is_some() {
-            cases.offer(sample, pred, m);
-        }
-    })?;
+    let report = evaluate_with(
+        &model,
+        &split,
+        args.batch_size,
+        args.tta.into(),
+        |sample, pred, m| {
+            if args.report.is_some() {
+                cases.offer(sample, pred, m);
+            }
+        },
+    )?;
     if let Some(dir) = &args.report {
         let title = format!(
             "{} on {} / {}",

@@ -206,6 +206,8 @@ pub enum AugmentArg {
     /// The same transforms at probability 0.25 and about half the ranges (short runs
     /// from random weights).
     Light,
+    /// Left-right mirror images only, with probability 0.5 (not in the reference).
+    Mirror,
     /// None: every epoch sees the validation transform of each image.
     Off,
 }
@@ -215,6 +217,7 @@ impl From<AugmentArg> for Option<Augmentation> {
         match a {
             AugmentArg::Reference => Some(Augmentation::default()),
             AugmentArg::Light => Some(Augmentation::light()),
+            AugmentArg::Mirror => Some(Augmentation::mirror_only()),
             AugmentArg::Off => None,
         }
     }
