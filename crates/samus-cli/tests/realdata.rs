@@ -81,40 +81,29 @@ fn busbra_import_train_evaluate() {
     let metrics = std::fs::read_to_string(run.join("metrics.csv")).unwrap();
     assert!(metrics.lines().count() >= 2, "{metrics}");
 
-    let out = samus(&[
-        "eval",
-        "--checkpoint",
-        p(&run.join("last.safetensors")),
-        "--data",
-        p(&root),
-        "--split",
-        "test-Breast-BUSBRA",
-        "--json",
-        "--report",
-        p(&tmp.path().join("report")),
-    ]);
-    assert!(out.status.success(), "{}", stderr(&out));
-    let eval: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
-    assert_eq!(eval["overall"]["images"], test_images, "{eval}");
-    let dice = eval["overall"]["dice"].as_f64().unwrap();
-    assert!((0.0..=1.0).contains(&dice), "{eval}");
-    // With the mirror test-time augmentation: the same images, scored.
-    let out = samus(&[
-        "eval",
-        "--checkpoint",
-        p(&run.join("last.safetensors")),
-        "--data",
-        p(&root),
-        "--split",
-        "test-Breast-BUSBRA",
-        "--tta",
-        "flip",
-        "--json",
-    ]);
-    assert!(out.status.success(), "{}", stderr(&out));
-    let mirrored: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
-    assert_eq!(mirrored["overall"]["images"], test_images, "{mirrored}");
-    assert!((0.0..=1.0).contains(&mirrored["overall"]["dice"].as_f64().unwrap()));
+    // Scored on every test image, plainly (with the HTML report) and with the mirror
+    // test-time augmentation.
+    let report = tmp.path().join("report");
+    let checkpoint = run.join("last.safetensors");
+    for extra in [&["--report", p(&report)][..], &["--tta", "flip"]] {
+        let mut args = vec![
+            "eval",
+            "--checkpoint",
+            p(&checkpoint),
+            "--data",
+            p(&root),
+            "--split",
+            "test-Breast-BUSBRA",
+            "--json",
+        ];
+        args.extend(extra);
+        let out = samus(&args);
+        assert!(out.status.success(), "{extra:?}: {}", stderr(&out));
+        let eval: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+        assert_eq!(eval["overall"]["images"], test_images, "{extra:?}: {eval}");
+        let dice = eval["overall"]["dice"].as_f64().unwrap();
+        assert!((0.0..=1.0).contains(&dice), "{extra:?}: {eval}");
+    }
     let html = std::fs::read_to_string(tmp.path().join("report/index.html")).unwrap();
     assert!(
         html.contains("Breast-BUSBRA"),

@@ -2,24 +2,11 @@
 //! pixel, and the averaged prediction of a mirrored batch is the mirror image of the
 //! averaged prediction.
 
+mod common;
+
 use candle_core::{Device, Tensor};
 use samus_data::{DatasetOptions, Us30kSplit};
-use samus_model::SamusConfig;
-use samus_train::freeze::TrainableSet;
-use samus_train::model::{BatchTensors, ModelKind, TestTimeAugmentation, TrainModel};
-
-fn model(seed: u64) -> TrainModel {
-    let cfg = SamusConfig::tiny();
-    let (_, tensors) = samus_model::train::random_weights(&cfg, seed, &Device::Cpu).unwrap();
-    TrainModel::from_tensors(
-        tensors,
-        &cfg,
-        ModelKind::Samus,
-        TrainableSet::Reference,
-        &Device::Cpu,
-    )
-    .unwrap()
-}
+use samus_train::model::{BatchTensors, TestTimeAugmentation};
 
 /// Four synthetic training images with their fixed evaluation clicks.
 fn batch(root: &std::path::Path) -> BatchTensors {
@@ -76,7 +63,7 @@ fn a_mirrored_batch_moves_each_click_with_its_pixel() {
 fn the_mirror_averaged_prediction_of_a_mirrored_batch_is_its_mirror_image() {
     let dir = tempfile::tempdir().unwrap();
     let batch = batch(dir.path());
-    let model = model(11);
+    let model = common::tiny_samus(11);
     let averaged = model
         .predict_masks_with(&batch, TestTimeAugmentation::HorizontalFlip)
         .unwrap();

@@ -2,6 +2,8 @@
 //! folder holds its checkpoints, and a run stopped after one epoch and resumed gives
 //! exactly the losses of an uninterrupted run.
 
+mod common;
+
 use std::path::Path;
 
 use candle_core::Device;
@@ -12,16 +14,7 @@ use samus_train::model::{ModelKind, TrainModel};
 use samus_train::trainer::{Finished, RunState, TrainOptions, Trainer};
 
 fn model() -> TrainModel {
-    let cfg = SamusConfig::tiny();
-    let (_, tensors) = samus_model::train::random_weights(&cfg, 3, &Device::Cpu).unwrap();
-    TrainModel::from_tensors(
-        tensors,
-        &cfg,
-        ModelKind::Samus,
-        TrainableSet::Reference,
-        &Device::Cpu,
-    )
-    .unwrap()
+    common::tiny_samus(3)
 }
 
 fn data(root: &Path) -> (Us30kSplit, Us30kSplit) {
