@@ -68,8 +68,8 @@ impl BatchTensors {
         let x = self.points.narrow(2, 0, 1)?.affine(-1.0, width - 1.0)?;
         let y = self.points.narrow(2, 1, 1)?;
         Ok(Self {
-            images: mirror_columns(&self.images)?,
-            low_targets: mirror_columns(&self.low_targets)?,
+            images: self.images.flip(&[3])?,
+            low_targets: self.low_targets.flip(&[3])?,
             points: Tensor::cat(&[x, y], 2)?,
             labels: self.labels.clone(),
         })
@@ -86,18 +86,6 @@ pub enum TestTimeAugmentation {
     None,
     /// The image and its left-right mirror image, probabilities averaged.
     HorizontalFlip,
-}
-
-/// `tensor` with its last dimension reversed (columns of an image mirrored).
-fn mirror_columns(tensor: &Tensor) -> CandleResult<Tensor> {
-    let last = tensor.rank().saturating_sub(1);
-    let width = tensor.dim(last)? as u32;
-    let reversed = Tensor::from_vec(
-        (0..width).rev().collect::<Vec<u32>>(),
-        width as usize,
-        tensor.device(),
-    )?;
-    tensor.index_select(&reversed, last)
 }
 
 /// SAMUS or AutoSAMUS with its trainable variables.
@@ -223,8 +211,8 @@ impl TrainModel {
             TestTimeAugmentation::HorizontalFlip => {
                 let mirrored = self
                     .samus
-                    .upscale_logits(&self.low_res_logits(&batch.mirrored()?)?.detach())?;
-                let mirrored = mirror_columns(&mirrored)?;
+                    .upscale_logits(&self.low_res_logits(&batch.mirrored()?)?.detach())?
+                    .flip(&[3])?;
                 let sum =
                     (candle_nn::ops::sigmoid(&logits)? + candle_nn::ops::sigmoid(&mirrored)?)?;
                 sum.gt(1.0)?
