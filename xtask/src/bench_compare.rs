@@ -51,6 +51,12 @@ pub struct BenchCompareArgs {
     /// target/bench-compare).
     #[arg(long, value_name = "DIR")]
     pub work_dir: Option<PathBuf>,
+    /// Hold both sides to AVX2 + FMA, as on a CPU without AVX-512: samus built
+    /// without default features (the gemm crate without its AVX-512 kernels) and
+    /// run with SAMUS_ISA=avx2; PyTorch with ATEN_CPU_CAPABILITY=avx2,
+    /// MKL_ENABLE_INSTRUCTIONS=AVX2 and ONEDNN_MAX_CPU_ISA=AVX2.
+    #[arg(long)]
+    pub avx2: bool,
     /// Print one JSON object (`samus_full_s`, `samus_prompt_ms`, `pytorch_full_s`,
     /// `pytorch_prompt_ms`, `full_ratio`, `prompt_ratio`, `max_rel_error`,
     /// `threads`, `isa`, ...) instead of the table.
@@ -100,6 +106,8 @@ pub struct Comparison {
     pub logits_rel_error: f64,
     /// The instruction set of our kernels (`samus bench`'s `isa`).
     pub isa: String,
+    /// The gemm crate's instruction set (`samus bench`'s `gemm_isa`).
+    pub gemm_isa: String,
 }
 
 impl Comparison {
@@ -111,16 +119,18 @@ impl Comparison {
             .and_then(Value::as_f64)
             .context("the PyTorch report has no `max_rel_error`: it did not compare logits")?;
         let timing = Timing::from_report(rust, "samus bench")?;
-        let isa = rust
-            .get("isa")
-            .and_then(Value::as_str)
-            .context("samus bench's report has no `isa`")?
-            .to_string();
+        let text = |key: &str| {
+            rust.get(key)
+                .and_then(Value::as_str)
+                .map(str::to_string)
+                .with_context(|| format!("samus bench's report has no `{key}`"))
+        };
         Ok(Self {
             rust: timing,
             pytorch: Timing::from_report(pytorch, "pytorch_reference.py")?,
             logits_rel_error,
-            isa,
+            isa: text("isa")?,
+            gemm_isa: text("gemm_isa")?,
         })
     }
 
@@ -139,6 +149,7 @@ impl Comparison {
             "max_rel_error": self.logits_rel_error,
             "threads": self.rust.threads,
             "isa": self.isa,
+            "gemm_isa": self.gemm_isa,
         })
     }
 
@@ -173,8 +184,8 @@ impl Comparison {
             "ms",
         );
         out += &format!(
-            "threads {} / {}; samus kernels {}; logits relative error {:.2e}\n",
-            self.rust.threads, self.pytorch.threads, self.isa, self.logits_rel_error
+            "threads {} / {}; samus kernels {} (gemm crate {}); logits relative error {:.2e}\n",
+            self.rust.threads, self.pytorch.threads, self.isa, self.gemm_isa, self.logits_rel_error
         );
         out
     }
@@ -293,9 +304,10 @@ pub fn run(args: &BenchCompareArgs) -> Result<()> {
     let (threads, iters) = (args.threads.to_string(), args.iters.to_string());
 
     let python = pytorch_interpreter(args.python.as_deref())?;
+    let held = crate::HeldTo::from_flag(args.avx2);
     let script = root.join("bench").join("pytorch_reference.py");
     let ours = || {
-        let (mut ours, _) = crate::samus_command();
+        let (mut ours, _) = held.samus_command();
         ours.current_dir(&root)
             .args(["--threads", &threads, "bench", "--random-weights", "--json"])
             .args(["--config", &args.config, "--iters", &iters])
@@ -307,6 +319,7 @@ pub fn run(args: &BenchCompareArgs) -> Result<()> {
     };
     let peer = || {
         let mut peer = Command::new(&python);
+        held.hold_peer(&mut peer);
         peer.arg(&script)
             .args(["--config", &args.config, "--threads", &threads])
             .args(["--iters", &iters, "--json"])
@@ -323,6 +336,7 @@ pub fn run(args: &BenchCompareArgs) -> Result<()> {
         Side::new("pytorch_reference.py", &peer),
     )?;
 
+    held.check_report(&rust)?;
     let comparison = Comparison::from_reports(&rust, &pytorch)?;
     if args.json {
         println!("{}", comparison.json());
@@ -384,7 +398,7 @@ mod tests {
     }
 
     fn report(full: f64, encoder: f64, decoder: f64) -> Value {
-        json!({"full_median_s": full, "encoder_median_s": encoder, "decoder_median_ms": decoder, "threads": 2, "isa": "avx2"})
+        json!({"full_median_s": full, "encoder_median_s": encoder, "decoder_median_ms": decoder, "threads": 2, "isa": "avx2", "gemm_isa": "avx512"})
     }
 
     #[test]
@@ -429,6 +443,7 @@ mod tests {
             "max_rel_error",
             "threads",
             "isa",
+            "gemm_isa",
         ] {
             assert!(j.get(key).is_some(), "{key} missing from {j}");
         }
@@ -436,6 +451,7 @@ mod tests {
         assert_eq!(j["pytorch_prompt_ms"], json!(20.0));
         assert!((j["prompt_ratio"].as_f64().unwrap() - 0.8).abs() < 1e-12);
         assert_eq!(j["isa"], json!("avx2"));
+        assert_eq!(j["gemm_isa"], json!("avx512"));
     }
 
     #[test]

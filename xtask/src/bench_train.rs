@@ -55,6 +55,12 @@ pub struct BenchTrainArgs {
     /// computation.
     #[arg(long, default_value_t = DEFAULT_LOSS_TOLERANCE)]
     pub tolerance: f64,
+    /// Hold both sides to AVX2 + FMA, as on a CPU without AVX-512: samus built
+    /// without default features (the gemm crate without its AVX-512 kernels) and
+    /// run with SAMUS_ISA=avx2; PyTorch with ATEN_CPU_CAPABILITY=avx2,
+    /// MKL_ENABLE_INSTRUCTIONS=AVX2 and ONEDNN_MAX_CPU_ISA=AVX2.
+    #[arg(long)]
+    pub avx2: bool,
     /// Print one JSON object (`samus_step_s`, `pytorch_step_s`, `step_ratio`,
     /// `samus_first_loss`, `pytorch_first_loss`, `loss_rel_difference`, `threads`,
     /// `isa`, ...) instead of the table.
@@ -79,6 +85,8 @@ pub struct TrainComparison {
     pub batch_size: u64,
     /// The instruction set of our kernels.
     pub isa: String,
+    /// The gemm crate's instruction set.
+    pub gemm_isa: String,
 }
 
 impl TrainComparison {
@@ -92,6 +100,12 @@ impl TrainComparison {
         };
         let ours = |key| number(rust, "samus bench --train", key);
         let theirs = |key| number(pytorch, "pytorch_reference.py --train", key);
+        let text = |key: &str| {
+            rust.get(key)
+                .and_then(Value::as_str)
+                .map(str::to_string)
+                .with_context(|| format!("samus bench --train's report has no `{key}`"))
+        };
         Ok(Self {
             samus_step_s: ours("train_step_median_s")?,
             pytorch_step_s: theirs("train_step_median_s")?,
@@ -99,11 +113,8 @@ impl TrainComparison {
             second_loss: (ours("second_loss")?, theirs("second_loss")?),
             threads: ours("threads")? as usize,
             batch_size: ours("batch_size")? as u64,
-            isa: rust
-                .get("isa")
-                .and_then(Value::as_str)
-                .context("samus bench --train's report has no `isa`")?
-                .to_string(),
+            isa: text("isa")?,
+            gemm_isa: text("gemm_isa")?,
         })
     }
 
@@ -132,6 +143,7 @@ impl TrainComparison {
             "batch_size": self.batch_size,
             "threads": self.threads,
             "isa": self.isa,
+            "gemm_isa": self.gemm_isa,
         })
     }
 
@@ -158,9 +170,10 @@ impl TrainComparison {
             self.second_loss.1
         );
         out += &format!(
-            "threads {}; samus kernels {}; first losses differ by {:.2e} (relative)\n",
+            "threads {}; samus kernels {} (gemm crate {}); first losses differ by {:.2e} (relative)\n",
             self.threads,
             self.isa,
+            self.gemm_isa,
             self.loss_rel_difference()
         );
         out
@@ -180,8 +193,9 @@ pub fn run(args: &BenchTrainArgs) -> Result<()> {
         args.batch_size.to_string(),
     );
     let python = pytorch_interpreter(args.python.as_deref())?;
+    let held = crate::HeldTo::from_flag(args.avx2);
     let ours = || {
-        let (mut ours, _) = crate::samus_command();
+        let (mut ours, _) = held.samus_command();
         ours.current_dir(&root)
             .args([
                 "--threads",
@@ -200,6 +214,7 @@ pub fn run(args: &BenchTrainArgs) -> Result<()> {
     };
     let peer = || {
         let mut peer = Command::new(&python);
+        held.hold_peer(&mut peer);
         peer.arg(root.join("bench").join("pytorch_reference.py"))
             .args(["--train", "--config", &args.config])
             .args(["--threads", &threads, "--iters", &iters])
@@ -219,6 +234,7 @@ pub fn run(args: &BenchTrainArgs) -> Result<()> {
         Side::new("pytorch_reference.py --train", &peer),
     )?;
 
+    held.check_report(&rust)?;
     let comparison = TrainComparison::from_reports(&rust, &pytorch)?;
     if args.json {
         println!("{}", comparison.json());
@@ -247,7 +263,8 @@ mod tests {
     fn reports() -> (Value, Value) {
         (
             json!({"train_step_median_s": 2.0, "first_loss": 0.75, "second_loss": 0.7,
-                   "threads": 2, "batch_size": 4, "isa": "avx2"}),
+                   "threads": 2, "batch_size": 4, "isa": "avx2",
+                   "gemm_isa": "avx2"}),
             json!({"train_step_median_s": 3.0, "first_loss": 0.750003, "second_loss": 0.7,
                    "threads": 2}),
         )
@@ -275,6 +292,7 @@ mod tests {
             "step_ratio",
             "loss_rel_difference",
             "isa",
+            "gemm_isa",
         ] {
             assert!(j.get(key).is_some(), "{key} missing from {j}");
         }

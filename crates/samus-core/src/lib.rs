@@ -22,6 +22,8 @@
 //!   its left operand may be split into shifted segments (the taps of a 3x3
 //!   convolution), and a GELU can be applied to each output tile in the cache.
 //!   [`linear::linear_cached`] and its GELU and residual forms use it.
+//!   [`cpu::Isa::gemm`] says which instruction set the `gemm` crate (candle's matrix
+//!   products) runs: AVX-512 only with the default feature `gemm-avx512`.
 //! - [`norm`]: `LayerNorm` over the last axis and `LayerNorm2d` over the channel axis
 //!   of an NCHW tensor.
 //! - [`resize`]: bilinear resizing identical to PyTorch's

@@ -121,6 +121,21 @@ impl Isa {
     pub fn selected() -> Isa {
         Isa::forced().unwrap_or_else(Isa::detected)
     }
+
+    /// The instruction set of the `gemm` crate's matrix products (candle's
+    /// `matmul` and the products samus-core hands to gemm), which dispatches on its
+    /// own: AVX-512 where the CPU has it and this build has samus-core's
+    /// `gemm-avx512` feature (on by default), else AVX2 + FMA where the CPU has
+    /// them, else portable code. `SAMUS_ISA` does not change it; benchmarks report
+    /// it beside [`Isa::selected`] so that a figure says what ran.
+    pub fn gemm() -> Isa {
+        let best = Isa::detected();
+        if best == Isa::Avx512 && !cfg!(feature = "gemm-avx512") {
+            Isa::Avx2
+        } else {
+            best
+        }
+    }
 }
 
 impl std::str::FromStr for Isa {
@@ -167,6 +182,11 @@ mod tests {
         assert_eq!(supported.last(), Some(&Isa::Scalar));
         assert_eq!(supported[0], Isa::detected());
         assert!(Isa::selected().is_supported());
+        assert!(Isa::gemm().is_supported());
+        assert!(Isa::gemm() <= Isa::detected());
+        if !cfg!(feature = "gemm-avx512") {
+            assert_ne!(Isa::gemm(), Isa::Avx512);
+        }
         // AVX-512 implies AVX2 here: the AVX-512 path packs A with AVX2 too.
         if Isa::Avx512.is_supported() {
             assert!(Isa::Avx2.is_supported());

@@ -117,6 +117,9 @@ struct BenchReport {
     threads: usize,
     /// The kernels' instruction set (`avx512`, `avx2` or `scalar`).
     isa: &'static str,
+    /// The gemm crate's instruction set (candle's matrix products), which
+    /// `SAMUS_ISA` does not choose.
+    gemm_isa: &'static str,
     full_median_s: f64,
     encoder_median_s: f64,
     encoder_min_s: f64,
@@ -297,6 +300,7 @@ pub fn run(args: BenchArgs, ctx: &RunContext) -> Result<()> {
         iters: args.iters,
         threads: candle_core::utils::get_num_threads(),
         isa: samus_core::cpu::Isa::selected().name(),
+        gemm_isa: samus_core::cpu::Isa::gemm().name(),
         full_median_s: all.median,
         encoder_median_s: enc.median,
         encoder_min_s: enc.min,
@@ -311,11 +315,12 @@ pub fn run(args: BenchArgs, ctx: &RunContext) -> Result<()> {
         outln!("{}", serde_json::to_string(&report)?)?;
     } else {
         outln!(
-            "model       embed_dim {}, depth {}, {} threads, {} kernels, {} timed images",
+            "model       embed_dim {}, depth {}, {} threads, {} kernels ({} matrix products), {} timed images",
             report.config.embed_dim,
             report.config.depth,
             report.threads,
             report.isa,
+            report.gemm_isa,
             report.iters
         )?;
         outln!(

@@ -36,7 +36,10 @@ struct TrainBenchReport {
     iters: u32,
     batch_size: u32,
     threads: usize,
+    /// The kernels' instruction set (`avx512`, `avx2` or `scalar`).
     isa: &'static str,
+    /// The gemm crate's instruction set (candle's matrix products).
+    gemm_isa: &'static str,
     trainable_parameters: usize,
     /// One step (forward, loss, backward, Adam), median seconds.
     train_step_median_s: f64,
@@ -110,6 +113,7 @@ pub fn run(args: &BenchArgs, ctx: &RunContext) -> Result<()> {
         batch_size: args.batch_size,
         threads: candle_core::utils::get_num_threads(),
         isa: samus_core::cpu::Isa::selected().name(),
+        gemm_isa: samus_core::cpu::Isa::gemm().name(),
         trainable_parameters,
         train_step_median_s: step.median,
         train_step_min_s: step.min,
@@ -123,11 +127,12 @@ pub fn run(args: &BenchArgs, ctx: &RunContext) -> Result<()> {
         outln!("{}", serde_json::to_string(&report)?)?;
     } else {
         outln!(
-            "model       embed_dim {}, depth {}, {} threads, {} kernels, batch {}, {} trainable parameters",
+            "model       embed_dim {}, depth {}, {} threads, {} kernels ({} matrix products), batch {}, {} trainable parameters",
             report.config.embed_dim,
             report.config.depth,
             report.threads,
             report.isa,
+            report.gemm_isa,
             report.batch_size,
             report.trainable_parameters
         )?;
