@@ -283,6 +283,9 @@ fn bench_reports_the_promised_json_keys() {
             assert!(out.status.success(), "{isa}: {}", stderr(&out));
             let json: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
             assert_eq!(json["isa"], isa.name());
+            // The gemm crate dispatches on its own: what this build gives it,
+            // whatever SAMUS_ISA says.
+            assert_eq!(json["gemm_isa"], samus_core::cpu::Isa::gemm().name());
         } else {
             assert_clean_failure(&out, &format!("SAMUS_ISA={isa}: this CPU does not have it"));
         }

@@ -315,7 +315,7 @@ pub fn run(args: BenchArgs, ctx: &RunContext) -> Result<()> {
         outln!("{}", serde_json::to_string(&report)?)?;
     } else {
         outln!(
-            "model       embed_dim {}, depth {}, {} threads, {} kernels ({} matrix products), {} timed images",
+            "model       embed_dim {}, depth {}, {} threads, {} kernels (gemm crate {}), {} timed images",
             report.config.embed_dim,
             report.config.depth,
             report.threads,

@@ -127,7 +127,7 @@ pub fn run(args: &BenchArgs, ctx: &RunContext) -> Result<()> {
         outln!("{}", serde_json::to_string(&report)?)?;
     } else {
         outln!(
-            "model       embed_dim {}, depth {}, {} threads, {} kernels ({} matrix products), batch {}, {} trainable parameters",
+            "model       embed_dim {}, depth {}, {} threads, {} kernels (gemm crate {}), batch {}, {} trainable parameters",
             report.config.embed_dim,
             report.config.depth,
             report.threads,
