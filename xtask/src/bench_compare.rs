@@ -77,15 +77,27 @@ pub struct Timing {
     pub threads: usize,
 }
 
+/// The number under `key` in `who`'s `--json` report, or an error naming both.
+pub(crate) fn report_number(report: &Value, who: &str, key: &str) -> Result<f64> {
+    report
+        .get(key)
+        .and_then(Value::as_f64)
+        .with_context(|| format!("{who}'s report has no number `{key}`"))
+}
+
+/// The string under `key` in `who`'s `--json` report, or an error naming both.
+pub(crate) fn report_text(report: &Value, who: &str, key: &str) -> Result<String> {
+    report
+        .get(key)
+        .and_then(Value::as_str)
+        .map(str::to_string)
+        .with_context(|| format!("{who}'s report has no `{key}`"))
+}
+
 impl Timing {
     /// Reads the keys both reports share.
     pub fn from_report(report: &Value, who: &str) -> Result<Self> {
-        let number = |key: &str| {
-            report
-                .get(key)
-                .and_then(Value::as_f64)
-                .with_context(|| format!("{who}'s report has no number `{key}`"))
-        };
+        let number = |key: &str| report_number(report, who, key);
         Ok(Self {
             full_s: number("full_median_s")?,
             encoder_s: number("encoder_median_s")?,
@@ -119,12 +131,7 @@ impl Comparison {
             .and_then(Value::as_f64)
             .context("the PyTorch report has no `max_rel_error`: it did not compare logits")?;
         let timing = Timing::from_report(rust, "samus bench")?;
-        let text = |key: &str| {
-            rust.get(key)
-                .and_then(Value::as_str)
-                .map(str::to_string)
-                .with_context(|| format!("samus bench's report has no `{key}`"))
-        };
+        let text = |key: &str| report_text(rust, "samus bench", key);
         Ok(Self {
             rust: timing,
             pytorch: Timing::from_report(pytorch, "pytorch_reference.py")?,

@@ -17,7 +17,9 @@ use anyhow::{bail, Context, Result};
 use clap::Args;
 use serde_json::Value;
 
-use crate::bench_compare::{alternate_rounds, pytorch_interpreter, workspace_root, Side};
+use crate::bench_compare::{
+    alternate_rounds, pytorch_interpreter, report_number, report_text, workspace_root, Side,
+};
 
 /// Relative difference of the first losses allowed between the two.
 pub const DEFAULT_LOSS_TOLERANCE: f64 = 1e-4;
@@ -92,20 +94,9 @@ pub struct TrainComparison {
 impl TrainComparison {
     /// Builds the comparison from the two `--json` reports.
     pub fn from_reports(rust: &Value, pytorch: &Value) -> Result<Self> {
-        let number = |report: &Value, who: &str, key: &str| {
-            report
-                .get(key)
-                .and_then(Value::as_f64)
-                .with_context(|| format!("{who}'s report has no number `{key}`"))
-        };
-        let ours = |key| number(rust, "samus bench --train", key);
-        let theirs = |key| number(pytorch, "pytorch_reference.py --train", key);
-        let text = |key: &str| {
-            rust.get(key)
-                .and_then(Value::as_str)
-                .map(str::to_string)
-                .with_context(|| format!("samus bench --train's report has no `{key}`"))
-        };
+        let ours = |key| report_number(rust, "samus bench --train", key);
+        let theirs = |key| report_number(pytorch, "pytorch_reference.py --train", key);
+        let text = |key| report_text(rust, "samus bench --train", key);
         Ok(Self {
             samus_step_s: ours("train_step_median_s")?,
             pytorch_step_s: theirs("train_step_median_s")?,
